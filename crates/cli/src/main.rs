@@ -1,1 +1,51 @@
-fn main() {}
+//! `snapbpf`: snapshot serverless functions into microVMs and restore them fast.
+//!
+//! A thin front-end: every subcommand parses its arguments and calls the `snapbpf`
+//! library. Errors are printed with their whole cause chain on one line, exit code 1;
+//! argument errors exit with 2.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Fast cold starts for snapshot-restored microVM functions (SnapBPF, HotStorage '25).
+#[derive(Debug, Parser)]
+#[command(name = "snapbpf", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Functions(cmd::functions::Args),
+    Snapshot(cmd::snapshot::Args),
+    Boot(cmd::boot::Args),
+    Invoke(cmd::invoke::Args),
+    Inspect(cmd::inspect::Args),
+    #[command(name = "__worker", hide = true)]
+    Worker(cmd::worker::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SNAPBPF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Functions(a) => cmd::functions::run(a),
+        Command::Snapshot(a) => cmd::snapshot::run(a),
+        Command::Boot(a) => cmd::boot::run(a),
+        Command::Invoke(a) => cmd::invoke::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -53,7 +53,10 @@ pub fn info(name: &str) -> Option<&'static FunctionInfo> {
 
 /// Index of a function in [`FUNCTIONS`], the number the VMM passes to the guest.
 pub fn index_of(name: &str) -> Option<u32> {
-    FUNCTIONS.iter().position(|f| f.name == name).map(|i| i as u32)
+    FUNCTIONS
+        .iter()
+        .position(|f| f.name == name)
+        .map(|i| i as u32)
 }
 
 /// Runs the init phase of the function at `index` in [`FUNCTIONS`].

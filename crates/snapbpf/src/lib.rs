@@ -1,1 +1,13 @@
-//! placeholder
+//! snapbpf: fast cold starts of snapshot-restored microVM functions.
+//!
+//! - [`snapshot`]: taking a snapshot of a function and opening it again, validated.
+//! - [`strategy`]: restore strategies (Linux demand paging with and without readahead,
+//!   and the prefetching systems), each policy over shared mechanisms.
+//! - [`invoke`]: restoring VMs and running invocations, one or many at once, with the
+//!   measurements the evaluation reports.
+//! - [`fsutil`]: atomic writes, file identity, page-cache residency and eviction.
+
+pub mod fsutil;
+pub mod invoke;
+pub mod snapshot;
+pub mod strategy;

@@ -1,0 +1,134 @@
+//! `snapbpf invoke`: restore VMs from a snapshot under a strategy and run invocations.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
+use snapbpf::strategy::StrategySpec;
+
+/// Restore VMs from a snapshot and run one invocation in each.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Snapshot directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    strategy: StrategyArgs,
+    /// Input number.
+    #[arg(long, default_value_t = 0)]
+    input: u32,
+    /// Evict the snapshot from the page cache first (otherwise it is loaded fully: warm).
+    #[arg(long)]
+    cold: bool,
+    /// Number of VMs restored and run at once, one process each.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Longest an invocation may run, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Strategy selection shared by `invoke`, `record` and `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StrategyArgs {
+    /// Restore strategy: linux-nora, linux-ra.
+    #[arg(long, default_value = "linux-ra")]
+    pub strategy: String,
+    /// snapbpf only: do not prefetch the working set.
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// snapbpf only: do not filter fresh guest allocations.
+    #[arg(long)]
+    pub no_pv: bool,
+}
+
+impl StrategyArgs {
+    pub fn spec(&self) -> StrategySpec {
+        StrategySpec {
+            name: self.strategy.clone(),
+            no_prefetch: self.no_prefetch,
+            no_pv: self.no_pv,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let spec = args.strategy.spec();
+    let req = InvokeRequest {
+        dir: args.dir.clone(),
+        spec: spec.clone(),
+        run: RunOptions {
+            input: args.input,
+            timeout: super::secs(args.timeout_secs),
+        },
+        cold: args.cold,
+        concurrency: args.concurrency,
+    };
+    let exe =
+        std::env::current_exe().context("cannot find the snapbpf executable for VM workers")?;
+    let spec_json = serde_json::to_string(&spec)?;
+    let worker = || {
+        let mut c = Command::new(&exe);
+        c.arg("__worker")
+            .arg(&args.dir)
+            .arg("--spec")
+            .arg(&spec_json)
+            .arg("--input")
+            .arg(args.input.to_string())
+            .arg("--timeout-secs")
+            .arg(args.timeout_secs.to_string());
+        c
+    };
+    let report = invoke::invoke(&req, &worker)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &InvokeReport) {
+    println!(
+        "{} · {} · input {} · {} · {} VM(s)",
+        r.function,
+        r.strategy,
+        r.input,
+        if r.cold { "cold" } else { "warm" },
+        r.concurrency
+    );
+    println!(
+        "{:>4} {:>10} {:>11} {:>9} {:>10} {:>9} {:>12}  checksum",
+        "vm", "e2e ms", "restore ms", "exec ms", "maj flt", "anon MiB", "file MiB"
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        println!(
+            "{:>4} {:>10.2} {:>11.2} {:>9.2} {:>10} {:>9.1} {:>12.1}  {}",
+            i,
+            run.e2e_ms,
+            run.restore_ms,
+            run.exec_ms,
+            run.major_faults,
+            run.rss_anon_kib as f64 / 1024.0,
+            run.rss_file_kib as f64 / 1024.0,
+            run.checksum
+        );
+    }
+    println!(
+        "memory: total {:.1} MiB = page cache {:.1} MiB + anonymous {:.1} MiB",
+        r.memory.total_kib as f64 / 1024.0,
+        r.memory.page_cache_kib as f64 / 1024.0,
+        r.memory.anon_kib as f64 / 1024.0
+    );
+    if r.prefetch.bytes > 0 {
+        println!(
+            "prefetch: {:.1} MiB in {} ranges, {:.2} ms",
+            r.prefetch.bytes as f64 / (1 << 20) as f64,
+            r.prefetch.ranges,
+            r.prefetch.ms
+        );
+    }
+}

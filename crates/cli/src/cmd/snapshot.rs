@@ -1,0 +1,50 @@
+//! `snapbpf snapshot`: boot a function, run its init phase, write a snapshot.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use snapbpf::snapshot::{self, CreateOptions};
+
+/// Boot FUNCTION in a fresh VM, run its init phase and snapshot it into --out.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Function to snapshot (see `snapbpf functions`).
+    function: String,
+    /// Snapshot directory to create.
+    #[arg(long)]
+    out: PathBuf,
+    /// Guest memory in MiB (default: the function's).
+    #[arg(long)]
+    mem_mib: Option<u32>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Longest the init phase may run, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    eprintln!(
+        "snapshotting {} into {} ...",
+        args.function,
+        args.out.display()
+    );
+    let snap = snapshot::create(
+        &args.function,
+        &args.out,
+        &CreateOptions {
+            mem_mib: args.mem_mib,
+            force: args.force,
+            timeout: super::secs(args.timeout_secs),
+        },
+    )?;
+    println!(
+        "snapshot of {} written to {}: {} MiB memory, init {:.1} ms",
+        snap.meta.function,
+        snap.dir.display(),
+        snap.meta.mem_bytes >> 20,
+        snap.meta.init_ms
+    );
+    Ok(())
+}

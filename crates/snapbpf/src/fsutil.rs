@@ -1,0 +1,218 @@
+//! File helpers: atomic writes, file identity, page-cache residency and eviction.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
+/// rename over `path`, fsync of the directory. Readers see the old file or the new one,
+/// never a partial one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The directory containing `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// fsyncs a directory so a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Identity of a file an artifact is bound to: if any field changes, the artifact is
+/// stale. `sha256` is the content digest computed when the file was written; the other
+/// fields are checked on every open because they cost nothing (reading the content would
+/// pull it into the page cache and spoil a cold start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Inode number.
+    pub inode: u64,
+    /// Device number (userspace `st_dev`).
+    pub dev: u64,
+    /// SHA-256 of the contents, hex.
+    pub sha256: String,
+}
+
+impl FileIdentity {
+    /// Reads the cheap fields from the file's metadata, with a known digest.
+    pub fn of(path: &Path, sha256: String) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            inode: m.ino(),
+            dev: m.dev(),
+            sha256,
+        })
+    }
+
+    /// Compares the cheap fields with the file as it is now; returns what differs.
+    pub fn check(&self, path: &Path) -> std::io::Result<Option<String>> {
+        let now = Self::of(path, self.sha256.clone())?;
+        Ok(if now.size != self.size {
+            Some(format!(
+                "size is {} bytes, expected {}",
+                now.size, self.size
+            ))
+        } else if now.inode != self.inode || now.dev != self.dev {
+            Some("it was replaced by another file".into())
+        } else if now.mtime_ns != self.mtime_ns {
+            Some("it was modified".into())
+        } else {
+            None
+        })
+    }
+}
+
+/// Number of `path`'s pages resident in the page cache, by `mincore` over a shared
+/// read-only mapping (mapping does not fault anything in).
+pub fn resident_pages(file: &File) -> std::io::Result<u64> {
+    Ok(residency(file)?.iter().filter(|&&b| b & 1 != 0).count() as u64)
+}
+
+/// Per-page residency of `file` in the page cache (bit 0 of each byte).
+pub fn residency(file: &File) -> std::io::Result<Vec<u8>> {
+    let len = file.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let pages = len.div_ceil(page_size());
+    // SAFETY: a new read-only shared mapping of a file we hold open; we never dereference
+    // it, only ask the kernel about it, and unmap it below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` is a live mapping of `len` bytes and `vec` has one byte per page.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmapping the mapping created above.
+    unsafe { libc::munmap(map, len) };
+    if rc != 0 {
+        return Err(err);
+    }
+    Ok(vec)
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    4096
+}
+
+/// Errors making a file cold.
+#[derive(Debug, thiserror::Error)]
+pub enum EvictError {
+    /// A system call failed.
+    #[error("cannot evict {path} from the page cache: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Pages stayed resident.
+    #[error("{pages} pages of {path} stay in the page cache after eviction (is another process mapping it?)")]
+    StillResident {
+        /// The file.
+        path: PathBuf,
+        /// Resident pages.
+        pages: u64,
+    },
+}
+
+/// Drops `path`'s pages from the page cache (`fdatasync` then `POSIX_FADV_DONTNEED`) and
+/// checks with `mincore` that none stay. Only this file is touched, never the whole
+/// machine's caches.
+pub fn evict(path: &Path) -> Result<(), EvictError> {
+    let io = |source| EvictError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new().read(true).open(path).map_err(io)?;
+    // Dirty pages cannot be dropped: write them back first.
+    file.sync_data().map_err(io)?;
+    // SAFETY: plain syscall on a file descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(io(std::io::Error::from_raw_os_error(rc)));
+    }
+    let pages = resident_pages(&file).map_err(io)?;
+    if pages != 0 {
+        return Err(EvictError::StillResident {
+            path: path.to_path_buf(),
+            pages,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the whole file into the page cache (a warm start), and returns resident pages.
+pub fn make_resident(path: &Path) -> std::io::Result<u64> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut off = 0u64;
+    // readahead(2) is limited per call by the device window; loop until all resident.
+    for _ in 0..4 {
+        while off < len {
+            let chunk = (len - off).min(64 << 20);
+            // SAFETY: plain syscall on a file descriptor we own.
+            unsafe { libc::readahead(file.as_raw_fd(), off as i64, chunk as usize) };
+            off += chunk;
+        }
+        let resident = residency(&file)?;
+        match resident.iter().position(|&b| b & 1 == 0) {
+            None => return Ok(resident.len() as u64),
+            Some(first_missing) => off = (first_missing * page_size()) as u64,
+        }
+    }
+    // Fall back to reading what readahead did not bring in.
+    let mut buf = vec![0u8; 1 << 20];
+    let resident = residency(&file)?;
+    for (page, _) in resident.iter().enumerate().filter(|(_, &b)| b & 1 == 0) {
+        let at = (page * page_size()) as u64;
+        std::os::unix::fs::FileExt::read_at(&file, &mut buf[..page_size()], at)?;
+    }
+    resident_pages(&file)
+}

@@ -1,0 +1,207 @@
+//! Restore strategies: how a snapshot's memory is brought back for a new VM.
+//!
+//! A strategy is policy over shared mechanisms (the VMM, page-cache helpers, capture and
+//! prefetch engines). It decides how guest memory is backed, what runs beside the vCPU
+//! (prefetchers, fault handlers) and what it records ahead of time. Adding a strategy is
+//! adding a module here and a line in [`StrategySpec::build`]; the VMM does not change.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use snapbpf_vmm::{ExitHandler, GuestMemory};
+
+use crate::snapshot::Snapshot;
+
+pub mod linux;
+
+/// Errors of a strategy.
+#[derive(Debug, thiserror::Error)]
+pub enum StrategyError {
+    /// Unknown strategy name.
+    #[error("unknown strategy '{0}' (expected one of: {names})", names = STRATEGY_NAMES.join(", "))]
+    Unknown(String),
+    /// A flag does not apply to the strategy.
+    #[error("{flag} applies only to the snapbpf strategy")]
+    FlagNotApplicable {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// The strategy has nothing to record.
+    #[error("strategy '{0}' has no record phase: it restores without artifacts")]
+    NothingToRecord(String),
+    /// A required artifact is missing.
+    #[error("strategy '{strategy}' needs {path}, which does not exist: run `snapbpf record <DIR> --strategy {strategy}` first")]
+    MissingArtifact {
+        /// Strategy name.
+        strategy: String,
+        /// Missing file.
+        path: PathBuf,
+    },
+    /// An artifact is stale, corrupt or foreign.
+    #[error("{path} cannot be used: {reason}")]
+    BadArtifact {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] snapbpf_vmm::MemoryError),
+    /// Any other I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StrategyError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+/// Names accepted by `--strategy`.
+pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra"];
+
+/// A strategy as chosen on the command line; serialisable so a launcher can pass it to
+/// worker processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategySpec {
+    /// Strategy name.
+    pub name: String,
+    /// snapbpf: skip the working-set prefetch.
+    #[serde(default)]
+    pub no_prefetch: bool,
+    /// snapbpf: skip fresh-allocation filtering.
+    #[serde(default)]
+    pub no_pv: bool,
+}
+
+impl StrategySpec {
+    /// A spec with only a name.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            no_prefetch: false,
+            no_pv: false,
+        }
+    }
+
+    /// Builds the strategy.
+    pub fn build(&self) -> Result<Box<dyn Strategy>, StrategyError> {
+        let strategy: Box<dyn Strategy> = match self.name.as_str() {
+            "linux-nora" => Box::new(linux::LinuxPaging::no_readahead()),
+            "linux-ra" => Box::new(linux::LinuxPaging::readahead()),
+            other => return Err(StrategyError::Unknown(other.into())),
+        };
+        if self.no_prefetch && self.name != "snapbpf" {
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--no-prefetch",
+            });
+        }
+        if self.no_pv && self.name != "snapbpf" {
+            return Err(StrategyError::FlagNotApplicable { flag: "--no-pv" });
+        }
+        Ok(strategy)
+    }
+
+    /// Label used in reports: the name plus any breakdown flags.
+    pub fn label(&self) -> String {
+        let mut s = self.name.clone();
+        if self.no_prefetch {
+            s.push_str(" --no-prefetch");
+        }
+        if self.no_pv {
+            s.push_str(" --no-pv");
+        }
+        s
+    }
+}
+
+/// Prefetch activity of one restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefetchReport {
+    /// Bytes requested.
+    pub bytes: u64,
+    /// Contiguous ranges requested.
+    pub ranges: u64,
+    /// Wall time of the prefetch, ms.
+    pub ms: f64,
+}
+
+/// What a strategy reports about one restore after the invocation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// Prefetch done for this VM, if any.
+    pub prefetch: Option<PrefetchReport>,
+    /// Readahead window of the memory file, KiB, when the strategy sets one.
+    pub readahead_kib: Option<u64>,
+    /// Bytes of fresh allocations served without snapshot I/O.
+    pub fresh_bytes: u64,
+}
+
+/// Guest memory built for one VM, with what runs beside it.
+pub struct Restored {
+    /// Guest memory to give the VM.
+    pub memory: GuestMemory,
+    /// Handles the guest's hypercalls for this strategy.
+    pub handler: Box<dyn ExitHandler + Send>,
+    /// Collects the strategy's report once the invocation is over (joins helper threads).
+    pub finish: Box<dyn FnOnce() -> RestoreReport + Send>,
+}
+
+impl std::fmt::Debug for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restored")
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `record` produced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordReport {
+    /// Artifact files written, with their sizes in bytes.
+    pub artifacts: Vec<(PathBuf, u64)>,
+    /// Wall time of the recording, ms.
+    pub ms: f64,
+    /// Pages in the recorded working set.
+    pub pages: u64,
+}
+
+/// A restore strategy.
+pub trait Strategy: Send + Sync {
+    /// Name, as on the command line.
+    fn name(&self) -> &'static str;
+
+    /// Files that must be out of the page cache for a cold start.
+    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
+        vec![snapshot.memory_path()]
+    }
+
+    /// Checks before any VM starts that the strategy's artifacts exist and belong to
+    /// `snapshot`; a stale or corrupt artifact is refused here.
+    fn check(&self, _snapshot: &Snapshot) -> Result<(), StrategyError> {
+        Ok(())
+    }
+
+    /// Builds guest memory for one VM restored from `snapshot`.
+    fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError>;
+
+    /// Runs one recorded invocation with `input` and writes the strategy's artifacts.
+    fn record(
+        &self,
+        _snapshot: &Snapshot,
+        _input: u32,
+        _timeout: Duration,
+    ) -> Result<RecordReport, StrategyError> {
+        Err(StrategyError::NothingToRecord(self.name().into()))
+    }
+}

@@ -1,0 +1,241 @@
+//! Guest memory: one host mapping that KVM sees as guest-physical memory at GPA 0.
+//!
+//! The VMM core does not decide how memory is backed. A restore strategy builds the mapping
+//! (anonymous for a fresh boot or userfaultfd, a `MAP_PRIVATE` file mapping of a snapshot's
+//! memory file for page-cache strategies) and hands it over as a [`GuestMemory`].
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+use snapbpf_guest_abi::{MAX_MEM_BYTES, PAGE_SIZE};
+
+/// Errors creating or accessing guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Guest memory size {0} is not a non-zero multiple of 2 MiB at most 3 GiB.
+    #[error("guest memory size {0} bytes is not a non-zero multiple of 2 MiB at most 3 GiB")]
+    BadSize(u64),
+    /// mmap failed.
+    #[error("cannot map {len} bytes of guest memory: {source}")]
+    Map {
+        /// Requested length.
+        len: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An access fell outside guest memory.
+    #[error("guest-physical range {gpa:#x}+{len:#x} lies outside guest memory of {size:#x} bytes")]
+    OutOfRange {
+        /// Start of the access.
+        gpa: u64,
+        /// Length of the access.
+        len: u64,
+        /// Size of guest memory.
+        size: u64,
+    },
+    /// madvise failed.
+    #[error("madvise({advice}) on guest memory failed: {source}")]
+    Advise {
+        /// The advice, by name.
+        advice: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// How the kernel should read ahead on faults in a file-backed guest mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultReadahead {
+    /// `MADV_RANDOM`: every fault reads exactly one page (Linux-NoRA).
+    Off,
+    /// `MADV_NORMAL`: the kernel's mmap read-around, with the window of the file's
+    /// readahead state (Linux-RA).
+    On,
+}
+
+/// One contiguous host mapping used as guest RAM from GPA 0.
+///
+/// Owns the mapping and unmaps it on drop.
+#[derive(Debug)]
+pub struct GuestMemory {
+    base: NonNull<u8>,
+    len: u64,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; sending it to another thread
+// moves that ownership. Concurrent access from the guest is governed by KVM, not by Rust.
+unsafe impl Send for GuestMemory {}
+
+/// Checks that `len` is a usable guest memory size.
+pub fn check_size(len: u64) -> Result<(), MemoryError> {
+    if len == 0 || len % (2 << 20) != 0 || len > MAX_MEM_BYTES {
+        return Err(MemoryError::BadSize(len));
+    }
+    Ok(())
+}
+
+impl GuestMemory {
+    /// Anonymous, zero-filled guest memory (a fresh boot).
+    pub fn anonymous(len: u64) -> Result<Self, MemoryError> {
+        check_size(len)?;
+        // SAFETY: a new anonymous private mapping at an address of the kernel's choosing;
+        // it aliases nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        Self::from_mmap_result(ptr, len)
+    }
+
+    /// A copy-on-write (`MAP_PRIVATE`) mapping of `file`'s first `len` bytes.
+    ///
+    /// Reads are served from the page cache and shared with every other process that maps
+    /// the file; guest writes create private anonymous copies.
+    pub fn map_file_private(file: &File, len: u64) -> Result<Self, MemoryError> {
+        check_size(len)?;
+        // SAFETY: a new private mapping of a file we hold open; it aliases nothing in this
+        // process, and private mappings never write back to the file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        Self::from_mmap_result(ptr, len)
+    }
+
+    fn from_mmap_result(ptr: *mut libc::c_void, len: u64) -> Result<Self, MemoryError> {
+        if ptr == libc::MAP_FAILED {
+            return Err(MemoryError::Map {
+                len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::Map {
+            len,
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
+        Ok(Self { base, len })
+    }
+
+    /// Sets the fault readahead policy of the whole mapping.
+    pub fn set_fault_readahead(&self, readahead: FaultReadahead) -> Result<(), MemoryError> {
+        let (advice, name) = match readahead {
+            FaultReadahead::Off => (libc::MADV_RANDOM, "MADV_RANDOM"),
+            FaultReadahead::On => (libc::MADV_NORMAL, "MADV_NORMAL"),
+        };
+        self.advise(0, self.len, advice, name)
+    }
+
+    /// Applies `madvise(advice)` to the guest-physical range `[gpa, gpa + len)`.
+    pub fn advise(
+        &self,
+        gpa: u64,
+        len: u64,
+        advice: libc::c_int,
+        name: &'static str,
+    ) -> Result<(), MemoryError> {
+        let host = self.host_range(gpa, len)?;
+        // SAFETY: the range lies inside our own mapping (checked above); madvise changes
+        // paging hints only, except MADV_DONTNEED, whose discard semantics the caller asks for.
+        let rc = unsafe { libc::madvise(host.cast(), len as usize, advice) };
+        if rc != 0 {
+            return Err(MemoryError::Advise {
+                advice: name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: guest memory is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Host virtual address of GPA 0.
+    pub fn host_base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Host address of `[gpa, gpa + len)`, checked to lie inside guest memory.
+    pub fn host_range(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
+        match gpa.checked_add(len) {
+            Some(end) if end <= self.len => {
+                // SAFETY: gpa < self.len, so the offset stays inside our mapping.
+                Ok(unsafe { self.base.as_ptr().add(gpa as usize) })
+            }
+            _ => Err(MemoryError::OutOfRange {
+                gpa,
+                len,
+                size: self.len,
+            }),
+        }
+    }
+
+    /// Copies `bytes` into guest memory at `gpa`.
+    pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), MemoryError> {
+        let dst = self.host_range(gpa, bytes.len() as u64)?;
+        // SAFETY: dst..dst+len lies in our mapping (checked); `bytes` is a Rust slice and
+        // cannot overlap guest memory we own exclusively while the vCPU is stopped.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        Ok(())
+    }
+
+    /// Copies guest memory at `gpa` into `buf`.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let src = self.host_range(gpa, buf.len() as u64)?;
+        // SAFETY: src..src+len lies in our mapping (checked); `buf` is distinct Rust memory.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Reads a little-endian `u64` at `gpa`.
+    pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian `u64` at `gpa`.
+    pub fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemoryError> {
+        self.write(gpa, &value.to_le_bytes())
+    }
+
+    /// The whole of guest memory as bytes, for writing a snapshot.
+    ///
+    /// Only meaningful while no vCPU runs; faults in every page it is read through.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes owned by `self` and lives as long as
+        // the borrow; the vCPU is stopped whenever the VMM reads guest memory.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len as usize) }
+    }
+
+    /// Number of guest pages.
+    pub fn pages(&self) -> u64 {
+        self.len / PAGE_SIZE
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping this value owns; nothing borrows it any more.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len as usize) };
+    }
+}
