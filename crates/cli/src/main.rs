@@ -23,6 +23,7 @@ enum Command {
     Boot(cmd::boot::Args),
     Invoke(cmd::invoke::Args),
     Inspect(cmd::inspect::Args),
+    Bench(cmd::bench::Args),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -42,10 +43,13 @@ fn main() {
         Command::Boot(a) => cmd::boot::run(a),
         Command::Invoke(a) => cmd::invoke::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // One line: the whole cause chain, each cause once.
+        let line = snapbpf::invoke::error_chain(e.as_ref()).replace('\n', " ");
+        eprintln!("error: {line}");
         std::process::exit(1);
     }
 }

@@ -66,7 +66,15 @@ extern "C" fn guest_main() -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    hypercall::panic_message(format_args!("{info}"))
+    match info.location() {
+        Some(at) => hypercall::panic_message(format_args!(
+            "{} (at {}:{})",
+            info.message(),
+            at.file(),
+            at.line()
+        )),
+        None => hypercall::panic_message(format_args!("{}", info.message())),
+    }
 }
 
 /// The prebuilt `alloc` references an unwinding personality even though this program

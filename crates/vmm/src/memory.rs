@@ -69,7 +69,7 @@ unsafe impl Send for GuestMemory {}
 
 /// Checks that `len` is a usable guest memory size.
 pub fn check_size(len: u64) -> Result<(), MemoryError> {
-    if len == 0 || len % (2 << 20) != 0 || len > MAX_MEM_BYTES {
+    if len == 0 || !len.is_multiple_of(2 << 20) || len > MAX_MEM_BYTES {
         return Err(MemoryError::BadSize(len));
     }
     Ok(())

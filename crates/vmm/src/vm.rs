@@ -19,7 +19,7 @@ use crate::vcpu_state::VcpuState;
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// /dev/kvm could not be opened.
+    /// /dev/kvm could not be opened, or is not a KVM device.
     #[error("cannot open /dev/kvm: {0} (KVM must be available and usable by this user; snapbpf runs as root)")]
     OpenKvm(kvm_ioctls::Error),
     /// A KVM ioctl failed while setting the VM up.
@@ -88,7 +88,7 @@ pub enum RunError {
     #[error("guest did not finish within {0:?}")]
     Timeout(Duration),
     /// The guest runtime panicked.
-    #[error("guest panicked: {0}")]
+    #[error("guest panic: {0}")]
     GuestPanic(String),
     /// The exit handler refused a hint.
     #[error("fresh-allocation hint failed: {0}")]
@@ -156,6 +156,9 @@ impl MicroVm {
     /// Creates a VM whose RAM is `mem`, with one vCPU exposing the host's supported CPUID.
     pub fn new(mem: GuestMemory) -> Result<Self, CreateError> {
         let kvm = Kvm::new().map_err(CreateError::OpenKvm)?;
+        if kvm.get_api_version() != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(CreateError::OpenKvm(kvm_ioctls::Error::new(libc::ENOTTY)));
+        }
         let vm = kvm.create_vm().map_err(kvm_step("KVM_CREATE_VM"))?;
         let region = kvm_userspace_memory_region {
             slot: 0,

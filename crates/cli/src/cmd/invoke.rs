@@ -1,11 +1,9 @@
 //! `snapbpf invoke`: restore VMs from a snapshot under a strategy and run invocations.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
 use snapbpf::strategy::StrategySpec;
+use std::path::PathBuf;
 
 /// Restore VMs from a snapshot and run one invocation in each.
 #[derive(Debug, clap::Args)]
@@ -67,22 +65,8 @@ pub fn run(args: Args) -> Result<()> {
         cold: args.cold,
         concurrency: args.concurrency,
     };
-    let exe =
-        std::env::current_exe().context("cannot find the snapbpf executable for VM workers")?;
-    let spec_json = serde_json::to_string(&spec)?;
-    let worker = || {
-        let mut c = Command::new(&exe);
-        c.arg("__worker")
-            .arg(&args.dir)
-            .arg("--spec")
-            .arg(&spec_json)
-            .arg("--input")
-            .arg(args.input.to_string())
-            .arg("--timeout-secs")
-            .arg(args.timeout_secs.to_string());
-        c
-    };
-    let report = invoke::invoke(&req, &worker)?;
+    let exe = super::current_exe()?;
+    let report = invoke::invoke(&req, &|| super::worker_command(&exe, &req))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod boot;
 pub mod functions;
 pub mod inspect;
@@ -12,4 +13,27 @@ use std::time::Duration;
 /// Parses a timeout in seconds.
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// This executable, which also serves as the VM worker.
+pub fn current_exe() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    std::env::current_exe().context("cannot find the snapbpf executable for VM workers")
+}
+
+/// The command of one VM worker process for `req` (see `snapbpf::invoke`).
+pub fn worker_command(
+    exe: &std::path::Path,
+    req: &snapbpf::invoke::InvokeRequest,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(exe);
+    c.arg("__worker")
+        .arg(&req.dir)
+        .arg("--spec")
+        .arg(serde_json::to_string(&req.spec).unwrap_or_default())
+        .arg("--input")
+        .arg(req.run.input.to_string())
+        .arg("--timeout-secs")
+        .arg(req.run.timeout.as_secs().max(1).to_string());
+    c
 }

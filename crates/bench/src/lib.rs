@@ -1,0 +1,385 @@
+//! The evaluation harness behind `snapbpf bench`.
+//!
+//! For every function it takes (or reuses) a snapshot, records each strategy's artifacts,
+//! and then measures, per strategy and concurrency, cold samples (the snapshot's files
+//! evicted before every sample) after warm-up runs, plus warm samples (everything in the
+//! page cache: the floor). Every sample is kept; summaries are medians with min and max.
+//! Results are stamped with the git revision, kernel, CPU, disk and date.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
+use snapbpf::snapshot::{self, CreateOptions, Snapshot};
+use snapbpf::strategy::StrategySpec;
+
+pub mod report;
+pub mod stats;
+
+pub use stats::Summary;
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Unknown function.
+    #[error("unknown function '{0}' (see `snapbpf functions`)")]
+    UnknownFunction(String),
+    /// Bad option.
+    #[error("{0}")]
+    Config(String),
+    /// Taking a snapshot failed.
+    #[error("snapshot of {function}: {source}")]
+    Snapshot {
+        /// Function.
+        function: String,
+        /// Cause.
+        source: snapshot::SnapshotError,
+    },
+    /// Recording failed.
+    #[error("record {strategy} for {function}: {source}")]
+    Record {
+        /// Function.
+        function: String,
+        /// Strategy.
+        strategy: String,
+        /// Cause.
+        source: snapbpf::strategy::StrategyError,
+    },
+    /// An invocation failed.
+    #[error("{function} under {strategy} (concurrency {concurrency}): {source}")]
+    Invoke {
+        /// Function.
+        function: String,
+        /// Strategy.
+        strategy: String,
+        /// Concurrency.
+        concurrency: u32,
+        /// Cause.
+        source: invoke::InvokeError,
+    },
+    /// Writing results failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchConfig {
+    /// Functions to measure.
+    pub functions: Vec<String>,
+    /// Strategies to compare.
+    pub strategies: Vec<StrategySpec>,
+    /// Concurrency levels.
+    pub concurrency: Vec<u32>,
+    /// Measured cold samples per (function, strategy, concurrency).
+    pub repeat: u32,
+    /// Unmeasured cold runs before the samples.
+    pub warmup: u32,
+    /// Measured warm samples per (function, strategy) at concurrency 1.
+    pub warm_repeat: u32,
+    /// Input of every invocation.
+    pub input: u32,
+    /// Output directory (snapshots, raw JSON, tables).
+    pub out: PathBuf,
+    /// Longest one invocation may run.
+    pub timeout: Duration,
+}
+
+/// One measured invocation (all VMs of one run).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Function.
+    pub function: String,
+    /// Strategy label.
+    pub strategy: String,
+    /// Concurrency.
+    pub concurrency: u32,
+    /// Cold or warm.
+    pub cold: bool,
+    /// The full invoke report.
+    pub report: InvokeReport,
+}
+
+/// Where and when the results were measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Git revision of the code.
+    pub git_rev: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// CPU model.
+    pub cpu: String,
+    /// Cores online.
+    pub cores: usize,
+    /// Block device of the snapshots and its model, if known.
+    pub disk: String,
+    /// UTC date and time.
+    pub date: String,
+}
+
+/// Per-snapshot facts reported beside the latencies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotFacts {
+    /// Function.
+    pub function: String,
+    /// Guest memory, bytes.
+    pub mem_bytes: u64,
+    /// Time the init phase took, ms.
+    pub init_ms: f64,
+}
+
+/// Everything a benchmark run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResults {
+    /// Provenance.
+    pub stamp: Stamp,
+    /// The configuration.
+    pub config: BenchConfig,
+    /// Snapshots used.
+    pub snapshots: Vec<SnapshotFacts>,
+    /// Every sample, warm-ups excluded.
+    pub samples: Vec<Sample>,
+}
+
+/// Runs the benchmark. `worker` builds the command of one VM worker process for a request
+/// (see [`snapbpf::invoke::invoke`]). `git_rev` stamps the results.
+pub fn run(
+    config: &BenchConfig,
+    worker: &dyn Fn(&InvokeRequest) -> Command,
+    git_rev: &str,
+) -> Result<BenchResults, BenchError> {
+    for f in &config.functions {
+        if snapbpf_functions::info(f).is_none() {
+            return Err(BenchError::UnknownFunction(f.clone()));
+        }
+    }
+    if config.repeat == 0 {
+        return Err(BenchError::Config("--repeat must be at least 1".into()));
+    }
+    for s in &config.strategies {
+        s.build().map_err(|e| BenchError::Config(e.to_string()))?;
+    }
+    let snap_dir = config.out.join("snapshots");
+    std::fs::create_dir_all(&snap_dir).map_err(|source| BenchError::Io {
+        path: snap_dir.clone(),
+        source,
+    })?;
+    let per_strategy = config.concurrency.len() as u64 * u64::from(config.repeat + config.warmup)
+        + u64::from(config.warm_repeat);
+    let total = config.functions.len() as u64 * config.strategies.len() as u64 * per_strategy;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut snapshots = Vec::new();
+    let mut samples = Vec::new();
+    for function in &config.functions {
+        bar.set_message(format!("{function}: snapshot"));
+        let snapshot = ensure_snapshot(function, &snap_dir.join(function))?;
+        snapshots.push(SnapshotFacts {
+            function: function.clone(),
+            mem_bytes: snapshot.meta.mem_bytes,
+            init_ms: snapshot.meta.init_ms,
+        });
+        for spec in &config.strategies {
+            let label = spec.label();
+            let strategy = spec
+                .build()
+                .map_err(|e| BenchError::Config(e.to_string()))?;
+            if strategy.check(&snapshot).is_err() {
+                bar.set_message(format!("{function}: record {label}"));
+                strategy
+                    .record(&snapshot, config.input, config.timeout)
+                    .map_err(|source| BenchError::Record {
+                        function: function.clone(),
+                        strategy: label.clone(),
+                        source,
+                    })?;
+            }
+            let mut one = |concurrency: u32, cold: bool, keep: bool| {
+                bar.set_message(format!(
+                    "{function} · {label} · {} · x{concurrency}",
+                    if cold { "cold" } else { "warm" }
+                ));
+                let req = InvokeRequest {
+                    dir: snapshot.dir.clone(),
+                    spec: spec.clone(),
+                    run: RunOptions {
+                        input: config.input,
+                        timeout: config.timeout,
+                    },
+                    cold,
+                    concurrency,
+                };
+                let report = invoke::invoke(&req, &|| worker(&req)).map_err(|source| {
+                    BenchError::Invoke {
+                        function: function.clone(),
+                        strategy: label.clone(),
+                        concurrency,
+                        source,
+                    }
+                })?;
+                bar.inc(1);
+                if keep {
+                    samples.push(Sample {
+                        function: function.clone(),
+                        strategy: label.clone(),
+                        concurrency,
+                        cold,
+                        report,
+                    });
+                }
+                Ok::<(), BenchError>(())
+            };
+            for &concurrency in &config.concurrency {
+                for _ in 0..config.warmup {
+                    one(concurrency, true, false)?;
+                }
+                for _ in 0..config.repeat {
+                    one(concurrency, true, true)?;
+                }
+            }
+            for _ in 0..config.warm_repeat {
+                one(1, false, true)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(BenchResults {
+        stamp: stamp(git_rev, &snap_dir),
+        config: config.clone(),
+        snapshots,
+        samples,
+    })
+}
+
+/// Reuses a valid snapshot of this build at `dir`, or takes a new one.
+fn ensure_snapshot(function: &str, dir: &Path) -> Result<Snapshot, BenchError> {
+    if let Ok(s) = Snapshot::open(dir) {
+        if s.meta.function == function {
+            return Ok(s);
+        }
+    }
+    let err = |source| BenchError::Snapshot {
+        function: function.into(),
+        source,
+    };
+    snapshot::create(
+        function,
+        dir,
+        &CreateOptions {
+            force: true,
+            ..CreateOptions::default()
+        },
+    )
+    .map_err(err)
+}
+
+fn first_line(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+}
+
+fn stamp(git_rev: &str, snapshots: &Path) -> Stamp {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let disk = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(snapshots)
+            .ok()
+            .map(|m| {
+                let (maj, min) = (libc_major(m.dev()), libc_minor(m.dev()));
+                let name = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}"))
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| format!("{maj}:{min}"));
+                let model = first_line(&format!("/sys/block/{name}/device/model"))
+                    .or_else(|| first_line(&format!("/sys/block/{name}/device/vendor")))
+                    .unwrap_or_default();
+                let rotational = first_line(&format!("/sys/block/{name}/queue/rotational"))
+                    .map(|r| {
+                        if r == "0" {
+                            " (non-rotational)"
+                        } else {
+                            " (rotational)"
+                        }
+                    })
+                    .unwrap_or("");
+                format!("{name} {model}{rotational}").trim().to_string()
+            })
+            .unwrap_or_else(|| "unknown".into())
+    };
+    Stamp {
+        git_rev: git_rev.into(),
+        kernel: first_line("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into()),
+        cpu,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        disk,
+        date: utc_now(),
+    }
+}
+
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
+}
+
+/// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Writes `results.json` and `summary.md` into the output directory; returns the summary.
+pub fn write_results(results: &BenchResults) -> Result<String, BenchError> {
+    let out = &results.config.out;
+    let io = |path: PathBuf| move |source| BenchError::Io { path, source };
+    let json_path = out.join("results.json");
+    let json = serde_json::to_vec_pretty(results).map_err(|e| io(json_path.clone())(e.into()))?;
+    snapbpf::fsutil::write_atomic(&json_path, &json).map_err(io(json_path.clone()))?;
+    let summary = report::markdown(results);
+    let md_path = out.join("summary.md");
+    snapbpf::fsutil::write_atomic(&md_path, summary.as_bytes()).map_err(io(md_path))?;
+    Ok(summary)
+}

@@ -1,0 +1,259 @@
+//! Bad input gets a one-line error and a non-zero exit, never a panic, and leaves no
+//! half-written snapshot behind.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn copy_snapshot(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for name in ["memory", "vcpu", "snapshot.json"] {
+        std::fs::copy(from.join(name), to.join(name)).expect("copy snapshot file");
+    }
+    // Copying changes the memory file's identity: re-bind snapshot.json to the copy.
+    let meta_path = to.join("snapshot.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).expect("read")).expect("json");
+    let md = std::fs::metadata(to.join("memory")).expect("stat");
+    use std::os::unix::fs::MetadataExt;
+    meta["memory"]["inode"] = md.ino().into();
+    meta["memory"]["dev"] = md.dev().into();
+    meta["memory"]["mtime_ns"] = (i128::from(md.mtime()) * 1_000_000_000
+        + i128::from(md.mtime_nsec()))
+    .to_string()
+    .parse::<serde_json::Number>()
+    .expect("number")
+    .into();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).expect("json")).expect("write");
+}
+
+fn edit_meta(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("snapshot.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    edit(&mut meta);
+    std::fs::write(&path, serde_json::to_vec(&meta).expect("json")).expect("write");
+}
+
+#[test]
+fn argument_errors() {
+    // These fail before touching KVM.
+    let out = run(&["invoke"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing argument is a usage error"
+    );
+    fails(
+        &[
+            "snapshot",
+            "no-such-function",
+            "--out",
+            "/var/tmp/snapbpf-never",
+        ],
+        "unknown function 'no-such-function'",
+    );
+    assert!(!Path::new("/var/tmp/snapbpf-never").exists());
+    fails(&["boot", "no-such-function"], "unknown function");
+    fails(&["boot", "pyaes", "--input", "99"], "takes inputs 0..");
+    fails(
+        &["invoke", "/nonexistent/snapshot"],
+        "is not a snapshot directory",
+    );
+    fails(&["inspect", "/etc"], "is not a snapshot directory");
+}
+
+#[test]
+fn broken_snapshots_are_refused() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let good = snapshot(dir.path(), "pyaes");
+    let good_s = good.to_str().expect("UTF-8");
+    fails(
+        &["invoke", good_s, "--strategy", "nope"],
+        "unknown strategy 'nope'",
+    );
+    fails(
+        &["invoke", good_s, "--no-pv"],
+        "--no-pv applies only to the snapbpf strategy",
+    );
+    fails(
+        &["invoke", good_s, "--concurrency", "0"],
+        "--concurrency must be between 1 and 64",
+    );
+    fails(
+        &["invoke", good_s, "--input", "7"],
+        "takes inputs 0..2, got 7",
+    );
+    fails(&["snapshot", "pyaes", "--out", good_s], "already exists");
+
+    let case = |name: &str, damage: &dyn Fn(&Path), needle: &str| {
+        let d = dir.path().join(name);
+        copy_snapshot(&good, &d);
+        // The copy itself must be valid, so the failure comes from the damage.
+        ok(&["inspect", d.to_str().expect("UTF-8")]);
+        damage(&d);
+        fails(&["invoke", d.to_str().expect("UTF-8"), "--cold"], needle);
+    };
+    case(
+        "no-json",
+        &|d| std::fs::remove_file(d.join("snapshot.json")).expect("rm"),
+        "not a snapshot directory",
+    );
+    case(
+        "bad-json",
+        &|d| std::fs::write(d.join("snapshot.json"), b"{\"format\": ").expect("w"),
+        "snapshot.json is corrupt",
+    );
+    case(
+        "old-version",
+        &|d| edit_meta(d, |m| m["version"] = 0.into()),
+        "version 0",
+    );
+    case(
+        "foreign-format",
+        &|d| edit_meta(d, |m| m["format"] = "firecracker".into()),
+        "'firecracker'",
+    );
+    case(
+        "other-guest",
+        &|d| edit_meta(d, |m| m["guest_digest"] = "0000000000000000".into()),
+        "another guest build",
+    );
+    case(
+        "missing-field",
+        &|d| {
+            edit_meta(d, |m| {
+                m.as_object_mut().expect("object").remove("memory");
+            })
+        },
+        "snapshot.json is corrupt",
+    );
+    case(
+        "no-memory",
+        &|d| std::fs::remove_file(d.join("memory")).expect("rm"),
+        "memory",
+    );
+    case(
+        "truncated-memory",
+        &|d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("memory"))
+                .expect("open");
+            f.set_len(1 << 20).expect("truncate");
+        },
+        "does not match the snapshot: size is 1048576 bytes",
+    );
+    case(
+        "replaced-memory",
+        &|d| {
+            let bytes = std::fs::read(d.join("memory")).expect("read");
+            std::fs::remove_file(d.join("memory")).expect("rm");
+            std::fs::write(d.join("memory"), bytes).expect("write");
+        },
+        "does not match the snapshot",
+    );
+    case(
+        "no-vcpu",
+        &|d| std::fs::remove_file(d.join("vcpu")).expect("rm"),
+        "vcpu",
+    );
+    case(
+        "truncated-vcpu",
+        &|d| {
+            let bytes = std::fs::read(d.join("vcpu")).expect("read");
+            std::fs::write(d.join("vcpu"), &bytes[..bytes.len() / 2]).expect("write");
+        },
+        "truncated",
+    );
+    case(
+        "corrupt-vcpu",
+        &|d| {
+            let mut bytes = std::fs::read(d.join("vcpu")).expect("read");
+            bytes[100] ^= 0xff;
+            std::fs::write(d.join("vcpu"), bytes).expect("write");
+        },
+        "checksum mismatch",
+    );
+    case(
+        "foreign-vcpu",
+        &|d| std::fs::write(d.join("vcpu"), b"ELF binary, not a vcpu file at all....").expect("w"),
+        "bad magic",
+    );
+}
+
+#[test]
+fn failed_snapshot_leaves_nothing_behind() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let out = dir.path().join("too-small");
+    // 2 MiB cannot hold pyaes's state: the guest runs out of heap during init.
+    let err = fails(
+        &[
+            "snapshot",
+            "pyaes",
+            "--out",
+            out.to_str().expect("UTF-8"),
+            "--mem-mib",
+            "2",
+        ],
+        "function init failed",
+    );
+    assert!(err.contains("guest panic: memory allocation"), "{err}");
+    assert!(!out.exists(), "a failed snapshot left {out:?} behind");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    fails(
+        &[
+            "snapshot",
+            "pyaes",
+            "--out",
+            out.to_str().expect("UTF-8"),
+            "--mem-mib",
+            "3",
+        ],
+        "not a non-zero multiple of 2 MiB",
+    );
+}
+
+#[test]
+fn kvm_unavailable_is_a_clear_error() {
+    if !require_kvm() {
+        return;
+    }
+    // Not permitted: an unprivileged user cannot open /dev/kvm (mode 0600).
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["boot", "pyaes"])
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open /dev/kvm") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // Absent: a mount namespace where /dev/kvm is not a KVM device.
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c"])
+        .arg(format!(
+            "mount --bind /dev/null /dev/kvm && exec {} boot pyaes",
+            bin().display()
+        ))
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open /dev/kvm") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,131 @@
+//! Snapshot and restore on real KVM: correctness against fresh boots and the host
+//! reference, cold versus warm behaviour, and page-cache sharing between concurrent VMs.
+
+mod common;
+
+use common::*;
+
+/// Every function and input: the checksum of a restored VM, cold and warm, under every
+/// strategy, equals a freshly booted VM's and the host reference run's.
+#[test]
+fn restore_matches_fresh_boot_for_every_function() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    for info in snapbpf_functions::FUNCTIONS {
+        let snap = snapshot(dir.path(), info.name);
+        let snap = snap.to_str().expect("UTF-8 path");
+        let mut reference = snapbpf_functions::init(
+            snapbpf_functions::index_of(info.name).expect("function has an index"),
+        )
+        .expect("function initialises on the host");
+        for input in 0..info.inputs {
+            let input_s = input.to_string();
+            let host = format!("{:016x}", reference.invoke(input));
+            let fresh = json(&["boot", info.name, "--input", &input_s]);
+            assert_eq!(
+                fresh["checksum"],
+                host.as_str(),
+                "{} input {input}: fresh boot vs host",
+                info.name
+            );
+            for strategy in ["linux-nora", "linux-ra"] {
+                for cold in [true, false] {
+                    let mut args =
+                        vec!["invoke", snap, "--strategy", strategy, "--input", &input_s];
+                    if cold {
+                        args.push("--cold");
+                    }
+                    let report = json(&args);
+                    assert_eq!(
+                        checksums(&report),
+                        vec![host.clone()],
+                        "{} input {input} {strategy} cold={cold}",
+                        info.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A cold restore reads the snapshot from disk (major faults, slower); a warm one does not.
+#[test]
+fn cold_restore_faults_and_is_slower_than_warm() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let snap = snap.to_str().expect("UTF-8 path");
+    let cold = json(&["invoke", snap, "--strategy", "linux-nora", "--cold"]);
+    let warm = json(&["invoke", snap, "--strategy", "linux-nora"]);
+    assert_eq!(checksums(&cold), checksums(&warm));
+    let (c, w) = (&cold["runs"][0], &warm["runs"][0]);
+    assert!(
+        c["major_faults"].as_u64().expect("major_faults") > 100,
+        "cold run: {c}"
+    );
+    assert_eq!(w["major_faults"].as_u64(), Some(0), "warm run: {w}");
+    assert!(
+        c["e2e_ms"].as_f64() > w["e2e_ms"].as_f64(),
+        "cold {c} should be slower than warm {w}"
+    );
+    assert_eq!(cold["cold"], true);
+    assert_eq!(warm["cold"], false);
+    // linux-ra really reads around faults: far fewer major faults than linux-nora.
+    let ra = json(&["invoke", snap, "--strategy", "linux-ra", "--cold"]);
+    assert_eq!(ra["runs"][0]["readahead_kib"].as_u64(), Some(128), "{ra}");
+    assert!(
+        ra["runs"][0]["major_faults"].as_u64() < c["major_faults"].as_u64().map(|f| f / 2),
+        "linux-ra {ra} vs linux-nora {cold}"
+    );
+}
+
+/// Ten VMs of one snapshot share its page cache: the run's memory counts it once.
+#[test]
+fn concurrent_vms_share_the_page_cache() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let snap = snap.to_str().expect("UTF-8 path");
+    let one = json(&["invoke", snap, "--strategy", "linux-nora", "--cold"]);
+    let ten = json(&[
+        "invoke",
+        snap,
+        "--strategy",
+        "linux-nora",
+        "--cold",
+        "--concurrency",
+        "10",
+    ]);
+    assert_eq!(ten["concurrency"], 10);
+    let sums = checksums(&ten);
+    assert_eq!(sums.len(), 10);
+    assert!(sums.iter().all(|s| *s == checksums(&one)[0]), "{sums:?}");
+    let m = &ten["memory"];
+    let (total, cache, anon) = (
+        m["total_kib"].as_u64().expect("total"),
+        m["page_cache_kib"].as_u64().expect("cache"),
+        m["anon_kib"].as_u64().expect("anon"),
+    );
+    assert_eq!(total, cache + anon);
+    let anon_sum: u64 = ten["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["rss_anon_kib"].as_u64().expect("rss_anon_kib"))
+        .sum();
+    assert_eq!(anon, anon_sum);
+    // The same pages are read by every VM but cached once: ten VMs' page cache is about
+    // one VM's, far from ten times it.
+    let single_cache = one["memory"]["page_cache_kib"].as_u64().expect("cache");
+    assert!(single_cache > 0);
+    assert!(
+        cache < single_cache * 2,
+        "10 VMs cached {cache} KiB, one VM {single_cache} KiB: pages were not shared"
+    );
+}

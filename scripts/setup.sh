@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and running snapbpf needs and the machine lacks.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+
+need_pkgs=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in clang llvm libelf-dev zlib1g-dev pkg-config util-linux; do
+    have_pkg "$pkg" || need_pkgs+=("$pkg")
+done
+if ((${#need_pkgs[@]})); then
+    echo "==> installing system packages: ${need_pkgs[*]}" >&2
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "error: installing ${need_pkgs[*]} needs root (run as root or install them)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "error: cargo (Rust stable) is required and not on PATH" >&2
+    exit 1
+fi
+# tracefs is where BPF tracepoints are found; mount it if the system did not.
+if [[ $(id -u) -eq 0 && ! -d /sys/kernel/tracing/events ]]; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+fi
