@@ -9,15 +9,36 @@
 //!   reports ready after it, and the snapshot captures that state.
 //! - [`Function::invoke`] serves one request for an input number, reading part of the state
 //!   and allocating fresh working memory, and returns a checksum of its output.
+//!
+//! Every function also carries a simulated language-runtime heap (module `runtime`) that
+//! its invocations partly walk, as a Python function's interpreter and libraries are.
+//!
+//! Determinism rules for code in this crate: only `core` and `alloc`, no hashing with random
+//! seeds, floating point only through plain IEEE operations and the `libm` crate, and a
+//! fixed evaluation order for every reduction.
 #![no_std]
 #![warn(missing_docs)]
 
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 use alloc::boxed::Box;
 
+mod bert;
 mod checksum;
+mod graph_bfs;
+mod gzip;
+mod html_serving;
+mod image;
+mod linalg;
+mod linpack;
 mod pyaes;
+mod rnn;
+mod runtime;
+mod synth;
+#[cfg(test)]
+mod tests;
 
 pub use checksum::Checksum;
 
@@ -30,7 +51,8 @@ pub struct FunctionInfo {
     pub description: &'static str,
     /// Guest memory, in MiB, the function's VM gets by default.
     pub mem_mib: u32,
-    /// Number of distinct inputs the function accepts (`0..inputs`).
+    /// Number of distinct inputs the function accepts (`0..inputs`); larger input numbers
+    /// are taken modulo `inputs`.
     pub inputs: u32,
 }
 
@@ -39,12 +61,43 @@ pub trait Function {
     /// Serves one invocation for `input` and returns the checksum of its output.
     ///
     /// Must be deterministic: the same function, state and input give the same checksum on
-    /// the host and in the guest.
+    /// the host and in the guest. Functions returned by [`init`] take `input` modulo
+    /// [`FunctionInfo::inputs`]. An invocation frees all the memory it allocates and leaves
+    /// the state as it found it, so invocations can repeat.
     fn invoke(&mut self, input: u32) -> u64;
 }
 
+/// A function with its input count, mapping out-of-range inputs back into `0..inputs`.
+struct InputsModulo<F> {
+    inputs: u32,
+    function: F,
+}
+
+impl<F: Function> Function for InputsModulo<F> {
+    fn invoke(&mut self, input: u32) -> u64 {
+        self.function.invoke(input % self.inputs)
+    }
+}
+
+/// Boxes `function`, whose description is `info`, behind the input mapping.
+fn boxed<F: Function + 'static>(info: &FunctionInfo, function: F) -> Box<dyn Function> {
+    Box::new(InputsModulo {
+        inputs: info.inputs.max(1),
+        function,
+    })
+}
+
 /// Every function of the suite.
-pub const FUNCTIONS: &[FunctionInfo] = &[pyaes::INFO];
+pub const FUNCTIONS: &[FunctionInfo] = &[
+    pyaes::INFO,
+    gzip::INFO,
+    linpack::INFO,
+    image::INFO,
+    rnn::INFO,
+    bert::INFO,
+    graph_bfs::INFO,
+    html_serving::INFO,
+];
 
 /// Looks a function up by name.
 pub fn info(name: &str) -> Option<&'static FunctionInfo> {
@@ -53,14 +106,24 @@ pub fn info(name: &str) -> Option<&'static FunctionInfo> {
 
 /// Index of a function in [`FUNCTIONS`], the number the VMM passes to the guest.
 pub fn index_of(name: &str) -> Option<u32> {
-    FUNCTIONS.iter().position(|f| f.name == name).map(|i| i as u32)
+    FUNCTIONS
+        .iter()
+        .position(|f| f.name == name)
+        .map(|i| i as u32)
 }
 
 /// Runs the init phase of the function at `index` in [`FUNCTIONS`].
 pub fn init(index: u32) -> Option<Box<dyn Function>> {
     let info = FUNCTIONS.get(index as usize)?;
     Some(match info.name {
-        "pyaes" => Box::new(pyaes::Pyaes::init()),
+        "pyaes" => boxed(info, pyaes::Pyaes::init()),
+        "gzip" => boxed(info, gzip::Gzip::init()),
+        "linpack" => boxed(info, linpack::Linpack::init()),
+        "image" => boxed(info, image::Image::init()),
+        "rnn" => boxed(info, rnn::Rnn::init()),
+        "bert" => boxed(info, bert::Bert::init()),
+        "graph_bfs" => boxed(info, graph_bfs::GraphBfs::init()),
+        "html_serving" => boxed(info, html_serving::HtmlServing::init()),
         _ => return None,
     })
 }
