@@ -15,7 +15,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::linalg::{layer_norm, mat_mul_tokens, softmax};
+use crate::linalg::{dot, layer_norm, mat_mul_tokens, softmax};
 use crate::runtime::Runtime;
 use crate::synth::Rng;
 use crate::{Checksum, Function, FunctionInfo};
@@ -145,7 +145,7 @@ impl EncoderLayer {
                 let query = &queries[query_token * HIDDEN..][lanes.clone()];
                 for (key_token, score) in scores.iter_mut().enumerate() {
                     let key = &keys[key_token * HIDDEN..][lanes.clone()];
-                    *score = crate::linalg::dot(query, key) * scale;
+                    *score = dot(query, key) * scale;
                 }
                 softmax(&mut scores);
                 let out = &mut context[query_token * HIDDEN..][lanes.clone()];

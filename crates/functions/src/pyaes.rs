@@ -30,7 +30,7 @@ const CORPUS_BYTES: usize = 4 << 20;
 /// Size of the window one invocation encrypts.
 const MESSAGE_BYTES: usize = CORPUS_BYTES / 2;
 /// Number of times the message is encrypted, each time with a different key.
-const ROUNDS: u8 = 4;
+const ROUNDS: u8 = 16;
 /// Payload bytes of the simulated runtime heap.
 const RUNTIME_BYTES: usize = 16 << 20;
 
