@@ -251,3 +251,51 @@ fn registry_is_consistent() {
     assert!(init(FUNCTIONS.len() as u32).is_none());
     assert!(index_of("no-such-function").is_none());
 }
+
+/// Kibibytes of this process's memory referenced since the last [`clear_referenced`].
+fn referenced_kib() -> Option<usize> {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Referenced:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Clears the referenced bits of every page of this process.
+fn clear_referenced() -> bool {
+    std::fs::write("/proc/self/clear_refs", "1").is_ok()
+}
+
+/// Measures the pages each invocation references, through `/proc/self/clear_refs`.
+///
+/// Fresh allocations large enough for the host allocator to `mmap` are unmapped again before
+/// the count is read, so this is mostly the state (snapshot) pages an invocation touches:
+/// the host-side analogue of the working set a restore strategy has to fetch. Process-wide,
+/// so run it alone: `cargo test --release -p snapbpf-functions -- --ignored --test-threads 1
+/// --nocapture`.
+#[test]
+#[ignore = "process-wide measurement; run alone with --test-threads 1"]
+fn measure_referenced_memory_per_invocation() {
+    if !clear_referenced() {
+        println!("/proc/self/clear_refs is not writable; skipping");
+        return;
+    }
+    for (index, info) in FUNCTIONS.iter().enumerate() {
+        let mut function = init(index as u32).expect("function initialises");
+        let _ = clear_referenced();
+        let idle = referenced_kib().unwrap_or(0);
+        let mut touched = std::vec::Vec::new();
+        for input in 0..info.inputs {
+            let _ = clear_referenced();
+            let _ = function.invoke(input);
+            let kib = referenced_kib().unwrap_or(0).saturating_sub(idle);
+            touched.push(std::format!(
+                "input {input}: {:.1} MiB",
+                kib as f64 / 1024.0
+            ));
+        }
+        println!(
+            "{:>13}: referenced per invocation: {}",
+            info.name,
+            touched.join(", ")
+        );
+    }
+}
