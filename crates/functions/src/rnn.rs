@@ -6,8 +6,8 @@
 //! generates `STEPS` tokens greedily from an input-dependent start token, using head 0 for
 //! input 0 and head 1 for input 1.
 //!
-//! Memory behaviour: model-bound. The state holds 108 MiB of `f32` weights (embedding
-//! 12 MiB, LSTM layers 36 MiB, four heads 48 MiB+); an invocation reads both LSTM layers and
+//! Memory behaviour: model-bound. The state holds 96 MiB of `f32` weights (embedding
+//! 12 MiB, LSTM layers 36 MiB, four heads 48 MiB); an invocation reads both LSTM layers and
 //! one head in full on every step, a few embedding rows, and about 57 % of a 32 MiB runtime
 //! heap: about 67 MiB touched per invocation (estimate). Fresh allocations are a few KiB.
 

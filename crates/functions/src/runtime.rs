@@ -72,7 +72,8 @@ impl Runtime {
         for _ in 0..MODULES {
             let first = objects.len();
             let mut bytes = 0;
-            while bytes < per_module {
+            // At least one object per module, so every module has an entry.
+            while bytes < per_module || objects.len() == first {
                 let words = object_words(&mut rng);
                 bytes += words * 8;
                 objects.push(HeapObject {
