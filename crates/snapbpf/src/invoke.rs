@@ -21,7 +21,7 @@ use snapbpf_vmm::{CreateError, GuestEvent, MemoryError, MicroVm, RunError, State
 
 use crate::fsutil;
 use crate::snapshot::{OpenError, Snapshot};
-use crate::strategy::{PrefetchReport, StrategyError, StrategySpec};
+use crate::strategy::{PrefetchReport, Restored, StrategyError, StrategySpec};
 
 /// One VM's measurements.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +136,20 @@ pub fn run_one(
     let started = Instant::now();
     let snapshot = Snapshot::open(dir)?;
     let restored = strategy.restore(&snapshot)?;
+    run_restored(&snapshot, restored, opts, started, faults_before)
+}
+
+/// Runs one invocation in a VM over memory a strategy already built (`restored`).
+///
+/// `started` is when the restore was requested and `faults_before` the process's major
+/// faults then; strategies' record phases use this to run their recorded invocation.
+pub fn run_restored(
+    snapshot: &Snapshot,
+    restored: Restored,
+    opts: &RunOptions,
+    started: Instant,
+    faults_before: u64,
+) -> Result<RunReport, RunOneError> {
     let mut handler = restored.handler;
     let mut vm = MicroVm::new(restored.memory)?;
     vm.set_state(&snapshot.vcpu)?;
@@ -172,7 +186,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn major_faults() -> u64 {
+/// Major faults this process has taken so far.
+pub fn major_faults() -> u64 {
     // SAFETY: getrusage fills the struct we pass; a zeroed rusage is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to an owned rusage.

@@ -49,6 +49,9 @@ pub enum StrategyError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] snapbpf_vmm::MemoryError),
+    /// The recorded invocation failed.
+    #[error("recorded invocation failed: {0}")]
+    Record(Box<crate::invoke::RunOneError>),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
