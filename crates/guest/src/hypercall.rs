@@ -23,7 +23,6 @@ pub fn done(checksum: u64) {
 }
 
 /// Tells the VMM that the first `count` entries of the mailbox hint table are fresh.
-#[allow(dead_code)]
 pub fn fresh_hints(count: usize) {
     hypercall(HC_FRESH_HINTS, count as u64);
 }

@@ -49,7 +49,9 @@ extern "C" fn guest_main() -> ! {
     let Some(mut function) = snapbpf_functions::init(function) else {
         hypercall::panic_message(format_args!("unknown function index {function}"));
     };
+    heap::freeze_at_snapshot();
     hypercall::ready();
+    heap::snapshot_passed();
     loop {
         // SAFETY: as above; the VMM writes `input` only while we are stopped in a hypercall.
         let input = unsafe { core::ptr::read_volatile(&raw const (*mb).input) };

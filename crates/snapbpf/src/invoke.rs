@@ -157,6 +157,7 @@ pub fn run_restored(
         return Err(RunOneError::ForeignMemory);
     }
     vm.set_input(opts.input)?;
+    vm.set_hints_enabled(restored.pv_hints)?;
     let resumed = Instant::now();
     let event = vm.run(handler.as_mut(), opts.timeout);
     let finished = Instant::now();
@@ -176,7 +177,7 @@ pub fn run_restored(
         rss_anon_kib,
         rss_file_kib,
         hint_exits: stats.hint_exits,
-        fresh_bytes: strategy_report.fresh_bytes,
+        fresh_bytes: stats.hinted_bytes,
         readahead_kib: strategy_report.readahead_kib,
         prefetch: strategy_report.prefetch,
     })

@@ -9,5 +9,6 @@
 
 pub mod fsutil;
 pub mod invoke;
+pub mod pv;
 pub mod snapshot;
 pub mod strategy;

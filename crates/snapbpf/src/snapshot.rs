@@ -386,27 +386,49 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Boots `function` in a fresh VM, runs init and one invocation with `input`, and returns
-/// the checksum: the reference a restored snapshot must reproduce.
-pub fn fresh_boot_checksum(
+/// A fresh boot's results: the reference a restored snapshot must reproduce.
+#[derive(Debug, Clone)]
+pub struct FreshBoot {
+    /// Time of the init phase, ms.
+    pub init_ms: f64,
+    /// Per invocation: checksum and wall time in ms.
+    pub invocations: Vec<(u64, f64)>,
+}
+
+/// Boots `function` in a fresh VM, runs init and then `invocations` invocations with
+/// `input` in the same VM (the first cold in guest memory, the rest fully warm).
+pub fn fresh_boot(
     function: &str,
     input: u32,
+    invocations: u32,
     mem_mib: Option<u32>,
     timeout: Duration,
-) -> Result<u64, SnapshotError> {
+) -> Result<FreshBoot, SnapshotError> {
     let info = snapbpf_functions::info(function)
         .ok_or_else(|| SnapshotError::UnknownFunction(function.to_string()))?;
     let index = snapbpf_functions::index_of(function)
         .ok_or_else(|| SnapshotError::UnknownFunction(function.to_string()))?;
     let mem_bytes = u64::from(mem_mib.unwrap_or(info.mem_mib)) << 20;
+    let started = Instant::now();
     let mut vm = MicroVm::new(GuestMemory::anonymous(mem_bytes)?)?;
     vm.boot(snapbpf_guest_image::GUEST_ELF, index)?;
     if vm.run(&mut IgnoreHints, timeout)? != GuestEvent::Ready {
         return Err(SnapshotError::NotReady);
     }
-    vm.set_input(input)?;
-    match vm.run(&mut IgnoreHints, timeout)? {
-        GuestEvent::Done { checksum } => Ok(checksum),
-        GuestEvent::Ready => Err(SnapshotError::NotReady),
+    let init_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut results = Vec::new();
+    for _ in 0..invocations.max(1) {
+        vm.set_input(input)?;
+        let t = Instant::now();
+        match vm.run(&mut IgnoreHints, timeout)? {
+            GuestEvent::Done { checksum } => {
+                results.push((checksum, t.elapsed().as_secs_f64() * 1e3))
+            }
+            GuestEvent::Ready => return Err(SnapshotError::NotReady),
+        }
     }
+    Ok(FreshBoot {
+        init_ms,
+        invocations: results,
+    })
 }

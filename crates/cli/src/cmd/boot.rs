@@ -16,6 +16,10 @@ pub struct Args {
     /// Longest each phase may run, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Invocations to run in the same VM (the first touches guest memory for the first
+    /// time, later ones run fully warm).
+    #[arg(long, default_value_t = 1)]
+    invocations: u32,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -36,23 +40,34 @@ pub fn run(args: Args) -> Result<()> {
             args.input
         );
     }
-    let checksum = snapbpf::snapshot::fresh_boot_checksum(
+    let boot = snapbpf::snapshot::fresh_boot(
         &args.function,
         args.input,
+        args.invocations,
         args.mem_mib,
         super::secs(args.timeout_secs),
     )?;
+    let checksum = boot.invocations.first().map(|i| i.0).unwrap_or_default();
     if args.json {
+        let runs: Vec<_> = boot
+            .invocations
+            .iter()
+            .map(|(c, ms)| serde_json::json!({"checksum": format!("{c:016x}"), "exec_ms": ms}))
+            .collect();
         println!(
             "{}",
             serde_json::json!({"function": args.function, "input": args.input,
-                               "checksum": format!("{checksum:016x}")})
+                               "checksum": format!("{checksum:016x}"),
+                               "init_ms": boot.init_ms, "invocations": runs})
         );
     } else {
         println!(
-            "{} input {}: checksum {checksum:016x}",
-            args.function, args.input
+            "{} input {}: checksum {checksum:016x}, init {:.1} ms",
+            args.function, args.input, boot.init_ms
         );
+        for (i, (c, ms)) in boot.invocations.iter().enumerate() {
+            println!("  invocation {i}: {ms:.2} ms, checksum {c:016x}");
+        }
     }
     Ok(())
 }

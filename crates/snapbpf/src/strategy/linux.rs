@@ -74,6 +74,7 @@ impl Strategy for LinuxPaging {
         Ok(Restored {
             memory,
             handler: Box::new(IgnoreHints),
+            pv_hints: false,
             finish: Box::new(move || RestoreReport {
                 readahead_kib: window,
                 ..RestoreReport::default()

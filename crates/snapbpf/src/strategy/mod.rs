@@ -146,8 +146,6 @@ pub struct RestoreReport {
     pub prefetch: Option<PrefetchReport>,
     /// Readahead window of the memory file, KiB, when the strategy sets one.
     pub readahead_kib: Option<u64>,
-    /// Bytes of fresh allocations served without snapshot I/O.
-    pub fresh_bytes: u64,
 }
 
 /// Guest memory built for one VM, with what runs beside it.
@@ -156,6 +154,8 @@ pub struct Restored {
     pub memory: GuestMemory,
     /// Handles the guest's hypercalls for this strategy.
     pub handler: Box<dyn ExitHandler + Send>,
+    /// Ask the guest for fresh-allocation hints (PV filtering); `handler` acts on them.
+    pub pv_hints: bool,
     /// Collects the strategy's report once the invocation is over (joins helper threads).
     pub finish: Box<dyn FnOnce() -> RestoreReport + Send>,
 }
