@@ -1,1 +1,5 @@
 //! placeholder
+
+pub mod capture;
+pub mod prefetch;
+pub mod workingset;
