@@ -204,6 +204,11 @@ pub fn prefetch_with(
             })?;
         }
         PrefetchMethod::IoUringRead { queue_depth } => {
+            // Buffered reads run the kernel's sequential-readahead heuristics on the
+            // open file description; use a private one with readahead disabled
+            // (POSIX_FADV_RANDOM) so that only the requested pages are read.
+            let private = random_access_reopen(file);
+            let fd = private.as_ref().map_or(fd, |f| f.as_raw_fd());
             uring_run(fd, &requests, queue_depth, true).map_err(|e| match e {
                 UringError::Setup(e) => PrefetchError::IoUring(e),
                 UringError::Request(off, len, e) => fail(off, len, e),
@@ -234,6 +239,15 @@ pub fn spawn_prefetch(
                 },
             )
         })
+}
+
+/// Opens `file` again (a new open file description, via /proc/self/fd) with
+/// `POSIX_FADV_RANDOM`; `None` if that is not possible.
+fn random_access_reopen(file: &File) -> Option<File> {
+    let f = File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    // SAFETY: posix_fadvise only reads the fd and the scalar arguments.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    (rc == 0).then_some(f)
 }
 
 /// Splits ranges into `(byte offset, byte length)` requests of at most `chunk` bytes,
@@ -413,6 +427,39 @@ pub fn resident_pages(file: &File) -> std::io::Result<Vec<bool>> {
         return Err(err);
     }
     Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
+}
+
+/// The parts of `ranges` (in their order) whose pages are not resident in the page
+/// cache. Readahead is best effort: the kernel may drop a few readahead pages (see
+/// docs/ebpf-capture.md); callers that need every page can prefetch the result again.
+pub fn missing_ranges(file: &File, ranges: &[PageRange]) -> std::io::Result<Vec<PageRange>> {
+    let res = resident_pages(file)?;
+    let mut out = Vec::new();
+    for r in ranges {
+        let mut cur: Option<PageRange> = None;
+        for p in r.start..r.end() {
+            let present = usize::try_from(p).ok().and_then(|i| res.get(i)).copied();
+            // Pages past the end of the file cannot be resident; ignore them.
+            if present != Some(false) {
+                if let Some(c) = cur.take() {
+                    out.push(c);
+                }
+                continue;
+            }
+            match cur.as_mut() {
+                Some(c) => c.pages += 1,
+                None => {
+                    cur = Some(PageRange {
+                        start: p,
+                        pages: 1,
+                        first_access_ns: r.first_access_ns,
+                    })
+                }
+            }
+        }
+        out.extend(cur);
+    }
+    Ok(out)
 }
 
 /// Number of resident pages of `file`.
