@@ -116,33 +116,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             want.len()
         );
     }
-    for m in methods {
-        let (mut issue, mut resident) = (Vec::new(), Vec::new());
-        let mut reqs = 0;
-        let (mut missing_runs, mut missing_pages) = (0, 0);
-        for _ in 0..repeats {
+    // Interleaved: every repeat runs every method once, so drift in the machine's
+    // load spreads evenly over the methods.
+    struct Acc {
+        issue: Vec<Duration>,
+        resident: Vec<Duration>,
+        reqs: u64,
+        missing_runs: usize,
+        missing_pages: usize,
+    }
+    let mut acc: Vec<Acc> = methods
+        .iter()
+        .map(|_| Acc {
+            issue: Vec::new(),
+            resident: Vec::new(),
+            reqs: 0,
+            missing_runs: 0,
+            missing_pages: 0,
+        })
+        .collect();
+    for _ in 0..repeats {
+        for (m, a) in methods.iter().zip(acc.iter_mut()) {
             cold(&file)?;
             let s = Instant::now();
             let st = prefetch_with(
                 &file,
                 &ws.ranges,
                 &PrefetchOptions {
-                    method: m,
+                    method: *m,
                     max_request_bytes: None,
                 },
             )?;
-            issue.push(st.elapsed);
-            reqs = st.requests;
+            a.issue.push(st.elapsed);
+            a.reqs = st.requests;
             loop {
                 let r = resident_pages(&file)?;
                 if want.iter().all(|&p| r[p as usize]) {
-                    resident.push(s.elapsed());
+                    a.resident.push(s.elapsed());
                     break;
                 }
                 if s.elapsed() > Duration::from_secs(3) {
                     // Readahead is best effort: some pages were dropped.
-                    missing_runs += 1;
-                    missing_pages += want.iter().filter(|&&p| !r[p as usize]).count();
+                    a.missing_runs += 1;
+                    a.missing_pages += want.iter().filter(|&&p| !r[p as usize]).count();
                     break;
                 }
                 std::thread::sleep(Duration::from_micros(500));
@@ -154,17 +170,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("  note: {m}: {} extra pages", total - present);
             }
         }
-        let res = if resident.is_empty() {
+    }
+    for (m, a) in methods.iter().zip(acc.iter_mut()) {
+        let res = if a.resident.is_empty() {
             "-".to_string()
         } else {
-            format!("{:.1}", med(&mut resident))
+            format!("{:.1}", med(&mut a.resident))
         };
         println!(
-            "{:<28} {:>12.1} {:>14} {:>10}  {missing_runs}/{repeats} ({missing_pages} pages)",
+            "{:<28} {:>12.1} {:>14} {:>10}  {}/{repeats} ({} pages)",
             m.to_string(),
-            med(&mut issue),
+            med(&mut a.issue),
             res,
-            reqs
+            a.reqs,
+            a.missing_runs,
+            a.missing_pages
         );
     }
     Ok(())

@@ -110,7 +110,8 @@ pub struct CaptureOptions {
     /// Ring buffer size in bytes; rounded up to a power of two of at least one page.
     /// Each event takes 32 bytes. Default 16 MiB (about 500 000 events in flight).
     pub ring_buffer_bytes: u32,
-    /// How long the drain thread sleeps in `epoll_wait` between stop checks.
+    /// How often the drain thread empties the ring buffer (it is also woken when the
+    /// ring is a quarter full) and checks for stop.
     pub poll_interval: Duration,
 }
 
@@ -499,7 +500,9 @@ fn run_capture(
         drop(ready);
 
         while !stop.load(Ordering::Acquire) {
-            match rb.poll(opts.poll_interval) {
+            // The kernel side only wakes us when the ring is a quarter full, so drain
+            // after every timeout too.
+            match rb.poll(opts.poll_interval).and_then(|()| rb.consume()) {
                 Ok(()) => {}
                 // EINTR: retry.
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
@@ -562,6 +565,9 @@ fn load_skel<'obj>(
     rodata.target_dev = file.kernel_dev;
     rodata.target_ino = file.inode;
     let rb = opts.ring_buffer_bytes.max(4096).next_power_of_two();
+    // Wake the drain thread when a quarter of the ring is full; it also drains every
+    // `poll_interval`.
+    rodata.wakeup_bytes = u64::from(rb / 4);
     open.maps
         .events
         .set_max_entries(rb)
@@ -663,6 +669,19 @@ fn fs_without_page_cache(path: &Path) -> Option<(i64, &'static str, &'static str
             0x794c_7630,
             "overlayfs",
             "its page cache belongs to the upper/lower file; trace that file instead",
+        ),
+        (
+            0x0102_1994,
+            "tmpfs",
+            "shmem pages are created when written and never enter the page cache through \
+             filemap_add_folio() or filemap_fault(), so the tracepoints see nothing; put the \
+             file on a disk-backed filesystem",
+        ),
+        (
+            0x8584_58f6,
+            "ramfs",
+            "ramfs pages never leave memory, so nothing is ever read in; put the file on a \
+             disk-backed filesystem",
         ),
         (0x9fa0, "procfs", "procfs files have no page cache"),
         (0x6265_6572, "sysfs", "sysfs files have no page cache"),

