@@ -1,0 +1,967 @@
+//! Working sets: the captured pages of a file grouped into contiguous ranges, ordered by
+//! first access (SnapBPF paper, section 3.1), and their on-disk format.
+//!
+//! A working set only holds offsets. It is bound to the identity of the file it was
+//! captured from ([`FileIdentity`]); [`WorkingSet::read_for`] refuses a working set
+//! whose identity does not match the file ("stale").
+//!
+//! # File format (version 1, little-endian)
+//!
+//! | field | size |
+//! | --- | --- |
+//! | magic `SNAPBPFW` | 8 |
+//! | version (`u32`) | 4 |
+//! | flags (`u32`, 0) | 4 |
+//! | identity: size `u64`, mtime_ns `i64`, inode `u64`, dev `u64`, digest `[u8; 32]` | 64 |
+//! | meta: pages, total_events, lost_events, capture_ns, captured_at_unix_ns (`u64` each), captures (`u32`), histogram length (`u32`) | 48 |
+//! | order histogram (`u64` each, at most [`MAX_HISTOGRAM`]) | 8·n |
+//! | range count (`u64`, at most [`MAX_RANGES`]) | 8 |
+//! | ranges: start page `u64`, page count `u64`, first access ns `u64` | 24·n |
+//! | CRC32 (crc32fast) of every preceding byte | 4 |
+//!
+//! Counts are checked against [`MAX_RANGES`] / [`MAX_HISTOGRAM`] and against the bytes
+//! actually present before anything is allocated.
+//!
+//! ```
+//! use snapbpf::workingset::{CaptureMeta, FileIdentity, WorkingSet};
+//! let id = FileIdentity { size: 1 << 20, mtime_ns: 1, inode: 2, dev: 3, digest: [0; 32] };
+//! // page 10 touched first, then 3 and 4, then 11.
+//! let ws = WorkingSet::from_pages(id, [(3, 20), (4, 30), (10, 5), (11, 40)], CaptureMeta::default());
+//! assert_eq!(ws.ranges[0].start, 10); // [10, 11] first: its earliest access is 5 ns
+//! assert_eq!(ws.ranges[1].start, 3);
+//! let bytes = ws.to_bytes();
+//! assert_eq!(WorkingSet::from_bytes(&bytes).unwrap(), ws);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::CapturedPages;
+
+/// File magic.
+pub const MAGIC: [u8; 8] = *b"SNAPBPFW";
+/// Current format version.
+pub const VERSION: u32 = 1;
+/// Largest number of ranges a working-set file may hold (2^28: a 1 TiB file of single
+/// scattered pages).
+pub const MAX_RANGES: u64 = 1 << 28;
+/// Largest order histogram accepted.
+pub const MAX_HISTOGRAM: u32 = 64;
+/// Largest working-set file [`WorkingSet::read`] accepts.
+pub const MAX_FILE_BYTES: u64 = 16 + 64 + 48 + 8 * MAX_HISTOGRAM as u64 + 8 + 24 * MAX_RANGES + 4;
+
+const PAGE_SIZE: u64 = 4096;
+const RANGE_BYTES: usize = 24;
+const FIXED_HEADER: usize = 16 + 64 + 48;
+
+/// Identity of the file a working set belongs to. The snapshot store fills it in
+/// (size, mtime, inode and device from `stat`, plus a content digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// File size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Device (`st_dev`).
+    pub dev: u64,
+    /// Content digest (e.g. SHA-256), or zeros if unknown.
+    pub digest: [u8; 32],
+}
+
+impl FileIdentity {
+    /// Identity from `stat` data plus a caller-computed digest.
+    pub fn from_metadata(meta: &std::fs::Metadata, digest: [u8; 32]) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            inode: meta.ino(),
+            dev: meta.dev(),
+            digest,
+        }
+    }
+
+    /// Names of the fields that differ from `other`.
+    pub fn differences(&self, other: &FileIdentity) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.size != other.size {
+            d.push("size");
+        }
+        if self.mtime_ns != other.mtime_ns {
+            d.push("mtime");
+        }
+        if self.inode != other.inode {
+            d.push("inode");
+        }
+        if self.dev != other.dev {
+            d.push("dev");
+        }
+        if self.digest != other.digest {
+            d.push("digest");
+        }
+        d
+    }
+}
+
+/// A run of contiguous pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PageRange {
+    /// First page index (file offset / 4096).
+    pub start: u64,
+    /// Number of pages (≥ 1).
+    pub pages: u64,
+    /// Earliest first access of any page in the range, ns since capture start.
+    pub first_access_ns: u64,
+}
+
+impl PageRange {
+    /// One past the last page.
+    pub fn end(&self) -> u64 {
+        self.start + self.pages
+    }
+    /// Byte offset of the range in the file.
+    pub fn offset(&self) -> u64 {
+        self.start * PAGE_SIZE
+    }
+    /// Length of the range in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+}
+
+/// How the working set was captured.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CaptureMeta {
+    /// Distinct pages.
+    pub pages: u64,
+    /// Events received.
+    pub total_events: u64,
+    /// Events lost to ring-buffer overflow (0 for a complete capture).
+    pub lost_events: u64,
+    /// Duration of the capture(s), ns (summed over merged captures).
+    pub capture_ns: u64,
+    /// When the (latest) capture was taken, ns since the Unix epoch.
+    pub captured_at_unix_ns: u64,
+    /// Number of captures merged into this working set.
+    pub captures: u32,
+    /// Events per folio order.
+    pub order_histogram: Vec<u64>,
+}
+
+/// A working set: ranges of one file, in prefetch order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingSet {
+    /// The file the offsets refer to.
+    pub identity: FileIdentity,
+    /// Capture metadata.
+    pub meta: CaptureMeta,
+    /// Contiguous, non-overlapping ranges, sorted by `first_access_ns` (ties by start).
+    pub ranges: Vec<PageRange>,
+}
+
+/// Why a byte buffer is not a valid working set.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The data ends before the structure it announces.
+    #[error("working-set data is truncated: {needed} bytes needed, {have} present")]
+    Truncated {
+        /// Bytes the header announces.
+        needed: u64,
+        /// Bytes present.
+        have: u64,
+    },
+    /// Not a working-set file.
+    #[error("not a snapbpf working-set file (bad magic {found:02x?})")]
+    BadMagic {
+        /// The first bytes found.
+        found: Vec<u8>,
+    },
+    /// Written by an incompatible version.
+    #[error(
+        "unsupported working-set format version {found} (this build reads version {supported})"
+    )]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// The checksum does not match: the file is corrupt.
+    #[error("working-set checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupt")]
+    Checksum {
+        /// CRC in the file.
+        stored: u32,
+        /// CRC of the data.
+        computed: u32,
+    },
+    /// A count exceeds its limit.
+    #[error("working-set {what} count {count} exceeds the limit {max}")]
+    TooLarge {
+        /// Which count.
+        what: &'static str,
+        /// The count found.
+        count: u64,
+        /// Its limit.
+        max: u64,
+    },
+    /// Extra bytes after the checksum.
+    #[error("{extra} unexpected trailing bytes after the working-set checksum")]
+    TrailingBytes {
+        /// How many.
+        extra: u64,
+    },
+    /// Checksummed but semantically invalid content.
+    #[error("invalid working set: {0}")]
+    Invalid(String),
+}
+
+/// Errors of [`WorkingSet::read`] and [`WorkingSet::read_for`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be read.
+    #[error("cannot read working set {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is larger than any valid working set.
+    #[error("working set {path} is {size} bytes, larger than the {max}-byte limit")]
+    TooBig {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The file's content is invalid.
+    #[error("working set {path}: {source}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: DecodeError,
+    },
+    /// The working set was captured from a different version of the file.
+    #[error(
+        "working set {path} is stale: it was captured from a file that differs in {fields:?} \
+         (expected {expected:?}, working set has {found:?}); re-record it"
+    )]
+    Stale {
+        /// The working-set file.
+        path: PathBuf,
+        /// Differing fields.
+        fields: Vec<&'static str>,
+        /// Identity of the file now.
+        expected: Box<FileIdentity>,
+        /// Identity recorded in the working set.
+        found: Box<FileIdentity>,
+    },
+}
+
+/// Errors of [`WorkingSet::write_atomic`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write working set {path} ({stage}): {source}")]
+pub struct WriteError {
+    /// The destination.
+    pub path: PathBuf,
+    /// Which step failed.
+    pub stage: &'static str,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+/// Errors of [`WorkingSet::merge`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MergeError {
+    /// No working sets were given.
+    #[error("nothing to merge")]
+    Empty,
+    /// The working sets belong to different files.
+    #[error("cannot merge working sets of different files (they differ in {fields:?})")]
+    IdentityMismatch {
+        /// Differing fields.
+        fields: Vec<&'static str>,
+    },
+}
+
+impl WorkingSet {
+    /// Builds a working set from `(page index, first access ns)` pairs (duplicates keep
+    /// the earliest time): contiguous pages become one range, ranges are sorted by their
+    /// earliest access. `meta.pages` is set to the number of distinct pages.
+    pub fn from_pages(
+        identity: FileIdentity,
+        pages: impl IntoIterator<Item = (u64, u64)>,
+        mut meta: CaptureMeta,
+    ) -> Self {
+        let mut map: BTreeMap<u64, u64> = BTreeMap::new();
+        for (p, t) in pages {
+            map.entry(p).and_modify(|e| *e = (*e).min(t)).or_insert(t);
+        }
+        meta.pages = map.len() as u64;
+        WorkingSet {
+            identity,
+            meta,
+            ranges: group(&map),
+        }
+    }
+
+    /// Builds a working set from a capture.
+    pub fn from_capture(identity: FileIdentity, capture: &CapturedPages) -> Self {
+        let meta = CaptureMeta {
+            pages: 0,
+            total_events: capture.total_events,
+            lost_events: capture.lost_events,
+            capture_ns: u64::try_from(capture.duration.as_nanos()).unwrap_or(u64::MAX),
+            captured_at_unix_ns: unix_now_ns(),
+            captures: 1,
+            order_histogram: trim_histogram(&capture.order_histogram),
+        };
+        Self::from_pages(identity, capture.iter(), meta)
+    }
+
+    /// Union of several working sets of the same file. A page's first access is the
+    /// earliest over all inputs; ranges are regrouped and re-sorted. Metadata counters
+    /// are summed.
+    pub fn merge(sets: &[WorkingSet]) -> Result<WorkingSet, MergeError> {
+        let first = sets.first().ok_or(MergeError::Empty)?;
+        for s in &sets[1..] {
+            let fields = first.identity.differences(&s.identity);
+            if !fields.is_empty() {
+                return Err(MergeError::IdentityMismatch { fields });
+            }
+        }
+        let mut meta = CaptureMeta::default();
+        for s in sets {
+            meta.total_events += s.meta.total_events;
+            meta.lost_events += s.meta.lost_events;
+            meta.capture_ns += s.meta.capture_ns;
+            meta.captured_at_unix_ns = meta.captured_at_unix_ns.max(s.meta.captured_at_unix_ns);
+            meta.captures += s.meta.captures;
+            if meta.order_histogram.len() < s.meta.order_histogram.len() {
+                meta.order_histogram.resize(s.meta.order_histogram.len(), 0);
+            }
+            for (a, b) in meta.order_histogram.iter_mut().zip(&s.meta.order_histogram) {
+                *a += b;
+            }
+        }
+        let pages = sets.iter().flat_map(|s| s.pages());
+        Ok(Self::from_pages(first.identity, pages, meta))
+    }
+
+    /// Every page with its range's first access time (the per-page times are not kept).
+    pub fn pages(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|r| (r.start..r.end()).map(move |p| (p, r.first_access_ns)))
+    }
+
+    /// Total pages in all ranges.
+    pub fn total_pages(&self) -> u64 {
+        self.ranges.iter().map(|r| r.pages).sum()
+    }
+
+    /// Total bytes in all ranges.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_pages() * PAGE_SIZE
+    }
+
+    /// Serialises to the version-1 format.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let hist = &self.meta.order_histogram;
+        let mut b = Vec::with_capacity(
+            FIXED_HEADER + 8 * hist.len() + 12 + RANGE_BYTES * self.ranges.len(),
+        );
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        let id = &self.identity;
+        b.extend_from_slice(&id.size.to_le_bytes());
+        b.extend_from_slice(&id.mtime_ns.to_le_bytes());
+        b.extend_from_slice(&id.inode.to_le_bytes());
+        b.extend_from_slice(&id.dev.to_le_bytes());
+        b.extend_from_slice(&id.digest);
+        let m = &self.meta;
+        for v in [
+            m.pages,
+            m.total_events,
+            m.lost_events,
+            m.capture_ns,
+            m.captured_at_unix_ns,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&m.captures.to_le_bytes());
+        b.extend_from_slice(&(hist.len() as u32).to_le_bytes());
+        for v in hist {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.ranges.len() as u64).to_le_bytes());
+        for r in &self.ranges {
+            b.extend_from_slice(&r.start.to_le_bytes());
+            b.extend_from_slice(&r.pages.to_le_bytes());
+            b.extend_from_slice(&r.first_access_ns.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses the version-1 format, bounded by the data present.
+    pub fn from_bytes(data: &[u8]) -> Result<WorkingSet, DecodeError> {
+        let have = data.len() as u64;
+        let truncated = |needed: usize| DecodeError::Truncated {
+            needed: needed as u64,
+            have,
+        };
+        if data.len() < MAGIC.len() {
+            return Err(if MAGIC.starts_with(data) {
+                truncated(MAGIC.len())
+            } else {
+                DecodeError::BadMagic {
+                    found: data.to_vec(),
+                }
+            });
+        }
+        if data[..8] != MAGIC {
+            return Err(DecodeError::BadMagic {
+                found: data[..8].to_vec(),
+            });
+        }
+        let mut r = Reader { data, pos: 8 };
+        let version = r.u32().ok_or(truncated(12))?;
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let header = FIXED_HEADER; // up to and including the histogram length
+        let (flags, identity, mut meta, hist_len) = (|| {
+            let flags = r.u32()?;
+            let identity = FileIdentity {
+                size: r.u64()?,
+                mtime_ns: r.u64()? as i64,
+                inode: r.u64()?,
+                dev: r.u64()?,
+                digest: r.bytes::<32>()?,
+            };
+            let meta = CaptureMeta {
+                pages: r.u64()?,
+                total_events: r.u64()?,
+                lost_events: r.u64()?,
+                capture_ns: r.u64()?,
+                captured_at_unix_ns: r.u64()?,
+                captures: r.u32()?,
+                order_histogram: Vec::new(),
+            };
+            Some((flags, identity, meta, r.u32()?))
+        })()
+        .ok_or(truncated(header))?;
+        if hist_len > MAX_HISTOGRAM {
+            return Err(DecodeError::TooLarge {
+                what: "order histogram",
+                count: u64::from(hist_len),
+                max: u64::from(MAX_HISTOGRAM),
+            });
+        }
+        let hist_end = r.pos + 8 * hist_len as usize;
+        if data.len() < hist_end + 8 {
+            return Err(truncated(hist_end + 8));
+        }
+        meta.order_histogram = (0..hist_len).filter_map(|_| r.u64()).collect();
+        let count = r.u64().ok_or(truncated(hist_end + 8))?;
+        if count > MAX_RANGES {
+            return Err(DecodeError::TooLarge {
+                what: "range",
+                count,
+                max: MAX_RANGES,
+            });
+        }
+        // count ≤ 2^28, so this cannot overflow.
+        let total = r.pos + RANGE_BYTES * count as usize + 4;
+        if data.len() < total {
+            return Err(truncated(total));
+        }
+        if data.len() > total {
+            return Err(DecodeError::TrailingBytes {
+                extra: (data.len() - total) as u64,
+            });
+        }
+        let stored = u32::from_le_bytes(data[total - 4..].try_into().unwrap_or([0; 4]));
+        let computed = crc32fast::hash(&data[..total - 4]);
+        if stored != computed {
+            return Err(DecodeError::Checksum { stored, computed });
+        }
+        if flags != 0 {
+            return Err(DecodeError::Invalid(format!("unknown flags {flags:#x}")));
+        }
+        let mut ranges = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let (Some(start), Some(pages), Some(first_access_ns)) = (r.u64(), r.u64(), r.u64())
+            else {
+                return Err(truncated(total));
+            };
+            ranges.push(PageRange {
+                start,
+                pages,
+                first_access_ns,
+            });
+        }
+        let ws = WorkingSet {
+            identity,
+            meta,
+            ranges,
+        };
+        ws.validate()?;
+        Ok(ws)
+    }
+
+    /// Checks that ranges are non-empty, inside the file, non-overlapping and sorted by
+    /// first access.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let file_pages = self.identity.size.div_ceil(PAGE_SIZE);
+        let mut sorted: Vec<&PageRange> = self.ranges.iter().collect();
+        for (i, r) in self.ranges.iter().enumerate() {
+            if r.pages == 0 {
+                return Err(DecodeError::Invalid(format!("range {i} is empty")));
+            }
+            let end = r.start.checked_add(r.pages).ok_or_else(|| {
+                DecodeError::Invalid(format!("range {i} overflows the page index"))
+            })?;
+            if end > file_pages {
+                return Err(DecodeError::Invalid(format!(
+                    "range {i} (pages {}..{end}) is beyond the end of the {file_pages}-page file",
+                    r.start
+                )));
+            }
+            if i > 0 && self.ranges[i - 1].first_access_ns > r.first_access_ns {
+                return Err(DecodeError::Invalid(format!(
+                    "range {i} is out of first-access order"
+                )));
+            }
+        }
+        sorted.sort_by_key(|r| r.start);
+        for w in sorted.windows(2) {
+            if w[0].end() > w[1].start {
+                return Err(DecodeError::Invalid(format!(
+                    "ranges at pages {} and {} overlap",
+                    w[0].start, w[1].start
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a working-set file (size-bounded before reading).
+    pub fn read(path: &Path) -> Result<WorkingSet, ReadError> {
+        let io = |source| ReadError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(ReadError::TooBig {
+                path: path.to_owned(),
+                size,
+                max: MAX_FILE_BYTES,
+            });
+        }
+        let data = std::fs::read(path).map_err(io)?;
+        Self::from_bytes(&data).map_err(|source| ReadError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Reads a working-set file and checks that it belongs to the file `expected`
+    /// describes; a mismatch is [`ReadError::Stale`].
+    pub fn read_for(path: &Path, expected: &FileIdentity) -> Result<WorkingSet, ReadError> {
+        let ws = Self::read(path)?;
+        let fields = expected.differences(&ws.identity);
+        if !fields.is_empty() {
+            return Err(ReadError::Stale {
+                path: path.to_owned(),
+                fields,
+                expected: Box::new(*expected),
+                found: Box::new(ws.identity),
+            });
+        }
+        Ok(ws)
+    }
+
+    /// Writes atomically: a temporary file in the same directory is written and
+    /// fsynced, renamed over `path`, and the directory is fsynced.
+    pub fn write_atomic(&self, path: &Path) -> Result<(), WriteError> {
+        let err = |stage| {
+            move |source| WriteError {
+                path: path.to_owned(),
+                stage,
+                source,
+            }
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))
+            .map_err(err("naming"))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(err("creating the temporary file"))?;
+            f.write_all(&self.to_bytes())
+                .map_err(err("writing the temporary file"))?;
+            f.sync_all().map_err(err("fsyncing the temporary file"))?;
+            std::fs::rename(&tmp, path).map_err(err("renaming into place"))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err("fsyncing the directory"))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Groups pages (with first access times) into contiguous ranges sorted by earliest
+/// access, ties broken by start page.
+fn group(pages: &BTreeMap<u64, u64>) -> Vec<PageRange> {
+    let mut ranges: Vec<PageRange> = Vec::new();
+    for (&p, &t) in pages {
+        match ranges.last_mut() {
+            Some(r) if r.end() == p => {
+                r.pages += 1;
+                r.first_access_ns = r.first_access_ns.min(t);
+            }
+            _ => ranges.push(PageRange {
+                start: p,
+                pages: 1,
+                first_access_ns: t,
+            }),
+        }
+    }
+    ranges.sort_by_key(|r| (r.first_access_ns, r.start));
+    ranges
+}
+
+fn trim_histogram(h: &[u64]) -> Vec<u64> {
+    let len = h.iter().rposition(|&v| v != 0).map_or(0, |i| i + 1);
+    h[..len.min(MAX_HISTOGRAM as usize)].to_vec()
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let s = self.data.get(self.pos..self.pos + N)?;
+        self.pos += N;
+        s.try_into().ok()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.bytes::<8>().map(u64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> FileIdentity {
+        FileIdentity {
+            size: 1 << 30,
+            mtime_ns: 1_700_000_000_123_456_789,
+            inode: 42,
+            dev: 0xfe00,
+            digest: [7; 32],
+        }
+    }
+
+    fn sample() -> WorkingSet {
+        let meta = CaptureMeta {
+            total_events: 9,
+            lost_events: 0,
+            capture_ns: 5_000,
+            captured_at_unix_ns: 1,
+            captures: 1,
+            order_histogram: vec![5, 0, 1],
+            ..CaptureMeta::default()
+        };
+        WorkingSet::from_pages(
+            id(),
+            [
+                (100, 50),
+                (101, 10),
+                (102, 70),
+                (5, 30),
+                (7, 20),
+                (8, 90),
+                (1000, 0),
+            ],
+            meta,
+        )
+    }
+
+    #[test]
+    fn grouping_and_order() {
+        let ws = sample();
+        let r: Vec<(u64, u64, u64)> = ws
+            .ranges
+            .iter()
+            .map(|r| (r.start, r.pages, r.first_access_ns))
+            .collect();
+        assert_eq!(r, vec![(1000, 1, 0), (100, 3, 10), (7, 2, 20), (5, 1, 30)]);
+        assert_eq!(ws.meta.pages, 7);
+        assert_eq!(ws.total_pages(), 7);
+        ws.validate().unwrap();
+    }
+
+    #[test]
+    fn round_trip() {
+        let ws = sample();
+        let b = ws.to_bytes();
+        assert_eq!(WorkingSet::from_bytes(&b).unwrap(), ws);
+        let empty = WorkingSet::from_pages(id(), [], CaptureMeta::default());
+        assert_eq!(WorkingSet::from_bytes(&empty.to_bytes()).unwrap(), empty);
+    }
+
+    #[test]
+    fn file_round_trip_and_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ws");
+        let ws = sample();
+        ws.write_atomic(&p).unwrap();
+        // overwrite works too
+        ws.write_atomic(&p).unwrap();
+        assert_eq!(WorkingSet::read(&p).unwrap(), ws);
+        assert_eq!(WorkingSet::read_for(&p, &id()).unwrap(), ws);
+        let mut other = id();
+        other.mtime_ns += 1;
+        other.digest[0] = 0;
+        match WorkingSet::read_for(&p, &other) {
+            Err(ReadError::Stale { fields, .. }) => assert_eq!(fields, vec!["mtime", "digest"]),
+            r => panic!("expected Stale, got {r:?}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp files left"
+        );
+        match WorkingSet::read(&dir.path().join("missing")) {
+            Err(ReadError::Io { .. }) => {}
+            r => panic!("expected Io, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_magic() {
+        let mut b = sample().to_bytes();
+        b[0] = b'X';
+        assert!(matches!(
+            WorkingSet::from_bytes(&b),
+            Err(DecodeError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            WorkingSet::from_bytes(b"hello"),
+            Err(DecodeError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_version() {
+        let mut b = sample().to_bytes();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(
+            WorkingSet::from_bytes(&b),
+            Err(DecodeError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_everywhere() {
+        let b = sample().to_bytes();
+        for len in 0..b.len() {
+            match WorkingSet::from_bytes(&b[..len]) {
+                Err(DecodeError::Truncated { needed, have }) => {
+                    assert_eq!(have, len as u64);
+                    assert!(needed > have);
+                }
+                r => panic!("len {len}: expected Truncated, got {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_checksum() {
+        let b = sample().to_bytes();
+        // flip a bit in the identity, in a range and in the CRC itself
+        for pos in [20, b.len() - 10, b.len() - 1] {
+            let mut c = b.clone();
+            c[pos] ^= 0x10;
+            assert!(
+                matches!(
+                    WorkingSet::from_bytes(&c),
+                    Err(DecodeError::Checksum { .. })
+                ),
+                "pos {pos}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes() {
+        let mut b = sample().to_bytes();
+        b.push(0);
+        assert_eq!(
+            WorkingSet::from_bytes(&b),
+            Err(DecodeError::TrailingBytes { extra: 1 })
+        );
+    }
+
+    #[test]
+    fn absurd_counts_refused_before_allocating() {
+        let ws = WorkingSet::from_pages(id(), [], CaptureMeta::default());
+        let b = ws.to_bytes();
+        let count_pos = b.len() - 12;
+        let mut c = b.clone();
+        c[count_pos..count_pos + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            WorkingSet::from_bytes(&c),
+            Err(DecodeError::TooLarge { what: "range", .. })
+        ));
+        // plausible count but no data behind it
+        c[count_pos..count_pos + 8].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(matches!(
+            WorkingSet::from_bytes(&c),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let hist_pos = FIXED_HEADER - 4;
+        let mut h = b.clone();
+        h[hist_pos..hist_pos + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            WorkingSet::from_bytes(&h),
+            Err(DecodeError::TooLarge {
+                what: "order histogram",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn invalid_content_with_valid_crc() {
+        // overlapping ranges
+        let mut ws = sample();
+        ws.ranges.push(PageRange {
+            start: 101,
+            pages: 1,
+            first_access_ns: 1000,
+        });
+        assert!(matches!(
+            WorkingSet::from_bytes(&ws.to_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+        // beyond end of file
+        let mut ws = sample();
+        ws.identity.size = 4096 * 500;
+        assert!(matches!(
+            WorkingSet::from_bytes(&ws.to_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+        // empty range
+        let mut ws = sample();
+        ws.ranges[0].pages = 0;
+        assert!(matches!(
+            WorkingSet::from_bytes(&ws.to_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+        // out of order
+        let mut ws = sample();
+        ws.ranges.swap(0, 1);
+        assert!(matches!(
+            WorkingSet::from_bytes(&ws.to_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn merge_union_earliest() {
+        let a = WorkingSet::from_pages(
+            id(),
+            [(1, 100), (2, 110), (10, 5)],
+            CaptureMeta {
+                captures: 1,
+                total_events: 3,
+                order_histogram: vec![3],
+                ..Default::default()
+            },
+        );
+        let b = WorkingSet::from_pages(
+            id(),
+            [(3, 1), (10, 50), (20, 60)],
+            CaptureMeta {
+                captures: 1,
+                total_events: 3,
+                lost_events: 2,
+                order_histogram: vec![1, 1],
+                ..Default::default()
+            },
+        );
+        let m = WorkingSet::merge(&[a, b.clone()]).unwrap();
+        let r: Vec<(u64, u64, u64)> = m
+            .ranges
+            .iter()
+            .map(|r| (r.start, r.pages, r.first_access_ns))
+            .collect();
+        // 1,2 (from a, pages 100/110) and 3 (from b, 1) join into one range at time 1.
+        assert_eq!(r, vec![(1, 3, 1), (10, 1, 5), (20, 1, 60)]);
+        assert_eq!(m.meta.captures, 2);
+        assert_eq!(m.meta.total_events, 6);
+        assert_eq!(m.meta.lost_events, 2);
+        assert_eq!(m.meta.order_histogram, vec![4, 1]);
+        assert_eq!(m.meta.pages, 5);
+        let mut other = b;
+        other.identity.inode = 1;
+        assert_eq!(
+            WorkingSet::merge(&[m, other]),
+            Err(MergeError::IdentityMismatch {
+                fields: vec!["inode"]
+            })
+        );
+        assert_eq!(WorkingSet::merge(&[]), Err(MergeError::Empty));
+    }
+}
