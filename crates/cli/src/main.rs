@@ -22,6 +22,7 @@ enum Command {
     Snapshot(cmd::snapshot::Args),
     Boot(cmd::boot::Args),
     Invoke(cmd::invoke::Args),
+    Record(cmd::record::Args),
     Inspect(cmd::inspect::Args),
     Bench(cmd::bench::Args),
     #[command(name = "__worker", hide = true)]
@@ -42,6 +43,7 @@ fn main() {
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::Boot(a) => cmd::boot::run(a),
         Command::Invoke(a) => cmd::invoke::run(a),
+        Command::Record(a) => cmd::record::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Worker(a) => cmd::worker::run(a),

@@ -32,7 +32,7 @@ pub struct Args {
 /// Strategy selection shared by `invoke`, `record` and `bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StrategyArgs {
-    /// Restore strategy: linux-nora, linux-ra.
+    /// Restore strategy: linux-nora, linux-ra, snapbpf.
     #[arg(long, default_value = "linux-ra")]
     pub strategy: String,
     /// snapbpf only: do not prefetch the working set.

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod functions;
 pub mod inspect;
 pub mod invoke;
+pub mod record;
 pub mod snapshot;
 pub mod worker;
 

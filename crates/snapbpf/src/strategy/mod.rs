@@ -14,6 +14,7 @@ use snapbpf_vmm::{ExitHandler, GuestMemory};
 use crate::snapshot::Snapshot;
 
 pub mod linux;
+pub mod snapbpf;
 
 /// Errors of a strategy.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum StrategyError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] snapbpf_vmm::MemoryError),
+    /// The eBPF capture failed or was incomplete.
+    #[error("working-set capture: {0}")]
+    Capture(String),
     /// The recorded invocation failed.
     #[error("recorded invocation failed: {0}")]
     Record(Box<crate::invoke::RunOneError>),
@@ -71,7 +75,7 @@ impl StrategyError {
 }
 
 /// Names accepted by `--strategy`.
-pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra"];
+pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra", "snapbpf"];
 
 /// A strategy as chosen on the command line; serialisable so a launcher can pass it to
 /// worker processes.
@@ -102,6 +106,7 @@ impl StrategySpec {
         let strategy: Box<dyn Strategy> = match self.name.as_str() {
             "linux-nora" => Box::new(linux::LinuxPaging::no_readahead()),
             "linux-ra" => Box::new(linux::LinuxPaging::readahead()),
+            "snapbpf" => Box::new(snapbpf::SnapBpf::new(!self.no_prefetch, !self.no_pv)),
             other => return Err(StrategyError::Unknown(other.into())),
         };
         if self.no_prefetch && self.name != "snapbpf" {

@@ -1,0 +1,229 @@
+//! `snapbpf`: the paper's system (sections 3.1 and 3.2).
+//!
+//! **Record.** One invocation runs from a cold page cache with fault readahead off
+//! (`MADV_RANDOM`, as the paper disables readahead while capturing) under the eBPF
+//! page-cache capture ([`crate::capture`]), which keeps only the offsets of the snapshot
+//! pages the VM brings in and their first-access times. Fresh allocations are filtered
+//! during the recording too, so they never enter the working set. The offsets become
+//! contiguous ranges sorted by earliest access ([`crate::workingset`]) in a small file
+//! beside the snapshot, bound to the memory file's identity. Recording again (another
+//! input) merges into it: union of pages, ordered by earliest access.
+//!
+//! **Restore.** The ranges are read ahead straight from the snapshot's memory file into
+//! the page cache, in order, on a thread started before the VM is created, so I/O overlaps
+//! VM creation and the vCPU. Guest memory is the usual `MAP_PRIVATE` mapping (128 KiB
+//! read-around for pages outside the working set, as Linux-RA), so every VM of the
+//! snapshot shares the prefetched pages. Fresh guest allocations are backed with
+//! anonymous memory as the guest reports them ([`crate::pv`]).
+//!
+//! `--no-prefetch` keeps only the filtering (the slides' "PTE mark" bar); `--no-pv` keeps
+//! only the prefetch.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use snapbpf_vmm::{ExitHandler, FaultReadahead, GuestMemory, IgnoreHints};
+
+use super::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB};
+use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
+use crate::capture::PageCacheCapture;
+use crate::fsutil;
+use crate::invoke::{self, RunOptions};
+use crate::prefetch::{self, PrefetchMethod};
+use crate::pv::FreshAnonymizer;
+use crate::snapshot::Snapshot;
+use crate::workingset::{FileIdentity, WorkingSet};
+
+/// File name of the working set in the snapshot directory.
+pub const WS_FILE: &str = "snapbpf.ws";
+
+/// The SnapBPF strategy and its breakdown variants.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapBpf {
+    prefetch: bool,
+    pv: bool,
+}
+
+impl SnapBpf {
+    /// Prefetch and/or PV filtering.
+    pub fn new(prefetch: bool, pv: bool) -> Self {
+        Self { prefetch, pv }
+    }
+
+    fn ws_path(snapshot: &Snapshot) -> PathBuf {
+        snapshot.artifact_path(WS_FILE)
+    }
+
+    fn handler(&self) -> Box<dyn ExitHandler + Send> {
+        if self.pv {
+            Box::new(FreshAnonymizer::default())
+        } else {
+            Box::new(IgnoreHints)
+        }
+    }
+
+    fn load_working_set(&self, snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
+        let path = Self::ws_path(snapshot);
+        if !path.exists() {
+            return Err(StrategyError::MissingArtifact {
+                strategy: "snapbpf".into(),
+                path,
+            });
+        }
+        WorkingSet::read_for(&path, &identity(snapshot)?).map_err(|e| StrategyError::BadArtifact {
+            path: path.clone(),
+            reason: match e {
+                crate::workingset::ReadError::Stale { fields, .. } => format!(
+                    "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
+                    fields.join(", ")
+                ),
+                other => crate::invoke::error_chain(&other),
+            },
+        })
+    }
+}
+
+/// The working-set identity of a snapshot's memory file, from its recorded identity.
+pub fn identity(snapshot: &Snapshot) -> Result<FileIdentity, StrategyError> {
+    let m = &snapshot.meta.memory;
+    let mut digest = [0u8; 32];
+    let hex = m.sha256.as_bytes();
+    if hex.len() != 64 {
+        return Err(StrategyError::BadArtifact {
+            path: snapshot.dir.join(crate::snapshot::META_FILE),
+            reason: "memory digest is not a SHA-256".into(),
+        });
+    }
+    for (i, byte) in digest.iter_mut().enumerate() {
+        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).unwrap_or("zz");
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| StrategyError::BadArtifact {
+            path: snapshot.dir.join(crate::snapshot::META_FILE),
+            reason: "memory digest is not hex".into(),
+        })?;
+    }
+    Ok(FileIdentity {
+        size: m.size,
+        mtime_ns: m.mtime_ns as i64,
+        inode: m.inode,
+        dev: m.dev,
+        digest,
+    })
+}
+
+impl Strategy for SnapBpf {
+    fn name(&self) -> &'static str {
+        "snapbpf"
+    }
+
+    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
+        let mut files = vec![snapshot.memory_path()];
+        if self.prefetch {
+            files.push(Self::ws_path(snapshot));
+        }
+        files
+    }
+
+    fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        if self.prefetch {
+            self.load_working_set(snapshot)?;
+        }
+        Ok(())
+    }
+
+    fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
+        let path = snapshot.memory_path();
+        let (file, window) = open_with_readahead_window(&path, PAPER_READAHEAD_KIB)?;
+        // Start the prefetch first: its I/O overlaps building the VM and running it.
+        let prefetcher = if self.prefetch {
+            let ws = self.load_working_set(snapshot)?;
+            let prefetch_file = file
+                .try_clone()
+                .map_err(StrategyError::io("duplicate the memory file descriptor"))?;
+            Some(
+                prefetch::spawn_prefetch(prefetch_file, ws.ranges, PrefetchMethod::default())
+                    .map_err(StrategyError::io("start the prefetch thread"))?,
+            )
+        } else {
+            None
+        };
+        let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
+        memory.set_fault_readahead(FaultReadahead::On)?;
+        Ok(Restored {
+            memory,
+            handler: self.handler(),
+            pv_hints: self.pv,
+            finish: Box::new(move || RestoreReport {
+                prefetch: prefetcher.map(|handle| {
+                    let stats = handle.join().ok().and_then(Result::ok).unwrap_or_default();
+                    PrefetchReport {
+                        bytes: stats.bytes,
+                        ranges: stats.ranges,
+                        ms: stats.elapsed.as_secs_f64() * 1e3,
+                    }
+                }),
+                readahead_kib: window,
+            }),
+        })
+    }
+
+    fn record(
+        &self,
+        snapshot: &Snapshot,
+        input: u32,
+        timeout: Duration,
+    ) -> Result<RecordReport, StrategyError> {
+        let path = snapshot.memory_path();
+        let ws_path = Self::ws_path(snapshot);
+        let started = Instant::now();
+        fsutil::evict(&path).map_err(|e| StrategyError::Io {
+            context: "make the snapshot cold for recording".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let capture =
+            PageCacheCapture::start(&path).map_err(|e| StrategyError::Capture(e.to_string()))?;
+        // Readahead off while capturing, so only the pages the guest touches come in.
+        let file =
+            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+        let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
+        memory.set_fault_readahead(FaultReadahead::Off)?;
+        let restored = Restored {
+            memory,
+            handler: self.handler(),
+            pv_hints: self.pv,
+            finish: Box::new(RestoreReport::default),
+        };
+        let run = invoke::run_restored(
+            snapshot,
+            restored,
+            &RunOptions { input, timeout },
+            Instant::now(),
+            invoke::major_faults(),
+        );
+        let captured = capture
+            .stop()
+            .map_err(|e| StrategyError::Capture(e.to_string()))?;
+        run.map_err(|e| StrategyError::Record(Box::new(e)))?;
+        if captured.lost_events > 0 {
+            return Err(StrategyError::Capture(format!(
+                "the ring buffer overflowed: {} page events were lost, the working set would be incomplete",
+                captured.lost_events
+            )));
+        }
+        let id = identity(snapshot)?;
+        let mut ws = WorkingSet::from_capture(id, &captured);
+        // Recording another input merges into the existing working set.
+        if let Ok(existing) = WorkingSet::read_for(&ws_path, &id) {
+            ws = WorkingSet::merge(&[existing, ws])
+                .map_err(|e| StrategyError::Capture(e.to_string()))?;
+        }
+        ws.write_atomic(&ws_path)
+            .map_err(|e| StrategyError::io(format!("write {}", ws_path.display()))(e.source))?;
+        let size = std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0);
+        Ok(RecordReport {
+            artifacts: vec![(ws_path, size)],
+            ms: started.elapsed().as_secs_f64() * 1e3,
+            pages: ws.total_pages(),
+        })
+    }
+}
