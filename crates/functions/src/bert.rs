@@ -25,6 +25,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "9-layer BERT-base-width transformer encoder classifying a short sentence",
     mem_mib: 512,
     inputs: 2,
+    workload: true,
 };
 
 /// Width of the hidden state.

@@ -25,6 +25,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "breadth-first search over a 2 Mi-vertex, 17 M-edge community graph",
     mem_mib: 192,
     inputs: 2,
+    workload: true,
 };
 
 /// Vertices per community.

@@ -20,6 +20,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "gzip (DEFLATE level 6) compression of a window of generated text",
     mem_mib: 64,
     inputs: 2,
+    workload: true,
 };
 
 /// Size of the text corpus built at init.

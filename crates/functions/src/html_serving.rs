@@ -30,6 +30,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "Jinja-like template rendering of a catalogue page over 120 000 products",
     mem_mib: 160,
     inputs: 2,
+    workload: true,
 };
 
 /// Number of products in the catalogue.

@@ -26,6 +26,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "crop, bilinear resize, Gaussian blur, rotate and grayscale of an RGB image",
     mem_mib: 192,
     inputs: 2,
+    workload: true,
 };
 
 /// Width of the source image, in pixels.

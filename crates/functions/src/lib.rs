@@ -48,6 +48,7 @@ mod bert;
 mod checksum;
 mod graph_bfs;
 mod gzip;
+mod heapcheck;
 mod html_serving;
 mod image;
 mod linalg;
@@ -73,6 +74,9 @@ pub struct FunctionInfo {
     /// Number of distinct inputs the function accepts (`0..inputs`); larger input numbers
     /// are taken modulo `inputs`.
     pub inputs: u32,
+    /// A serverless workload of the evaluation; `false` for correctness checks, which
+    /// benchmarks leave out.
+    pub workload: bool,
 }
 
 /// A function whose init phase has run and which can serve invocations.
@@ -116,6 +120,7 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
     bert::INFO,
     graph_bfs::INFO,
     html_serving::INFO,
+    heapcheck::INFO,
 ];
 
 /// Looks a function up by name.
@@ -143,6 +148,7 @@ pub fn init(index: u32) -> Option<Box<dyn Function>> {
         "bert" => boxed(info, bert::Bert::init()),
         "graph_bfs" => boxed(info, graph_bfs::GraphBfs::init()),
         "html_serving" => boxed(info, html_serving::HtmlServing::init()),
+        "heapcheck" => boxed(info, heapcheck::HeapCheck::init()),
         _ => return None,
     })
 }

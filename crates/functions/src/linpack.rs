@@ -22,6 +22,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "LU factorisation with partial pivoting and solve of a random dense system",
     mem_mib: 64,
     inputs: 2,
+    workload: true,
 };
 
 /// Matrix order per input.

@@ -23,6 +23,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "AES-128-CTR encryption of a window of a generated text corpus",
     mem_mib: 64,
     inputs: 2,
+    workload: true,
 };
 
 /// Size of the plaintext corpus built at init; each input encrypts a window of it.

@@ -24,6 +24,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     description: "greedy token generation with a 2-layer LSTM and per-language output heads",
     mem_mib: 256,
     inputs: 2,
+    workload: true,
 };
 
 /// Width of token embeddings and of the LSTM state.
