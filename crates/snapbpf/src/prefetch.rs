@@ -85,22 +85,13 @@ impl std::fmt::Display for PrefetchMethod {
 }
 
 /// Tunables of [`prefetch_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PrefetchOptions {
     /// Method.
     pub method: PrefetchMethod,
     /// Largest request in bytes; `None`: the device's readahead limit
     /// ([`readahead_limit`]).
     pub max_request_bytes: Option<u64>,
-}
-
-impl Default for PrefetchOptions {
-    fn default() -> Self {
-        PrefetchOptions {
-            method: PrefetchMethod::default(),
-            max_request_bytes: None,
-        }
-    }
 }
 
 /// What a prefetch did.
