@@ -333,8 +333,12 @@ fn lost_events_are_reported() {
         unsafe { libc::readahead(f.as_raw_fd(), (p * 4096) as libc::off64_t, 4096) };
     }
     std::thread::sleep(Duration::from_millis(200));
+    // A 4 KiB ring (128 events) that never wakes the drain thread, which drains only
+    // every second: the burst below cannot be drained while it happens.
     let opts = CaptureOptions {
         ring_buffer_bytes: 4096,
+        wakeup_bytes: Some(u64::MAX),
+        poll_interval: Duration::from_secs(1),
         ..CaptureOptions::default()
     };
     let Some(cap) = start_or_skip(&path, &opts, "lost_events_are_reported") else {
