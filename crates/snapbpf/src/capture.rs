@@ -110,9 +110,13 @@ pub struct CaptureOptions {
     /// Ring buffer size in bytes; rounded up to a power of two of at least one page.
     /// Each event takes 32 bytes. Default 16 MiB (about 500 000 events in flight).
     pub ring_buffer_bytes: u32,
-    /// How often the drain thread empties the ring buffer (it is also woken when the
-    /// ring is a quarter full) and checks for stop.
+    /// How often the drain thread empties the ring buffer (it is also woken when
+    /// [`wakeup_bytes`](Self::wakeup_bytes) are pending) and checks for stop; `stop()`
+    /// can take this long.
     pub poll_interval: Duration,
+    /// Pending bytes at which the kernel wakes the drain thread. `None`: a quarter of
+    /// the ring. Waking for every event costs a context switch per page.
+    pub wakeup_bytes: Option<u64>,
 }
 
 impl Default for CaptureOptions {
@@ -121,6 +125,7 @@ impl Default for CaptureOptions {
             sources: vec![TraceSource::AddToPageCache],
             ring_buffer_bytes: 16 << 20,
             poll_interval: Duration::from_millis(20),
+            wakeup_bytes: None,
         }
     }
 }
@@ -567,7 +572,7 @@ fn load_skel<'obj>(
     let rb = opts.ring_buffer_bytes.max(4096).next_power_of_two();
     // Wake the drain thread when a quarter of the ring is full; it also drains every
     // `poll_interval`.
-    rodata.wakeup_bytes = u64::from(rb / 4);
+    rodata.wakeup_bytes = opts.wakeup_bytes.unwrap_or(u64::from(rb / 4));
     open.maps
         .events
         .set_max_entries(rb)

@@ -46,9 +46,9 @@ use crate::capture::CapturedPages;
 pub const MAGIC: [u8; 8] = *b"SNAPBPFW";
 /// Current format version.
 pub const VERSION: u32 = 1;
-/// Largest number of ranges a working-set file may hold (2^28: a 1 TiB file of single
-/// scattered pages).
-pub const MAX_RANGES: u64 = 1 << 28;
+/// Largest number of ranges a working-set file may hold (2^24: every other page of a
+/// 128 GiB file; a 384 MiB working-set file).
+pub const MAX_RANGES: u64 = 1 << 24;
 /// Largest order histogram accepted.
 pub const MAX_HISTOGRAM: u32 = 64;
 /// Largest working-set file [`WorkingSet::read`] accepts.
@@ -486,7 +486,7 @@ impl WorkingSet {
                 max: MAX_RANGES,
             });
         }
-        // count ≤ 2^28, so this cannot overflow.
+        // count ≤ 2^24, so this cannot overflow.
         let total = r.pos + RANGE_BYTES * count as usize + 4;
         if data.len() < total {
             return Err(truncated(total));
