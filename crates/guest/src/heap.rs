@@ -15,12 +15,13 @@
 //!   and the VMM backs them with anonymous zero memory: the guest never reads them from the
 //!   snapshot.
 //!
-//! Why this is safe: a hinted page is wholly inside a block the allocator has just handed
-//! out, so the allocator keeps no metadata in it and the program has not written it yet;
-//! allocation contents are undefined, so a zero page is a valid content. A page any live
-//! allocation touched at snapshot time is never `FRESH`, and a page handed out since the
-//! snapshot is never `FRESH` again, so data written before or after the snapshot that is
-//! still in use is never replaced.
+//! Why this is safe: a hinted page lies wholly inside a block the allocator has just
+//! handed out, so the allocator keeps no metadata in it, no other live block overlaps it,
+//! and the program has not written it yet; allocation contents are undefined, so a zero
+//! page is a valid content. Boundary pages, which may share bytes with live blocks or
+//! allocator tags, are never hinted. The `FRESH` flags add no safety; they keep hints to
+//! pages whose contents are still only in the snapshot (not pages already used, and so
+//! already private, since the restore), so every exit saves I/O.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;

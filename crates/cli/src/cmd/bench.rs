@@ -65,6 +65,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         snapbpf_functions::FUNCTIONS
             .iter()
+            .filter(|f| f.workload)
             .map(|f| f.name.to_string())
             .collect()
     };
