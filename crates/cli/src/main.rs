@@ -25,6 +25,8 @@ enum Command {
     Record(cmd::record::Args),
     Inspect(cmd::inspect::Args),
     Bench(cmd::bench::Args),
+    Trace(cmd::trace::Args),
+    Prefetch(cmd::prefetch::Args),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -46,6 +48,8 @@ fn main() {
         Command::Record(a) => cmd::record::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
+        Command::Prefetch(a) => cmd::prefetch::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {

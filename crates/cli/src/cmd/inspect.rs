@@ -1,14 +1,15 @@
-//! `snapbpf inspect`: describe a snapshot directory and its artifacts.
+//! `snapbpf inspect`: describe a snapshot directory, or a working-set file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use snapbpf::snapshot::Snapshot;
+use snapbpf::workingset::WorkingSet;
 
-/// Show what a snapshot directory holds.
+/// Show what a snapshot directory holds, or what a working-set file records.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Snapshot directory.
+    /// Snapshot directory or working-set file.
     path: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -16,22 +17,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.path.is_file() {
+        return working_set(&args.path, args.json);
+    }
     let snap = Snapshot::open(&args.path)?;
-    let mut artifacts = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(&snap.dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
         if meta.is_file() {
-            artifacts.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
+            files.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
         }
     }
-    artifacts.sort();
+    files.sort();
+    let ws_path = snap.artifact_path(snapbpf::strategy::snapbpf::WS_FILE);
+    let ws = WorkingSet::read(&ws_path).ok();
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "snapshot": snap.meta,
-                "files": artifacts.iter().map(|(n, s)| serde_json::json!({"name": n, "bytes": s})).collect::<Vec<_>>(),
+                "files": files.iter().map(|(n, s)| serde_json::json!({"name": n, "bytes": s})).collect::<Vec<_>>(),
+                "snapbpf_working_set": ws.as_ref().map(summary),
             }))?
         );
         return Ok(());
@@ -47,8 +54,74 @@ pub fn run(args: Args) -> Result<()> {
     println!("guest build   {}", m.guest_digest);
     println!("init          {:.1} ms", m.init_ms);
     println!("files:");
-    for (name, size) in artifacts {
+    for (name, size) in files {
         println!("  {name:<24} {size:>14} bytes");
     }
+    if let Some(ws) = ws {
+        println!("snapbpf working set:");
+        print_ws(
+            &ws,
+            std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0),
+        );
+    }
+    Ok(())
+}
+
+fn summary(ws: &WorkingSet) -> serde_json::Value {
+    serde_json::json!({
+        "pages": ws.total_pages(),
+        "bytes": ws.total_bytes(),
+        "ranges": ws.ranges.len(),
+        "captures": ws.meta.captures,
+        "lost_events": ws.meta.lost_events,
+        "order_histogram": ws.meta.order_histogram,
+    })
+}
+
+fn print_ws(ws: &WorkingSet, file_bytes: u64) {
+    println!(
+        "  pages         {} ({:.1} MiB)",
+        ws.total_pages(),
+        ws.total_bytes() as f64 / (1 << 20) as f64
+    );
+    println!("  ranges        {}", ws.ranges.len());
+    println!(
+        "  metadata      {file_bytes} bytes ({:.3} % of the working set)",
+        100.0 * file_bytes as f64 / ws.total_bytes().max(1) as f64
+    );
+    println!(
+        "  captures      {} ({} events lost)",
+        ws.meta.captures, ws.meta.lost_events
+    );
+    let orders: Vec<String> = ws
+        .meta
+        .order_histogram
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(order, n)| format!("order {order}: {n}"))
+        .collect();
+    println!(
+        "  folio orders  {}",
+        if orders.is_empty() {
+            "-".into()
+        } else {
+            orders.join(", ")
+        }
+    );
+}
+
+fn working_set(path: &Path, json: bool) -> Result<()> {
+    let ws = WorkingSet::read(path)?;
+    let file_bytes = std::fs::metadata(path)?.len();
+    if json {
+        let mut v = summary(&ws);
+        v["metadata_bytes"] = file_bytes.into();
+        v["ranges_list"] = serde_json::to_value(&ws.ranges)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("working set   {}", path.display());
+    print_ws(&ws, file_bytes);
     Ok(())
 }

@@ -5,8 +5,10 @@ pub mod boot;
 pub mod functions;
 pub mod inspect;
 pub mod invoke;
+pub mod prefetch;
 pub mod record;
 pub mod snapshot;
+pub mod trace;
 pub mod worker;
 
 use std::time::Duration;

@@ -1,0 +1,248 @@
+//! The snapbpf strategy: eBPF capture against ground truth, prefetch, artifact binding,
+//! PV filtering, and the VMM-agnostic trace/prefetch commands.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Pages of `file` resident in the page cache, by mincore.
+fn resident(file: &Path) -> Vec<u64> {
+    let f = std::fs::File::open(file).expect("open");
+    snapbpf::fsutil::residency(&f)
+        .expect("mincore")
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b & 1 != 0)
+        .map(|(i, _)| i as u64)
+        .collect()
+}
+
+/// Pages listed by a working set, via `snapbpf inspect --json`.
+fn ws_pages(ws: &Path) -> Vec<u64> {
+    let v = json(&["inspect", ws.to_str().expect("UTF-8")]);
+    let mut pages: Vec<u64> = v["ranges_list"]
+        .as_array()
+        .expect("ranges_list")
+        .iter()
+        .flat_map(|r| {
+            let start = r["start"].as_u64().expect("start");
+            start..start + r["pages"].as_u64().expect("pages")
+        })
+        .collect();
+    pages.sort_unstable();
+    pages
+}
+
+fn recall_and_extra(captured: &[u64], truth: &[u64]) -> (f64, f64) {
+    let truth_set: std::collections::BTreeSet<_> = truth.iter().collect();
+    let hits = captured.iter().filter(|p| truth_set.contains(p)).count();
+    (
+        hits as f64 / truth.len().max(1) as f64,
+        (captured.len() - hits) as f64 / truth.len().max(1) as f64,
+    )
+}
+
+/// The eBPF capture agrees with an independent ground truth: the pages `mincore` finds
+/// resident after the recorded run (which started from an evicted file, with readahead off).
+#[test]
+fn capture_matches_mincore_ground_truth() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "graph_bfs");
+    let snap_s = snap.to_str().expect("UTF-8");
+    ok(&["record", snap_s, "--strategy", "snapbpf"]);
+    let truth = resident(&snap.join("memory"));
+    let captured = ws_pages(&snap.join("snapbpf.ws"));
+    let (recall, extra) = recall_and_extra(&captured, &truth);
+    assert!(
+        truth.len() > 1000,
+        "ground truth has only {} pages",
+        truth.len()
+    );
+    assert!(
+        recall >= 0.99,
+        "recall {recall} (captured {}, truth {})",
+        captured.len(),
+        truth.len()
+    );
+    assert!(extra <= 0.05, "extra pages {extra}");
+    // The metadata is tiny next to the pages it describes.
+    let meta_bytes = std::fs::metadata(snap.join("snapbpf.ws"))
+        .expect("stat")
+        .len();
+    assert!(
+        meta_bytes * 100 <= captured.len() as u64 * 4096,
+        "{meta_bytes} bytes of metadata"
+    );
+}
+
+/// A cold snapbpf restore prefetches the recorded ranges and takes far fewer major faults
+/// than linux-ra; PV filtering serves fresh allocations without snapshot I/O.
+#[test]
+fn prefetch_and_filtering_do_their_work() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "image");
+    let s = snap.to_str().expect("UTF-8");
+    ok(&["record", s, "--strategy", "snapbpf"]);
+    let ra = json(&["invoke", s, "--strategy", "linux-ra", "--cold"]);
+    let full = json(&["invoke", s, "--strategy", "snapbpf", "--cold"]);
+    let pv_only = json(&[
+        "invoke",
+        s,
+        "--strategy",
+        "snapbpf",
+        "--no-prefetch",
+        "--cold",
+    ]);
+    let prefetch_only = json(&["invoke", s, "--strategy", "snapbpf", "--no-pv", "--cold"]);
+    assert_eq!(checksums(&full), checksums(&ra));
+    let runs = |r: &serde_json::Value, k: &str| r["runs"][0][k].as_u64().expect(k);
+    // Prefetch: bytes and ranges reported, and the faults mostly gone.
+    assert!(full["prefetch"]["bytes"].as_u64() > Some(1 << 20), "{full}");
+    assert!(full["prefetch"]["ranges"].as_u64() > Some(0), "{full}");
+    assert!(
+        runs(&full, "major_faults") * 4 < runs(&ra, "major_faults"),
+        "{full} vs {ra}"
+    );
+    assert_eq!(prefetch_only["runs"][0]["hint_exits"], 0, "{prefetch_only}");
+    // Filtering: image allocates its outputs fresh; those bytes come without I/O, so the
+    // snapshot's page cache shrinks by at least as much.
+    let fresh = runs(&pv_only, "fresh_bytes");
+    assert!(fresh > 16 << 20, "{pv_only}");
+    assert!(
+        runs(&pv_only, "hint_exits") > 0 && runs(&pv_only, "hint_exits") < 100,
+        "{pv_only}"
+    );
+    let cache =
+        |r: &serde_json::Value| r["memory"]["page_cache_kib"].as_u64().expect("cache") << 10;
+    assert!(
+        cache(&pv_only) + fresh / 2 < cache(&ra),
+        "{pv_only} vs {ra}"
+    );
+    assert_eq!(pv_only["prefetch"]["bytes"], 0);
+}
+
+/// Ten snapbpf VMs share the prefetched pages: the run's page cache is about one VM's.
+#[test]
+fn concurrent_snapbpf_vms_share_prefetched_pages() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let s = snap.to_str().expect("UTF-8");
+    ok(&["record", s, "--strategy", "snapbpf"]);
+    let one = json(&["invoke", s, "--strategy", "snapbpf", "--cold"]);
+    let ten = json(&[
+        "invoke",
+        s,
+        "--strategy",
+        "snapbpf",
+        "--cold",
+        "--concurrency",
+        "10",
+    ]);
+    let sums = checksums(&ten);
+    assert_eq!(sums.len(), 10);
+    assert!(sums.iter().all(|c| *c == checksums(&one)[0]));
+    let cache = |r: &serde_json::Value| r["memory"]["page_cache_kib"].as_u64().expect("cache");
+    assert!(
+        cache(&ten) < cache(&one) * 2,
+        "ten {} one {}",
+        cache(&ten),
+        cache(&one)
+    );
+}
+
+/// Missing, truncated, corrupt, stale and foreign working sets are refused before any VM
+/// starts, with one line that says what to do.
+#[test]
+fn bad_working_sets_are_refused() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let s = snap.to_str().expect("UTF-8");
+    fails(
+        &["invoke", s, "--strategy", "snapbpf"],
+        "run `snapbpf record",
+    );
+    // --no-prefetch needs no working set.
+    ok(&["invoke", s, "--strategy", "snapbpf", "--no-prefetch"]);
+    ok(&["record", s, "--strategy", "snapbpf"]);
+    let ws = snap.join("snapbpf.ws");
+    let good = std::fs::read(&ws).expect("read");
+    std::fs::write(&ws, &good[..good.len() / 2]).expect("truncate");
+    fails(&["invoke", s, "--strategy", "snapbpf"], "truncated");
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x55;
+    std::fs::write(&ws, &corrupt).expect("write");
+    fails(&["invoke", s, "--strategy", "snapbpf"], "checksum");
+    std::fs::write(&ws, b"not a working set at all, just text").expect("write");
+    fails(&["invoke", s, "--strategy", "snapbpf"], "magic");
+    // Stale: a new snapshot of the same function does not accept the old working set.
+    ok(&["snapshot", "pyaes", "--out", s, "--force"]);
+    std::fs::write(&ws, &good).expect("write");
+    fails(&["invoke", s, "--strategy", "snapbpf"], "stale");
+    fails(&["record", s, "--strategy", "linux-ra"], "no record phase");
+}
+
+/// `trace` and `prefetch` work with a process that is not our VMM: a Python program that
+/// maps a file with readahead off and touches chosen pages.
+#[test]
+fn trace_and_prefetch_any_process() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let file = dir.path().join("data");
+    std::fs::write(&file, vec![7u8; 16 << 20]).expect("write");
+    let touched: Vec<u64> = (0..4096u64)
+        .filter(|p| p % 7 == 3 || (1000..1100).contains(p))
+        .collect();
+    let script = format!(
+        "import mmap,sys\nf=open(sys.argv[1],'rb')\nm=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)\n\
+         m.madvise(mmap.MADV_RANDOM)\ns=0\nfor p in {touched:?}:\n    s+=m[p*4096]\nprint(s)\n"
+    );
+    let ws = dir.path().join("data.ws");
+    let f = file.to_str().expect("UTF-8");
+    let w = ws.to_str().expect("UTF-8");
+    ok(&[
+        "trace", "--file", f, "--out", w, "--cold", "--", "python3", "-c", &script, f,
+    ]);
+    let captured = ws_pages(&ws);
+    assert_eq!(
+        captured, touched,
+        "trace must capture exactly the touched pages"
+    );
+    snapbpf::fsutil::evict(&file).expect("evict");
+    let out = json(&["prefetch", "--file", f, "--ws", w]);
+    assert_eq!(
+        out["bytes"].as_u64(),
+        Some(touched.len() as u64 * 4096),
+        "{out}"
+    );
+    assert_eq!(out["missing_pages"], 0, "{out}");
+    let now = resident(&file);
+    let (recall, _) = recall_and_extra(&now, &touched);
+    assert!(
+        recall >= 0.99,
+        "after prefetch only {recall} of the pages are resident"
+    );
+    // A changed file makes the working set stale.
+    std::fs::write(&file, vec![8u8; 16 << 20]).expect("rewrite");
+    fails(&["prefetch", "--file", f, "--ws", w], "stale");
+    fails(
+        &["trace", "--file", "/nonexistent", "--out", w, "--", "true"],
+        "nonexistent",
+    );
+}
