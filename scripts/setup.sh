@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in clang llvm libelf-dev zlib1g-dev pkg-config util-linux; do
+for pkg in clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev util-linux python3; do
     have_pkg "$pkg" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

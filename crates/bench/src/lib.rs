@@ -16,6 +16,7 @@ use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
 use snapbpf::snapshot::{self, CreateOptions, Snapshot};
 use snapbpf::strategy::StrategySpec;
 
+pub mod profile;
 pub mod report;
 pub mod stats;
 
@@ -264,7 +265,7 @@ pub fn run(
 }
 
 /// Reuses a valid snapshot of this build at `dir`, or takes a new one.
-fn ensure_snapshot(function: &str, dir: &Path) -> Result<Snapshot, BenchError> {
+pub(crate) fn ensure_snapshot(function: &str, dir: &Path) -> Result<Snapshot, BenchError> {
     if let Ok(s) = Snapshot::open(dir) {
         if s.meta.function == function {
             return Ok(s);

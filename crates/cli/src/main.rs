@@ -27,6 +27,7 @@ enum Command {
     Bench(cmd::bench::Args),
     Trace(cmd::trace::Args),
     Prefetch(cmd::prefetch::Args),
+    Profile(cmd::profile::Args),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -50,6 +51,7 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Prefetch(a) => cmd::prefetch::run(a),
+        Command::Profile(a) => cmd::profile::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {

@@ -171,19 +171,25 @@ pub fn evict(path: &Path) -> Result<(), EvictError> {
         source,
     };
     let file = OpenOptions::new().read(true).open(path).map_err(io)?;
-    // Dirty pages cannot be dropped: write them back first.
-    file.sync_data().map_err(io)?;
-    // SAFETY: plain syscall on a file descriptor we own.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(io(std::io::Error::from_raw_os_error(rc)));
-    }
+    drop_cached(&file).map_err(io)?;
     let pages = resident_pages(&file).map_err(io)?;
     if pages != 0 {
         return Err(EvictError::StillResident {
             path: path.to_path_buf(),
             pages,
         });
+    }
+    Ok(())
+}
+
+/// Drops `file`'s unmapped pages from the page cache: `fdatasync` (dirty pages cannot
+/// be dropped), then `POSIX_FADV_DONTNEED`. Pages some process maps stay resident.
+pub fn drop_cached(file: &File) -> std::io::Result<()> {
+    file.sync_data()?;
+    // SAFETY: plain syscall on a file descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
     }
     Ok(())
 }

@@ -40,6 +40,9 @@ pub struct RunReport {
     pub rss_anon_kib: u64,
     /// File-backed resident memory of the VM process after the invocation, KiB.
     pub rss_file_kib: u64,
+    /// Private memory the invocation created (guest writes and fresh pages), KiB: the
+    /// growth of `RssAnon` while the vCPU ran.
+    pub written_kib: u64,
     /// VM exits for fresh-allocation hints.
     pub hint_exits: u64,
     /// Bytes of fresh allocations served without snapshot I/O.
@@ -158,6 +161,7 @@ pub fn run_restored(
     }
     vm.set_input(opts.input)?;
     vm.set_hints_enabled(restored.pv_hints)?;
+    let (anon_before, _) = rss_kib();
     let resumed = Instant::now();
     let event = vm.run(handler.as_mut(), opts.timeout);
     let finished = Instant::now();
@@ -176,6 +180,7 @@ pub fn run_restored(
         major_faults: major_faults().saturating_sub(faults_before),
         rss_anon_kib,
         rss_file_kib,
+        written_kib: rss_anon_kib.saturating_sub(anon_before),
         hint_exits: stats.hint_exits,
         fresh_bytes: stats.hinted_bytes,
         readahead_kib: strategy_report.readahead_kib,

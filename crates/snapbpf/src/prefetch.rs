@@ -375,50 +375,15 @@ fn uring_run(fd: i32, requests: &[(u64, u64)], qd: u32, read: bool) -> Result<()
 /// `POSIX_FADV_DONTNEED`), so that the next access reads from storage. Pages mapped by
 /// a process stay resident.
 pub fn evict(file: &File) -> std::io::Result<()> {
-    file.sync_data()?;
-    // SAFETY: posix_fadvise only reads the fd and the scalar arguments.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
+    crate::fsutil::drop_cached(file)
 }
 
-/// Residency of every page of `file` in the page cache, via `mincore(2)` on a
-/// temporary shared read-only mapping (which does not fault anything in).
+/// Residency of every page of `file` in the page cache (`mincore(2)`).
 pub fn resident_pages(file: &File) -> std::io::Result<Vec<bool>> {
-    let size = file.metadata()?.len();
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    let len = usize::try_from(size).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: a fresh PROT_READ shared mapping of a file we hold open; the kernel picks
-    // the address, nothing else refers to it, and it is unmapped below.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let pages = len.div_ceil(PAGE_SIZE as usize);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `addr..addr+len` is the mapping created above and `vec` holds one byte
-    // per page of it.
-    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: unmapping exactly the mapping created above; no references into it exist.
-    unsafe { libc::munmap(addr, len) };
-    if rc != 0 {
-        return Err(err);
-    }
-    Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
+    Ok(crate::fsutil::residency(file)?
+        .into_iter()
+        .map(|b| b & 1 != 0)
+        .collect())
 }
 
 /// The parts of `ranges` (in their order) whose pages are not resident in the page
@@ -456,7 +421,7 @@ pub fn missing_ranges(file: &File, ranges: &[PageRange]) -> std::io::Result<Vec<
 
 /// Number of resident pages of `file`.
 pub fn resident_count(file: &File) -> std::io::Result<u64> {
-    Ok(resident_pages(file)?.into_iter().filter(|&r| r).count() as u64)
+    crate::fsutil::resident_pages(file)
 }
 
 #[cfg(test)]

@@ -78,20 +78,7 @@ pub fn check_size(len: u64) -> Result<(), MemoryError> {
 impl GuestMemory {
     /// Anonymous, zero-filled guest memory (a fresh boot).
     pub fn anonymous(len: u64) -> Result<Self, MemoryError> {
-        check_size(len)?;
-        // SAFETY: a new anonymous private mapping at an address of the kernel's choosing;
-        // it aliases nothing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        Self::from_mmap_result(ptr, len)
+        Self::map(len, libc::MAP_ANONYMOUS, -1)
     }
 
     /// A copy-on-write (`MAP_PRIVATE`) mapping of `file`'s first `len` bytes.
@@ -99,16 +86,21 @@ impl GuestMemory {
     /// Reads are served from the page cache and shared with every other process that maps
     /// the file; guest writes create private anonymous copies.
     pub fn map_file_private(file: &File, len: u64) -> Result<Self, MemoryError> {
+        Self::map(len, 0, file.as_raw_fd())
+    }
+
+    fn map(len: u64, extra_flags: libc::c_int, fd: libc::c_int) -> Result<Self, MemoryError> {
         check_size(len)?;
-        // SAFETY: a new private mapping of a file we hold open; it aliases nothing in this
-        // process, and private mappings never write back to the file.
+        // SAFETY: a new private mapping (anonymous, or of a file the caller holds open) at
+        // an address of the kernel's choosing: it aliases nothing in this process, and
+        // private mappings never write back to a file.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-                file.as_raw_fd(),
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE | extra_flags,
+                fd,
                 0,
             )
         };

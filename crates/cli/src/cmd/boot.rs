@@ -26,20 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let info = snapbpf_functions::info(&args.function).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown function '{}' (see `snapbpf functions`)",
-            args.function
-        )
-    })?;
-    if args.input >= info.inputs {
-        anyhow::bail!(
-            "function '{}' takes inputs 0..{}, got {}",
-            info.name,
-            info.inputs,
-            args.input
-        );
-    }
+    super::function_input(&args.function, args.input)?;
     let boot = snapbpf::snapshot::fresh_boot(
         &args.function,
         args.input,

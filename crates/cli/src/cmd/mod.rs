@@ -6,6 +6,7 @@ pub mod functions;
 pub mod inspect;
 pub mod invoke;
 pub mod prefetch;
+pub mod profile;
 pub mod record;
 pub mod snapshot;
 pub mod trace;
@@ -39,4 +40,22 @@ pub fn worker_command(
         .arg("--timeout-secs")
         .arg(req.run.timeout.as_secs().max(1).to_string());
     c
+}
+
+/// Looks up `function` and checks `input` against its inputs.
+pub fn function_input(
+    function: &str,
+    input: u32,
+) -> anyhow::Result<&'static snapbpf_functions::FunctionInfo> {
+    let info = snapbpf_functions::info(function).ok_or_else(|| {
+        anyhow::anyhow!("unknown function '{function}' (see `snapbpf functions`)")
+    })?;
+    if input >= info.inputs {
+        anyhow::bail!(
+            "function '{}' takes inputs 0..{}, got {input}",
+            info.name,
+            info.inputs
+        );
+    }
+    Ok(info)
 }

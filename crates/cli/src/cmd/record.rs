@@ -28,16 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let snapshot = Snapshot::open(&args.dir)?;
-    let info = snapbpf_functions::info(&snapshot.meta.function)
-        .ok_or_else(|| anyhow::anyhow!("unknown function '{}'", snapshot.meta.function))?;
-    if args.input >= info.inputs {
-        anyhow::bail!(
-            "function '{}' takes inputs 0..{}, got {}",
-            info.name,
-            info.inputs,
-            args.input
-        );
-    }
+    let info = super::function_input(&snapshot.meta.function, args.input)?;
     let spec = args.strategy.spec();
     let strategy = spec.build()?;
     eprintln!(

@@ -1,0 +1,156 @@
+//! Per-function memory profile: the measured table of `docs/functions.md`.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use snapbpf::invoke::{self, InvokeRequest, RunOptions};
+use snapbpf::strategy::StrategySpec;
+use snapbpf::workingset::WorkingSet;
+
+use crate::{ensure_snapshot, BenchError, Summary};
+
+/// Measured memory behaviour of one function and input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionProfile {
+    /// Function.
+    pub function: String,
+    /// Input.
+    pub input: u32,
+    /// Guest memory = snapshot memory file, bytes.
+    pub snapshot_bytes: u64,
+    /// Init phase in a fresh VM, ms.
+    pub init_ms: f64,
+    /// Snapshot pages a cold `linux-nora` invocation reads (exact: no readahead), bytes.
+    pub read_bytes: u64,
+    /// Private pages the invocation creates (writes), bytes, without filtering.
+    pub written_bytes: u64,
+    /// Bytes of fresh allocations served without snapshot I/O by PV filtering.
+    pub fresh_bytes: u64,
+    /// VM exits PV filtering took.
+    pub hint_exits: u64,
+    /// Snapshot pages read with PV filtering on, bytes.
+    pub read_bytes_with_pv: u64,
+    /// Pages in the snapbpf working set recorded for this input, bytes.
+    pub working_set_bytes: u64,
+    /// Size of the working-set metadata file, bytes.
+    pub working_set_file_bytes: u64,
+    /// Invocation time with everything resident in the guest (later invocations in one
+    /// freshly booted VM), ms.
+    pub warm_exec_ms: f64,
+    /// Checksum (same in every run).
+    pub checksum: String,
+}
+
+/// Profiles `functions` with `input`, keeping snapshots under `out/snapshots`.
+pub fn profile(
+    functions: &[String],
+    input: u32,
+    out: &Path,
+    worker: &dyn Fn(&InvokeRequest) -> Command,
+    timeout: Duration,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<FunctionProfile>, BenchError> {
+    let mut profiles = Vec::new();
+    for function in functions {
+        progress(&format!("{function}: snapshot"));
+        let snapshot = ensure_snapshot(function, &out.join("snapshots").join(function))?;
+        let invoke_err = |strategy: &str| {
+            let (function, strategy) = (function.clone(), strategy.to_string());
+            move |source| BenchError::Invoke {
+                function,
+                strategy,
+                concurrency: 1,
+                source,
+            }
+        };
+        let run = |spec: StrategySpec| {
+            let req = InvokeRequest {
+                dir: snapshot.dir.clone(),
+                spec,
+                run: RunOptions { input, timeout },
+                cold: true,
+                concurrency: 1,
+            };
+            invoke::invoke(&req, &|| worker(&req))
+        };
+        progress(&format!("{function}: cold linux-nora"));
+        let nora = run(StrategySpec::named("linux-nora")).map_err(invoke_err("linux-nora"))?;
+        progress(&format!("{function}: cold PV filtering"));
+        let mut pv_spec = StrategySpec::named("snapbpf");
+        pv_spec.no_prefetch = true;
+        let pv = run(pv_spec).map_err(invoke_err("snapbpf --no-prefetch"))?;
+        progress(&format!("{function}: record"));
+        let strategy = StrategySpec::named("snapbpf")
+            .build()
+            .map_err(|e| BenchError::Config(e.to_string()))?;
+        let ws_path = snapshot.artifact_path(snapbpf::strategy::snapbpf::WS_FILE);
+        let _ = std::fs::remove_file(&ws_path);
+        strategy
+            .record(&snapshot, input, timeout)
+            .map_err(|source| BenchError::Record {
+                function: function.clone(),
+                strategy: "snapbpf".into(),
+                source,
+            })?;
+        let ws = WorkingSet::read(&ws_path).map_err(|e| BenchError::Config(e.to_string()))?;
+        progress(&format!("{function}: warm exec"));
+        let boot =
+            snapbpf::snapshot::fresh_boot(function, input, 4, None, timeout).map_err(|source| {
+                BenchError::Snapshot {
+                    function: function.clone(),
+                    source,
+                }
+            })?;
+        let warm: Vec<f64> = boot.invocations.iter().skip(1).map(|i| i.1).collect();
+        let (n, p) = (&nora.runs[0], &pv.runs[0]);
+        profiles.push(FunctionProfile {
+            function: function.clone(),
+            input,
+            snapshot_bytes: snapshot.meta.mem_bytes,
+            init_ms: boot.init_ms,
+            read_bytes: nora.memory.page_cache_kib << 10,
+            written_bytes: n.written_kib << 10,
+            fresh_bytes: p.fresh_bytes,
+            hint_exits: p.hint_exits,
+            read_bytes_with_pv: pv.memory.page_cache_kib << 10,
+            working_set_bytes: ws.total_bytes(),
+            working_set_file_bytes: std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0),
+            warm_exec_ms: Summary::of(&warm).map(|s| s.median).unwrap_or(0.0),
+            checksum: n.checksum.clone(),
+        });
+    }
+    Ok(profiles)
+}
+
+/// The profile as a Markdown table.
+pub fn markdown(profiles: &[FunctionProfile]) -> String {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| function | input | snapshot MiB | init ms | read MiB | written MiB | fresh MiB (PV) | hint exits | read MiB with PV | working set MiB | WS metadata bytes | warm exec ms |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for p in profiles {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} |",
+            p.function,
+            p.input,
+            mib(p.snapshot_bytes),
+            p.init_ms,
+            mib(p.read_bytes),
+            mib(p.written_bytes),
+            mib(p.fresh_bytes),
+            p.hint_exits,
+            mib(p.read_bytes_with_pv),
+            mib(p.working_set_bytes),
+            p.working_set_file_bytes,
+            p.warm_exec_ms
+        );
+    }
+    md
+}
