@@ -31,8 +31,6 @@ pub struct FunctionProfile {
     pub fresh_bytes: u64,
     /// VM exits PV filtering took.
     pub hint_exits: u64,
-    /// Snapshot pages read with PV filtering on, bytes.
-    pub read_bytes_with_pv: u64,
     /// Pages in the snapbpf working set recorded for this input, bytes.
     pub working_set_bytes: u64,
     /// Size of the working-set metadata file, bytes.
@@ -115,7 +113,6 @@ pub fn profile(
             written_bytes: n.written_kib << 10,
             fresh_bytes: p.fresh_bytes,
             hint_exits: p.hint_exits,
-            read_bytes_with_pv: pv.memory.page_cache_kib << 10,
             working_set_bytes: ws.total_bytes(),
             working_set_file_bytes: std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0),
             warm_exec_ms: Summary::of(&warm).map(|s| s.median).unwrap_or(0.0),
@@ -131,13 +128,13 @@ pub fn markdown(profiles: &[FunctionProfile]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| function | input | snapshot MiB | init ms | read MiB | written MiB | fresh MiB (PV) | hint exits | read MiB with PV | working set MiB | WS metadata bytes | warm exec ms |"
+        "| function | input | snapshot MiB | init ms | read MiB | written MiB | fresh MiB (PV) | hint exits | working set MiB | WS metadata bytes | warm exec ms |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for p in profiles {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {:.1} |",
             p.function,
             p.input,
             mib(p.snapshot_bytes),
@@ -146,7 +143,6 @@ pub fn markdown(profiles: &[FunctionProfile]) -> String {
             mib(p.written_bytes),
             mib(p.fresh_bytes),
             p.hint_exits,
-            mib(p.read_bytes_with_pv),
             mib(p.working_set_bytes),
             p.working_set_file_bytes,
             p.warm_exec_ms
