@@ -21,9 +21,11 @@ enum Command {
     Functions(cmd::functions::Args),
     Snapshot(cmd::snapshot::Args),
     Boot(cmd::boot::Args),
+    Record(cmd::record::Args),
     Invoke(cmd::invoke::Args),
     Inspect(cmd::inspect::Args),
     Bench(cmd::bench::Args),
+    UffdHandler(cmd::uffd_handler::Args),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -41,9 +43,11 @@ fn main() {
         Command::Functions(a) => cmd::functions::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::Boot(a) => cmd::boot::run(a),
+        Command::Record(a) => cmd::record::run(a),
         Command::Invoke(a) => cmd::invoke::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::UffdHandler(a) => cmd::uffd_handler::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {

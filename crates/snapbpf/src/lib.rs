@@ -5,9 +5,13 @@
 //!   and the prefetching systems), each policy over shared mechanisms.
 //! - [`invoke`]: restoring VMs and running invocations, one or many at once, with the
 //!   measurements the evaluation reports.
+//! - [`uffd`]: userfaultfd page-fault handling and Firecracker's handler handshake.
+//! - [`artifact`]: the versioned, checksummed container of strategy artifacts.
 //! - [`fsutil`]: atomic writes, file identity, page-cache residency and eviction.
 
+pub mod artifact;
 pub mod fsutil;
 pub mod invoke;
 pub mod snapshot;
 pub mod strategy;
+pub mod uffd;

@@ -5,7 +5,9 @@ pub mod boot;
 pub mod functions;
 pub mod inspect;
 pub mod invoke;
+pub mod record;
 pub mod snapshot;
+pub mod uffd_handler;
 pub mod worker;
 
 use std::time::Duration;

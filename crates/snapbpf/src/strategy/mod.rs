@@ -13,7 +13,9 @@ use snapbpf_vmm::{ExitHandler, GuestMemory};
 
 use crate::snapshot::Snapshot;
 
+pub mod faasnap;
 pub mod linux;
+pub mod reap;
 
 /// Errors of a strategy.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +24,12 @@ pub enum StrategyError {
     #[error("unknown strategy '{0}' (expected one of: {names})", names = STRATEGY_NAMES.join(", "))]
     Unknown(String),
     /// A flag does not apply to the strategy.
-    #[error("{flag} applies only to the snapbpf strategy")]
+    #[error("{flag} applies only to the {only} strategy")]
     FlagNotApplicable {
         /// The flag.
         flag: &'static str,
+        /// The strategy it applies to.
+        only: &'static str,
     },
     /// The strategy has nothing to record.
     #[error("strategy '{0}' has no record phase: it restores without artifacts")]
@@ -52,6 +56,9 @@ pub enum StrategyError {
     /// The recorded invocation failed.
     #[error("recorded invocation failed: {0}")]
     Record(Box<crate::invoke::RunOneError>),
+    /// A userfaultfd operation or handler handshake failed.
+    #[error(transparent)]
+    Uffd(#[from] crate::uffd::UffdError),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -71,7 +78,7 @@ impl StrategyError {
 }
 
 /// Names accepted by `--strategy`.
-pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra"];
+pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra", "reap", "faasnap"];
 
 /// A strategy as chosen on the command line; serialisable so a launcher can pass it to
 /// worker processes.
@@ -85,6 +92,10 @@ pub struct StrategySpec {
     /// snapbpf: skip fresh-allocation filtering.
     #[serde(default)]
     pub no_pv: bool,
+    /// reap: hand the userfaultfd to the page-fault handler listening on this Unix socket
+    /// (Firecracker's UFFD protocol) instead of serving it in-process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uffd_handler: Option<PathBuf>,
 }
 
 impl StrategySpec {
@@ -94,6 +105,7 @@ impl StrategySpec {
             name: name.into(),
             no_prefetch: false,
             no_pv: false,
+            uffd_handler: None,
         }
     }
 
@@ -102,15 +114,29 @@ impl StrategySpec {
         let strategy: Box<dyn Strategy> = match self.name.as_str() {
             "linux-nora" => Box::new(linux::LinuxPaging::no_readahead()),
             "linux-ra" => Box::new(linux::LinuxPaging::readahead()),
+            "reap" => Box::new(reap::Reap {
+                handler_socket: self.uffd_handler.clone(),
+            }),
+            "faasnap" => Box::new(faasnap::Faasnap),
             other => return Err(StrategyError::Unknown(other.into())),
         };
         if self.no_prefetch && self.name != "snapbpf" {
             return Err(StrategyError::FlagNotApplicable {
                 flag: "--no-prefetch",
+                only: "snapbpf",
             });
         }
         if self.no_pv && self.name != "snapbpf" {
-            return Err(StrategyError::FlagNotApplicable { flag: "--no-pv" });
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--no-pv",
+                only: "snapbpf",
+            });
+        }
+        if self.uffd_handler.is_some() && self.name != "reap" {
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--uffd-handler",
+                only: "reap",
+            });
         }
         Ok(strategy)
     }
@@ -123,6 +149,9 @@ impl StrategySpec {
         }
         if self.no_pv {
             s.push_str(" --no-pv");
+        }
+        if self.uffd_handler.is_some() {
+            s.push_str(" --uffd-handler");
         }
         s
     }
