@@ -65,7 +65,9 @@ pub fn write<H: Serialize>(
     };
     let header = serde_json::to_vec(header).map_err(|e| io(e.into()))?;
     if kind.len() > KIND_LEN || header.len() > MAX_HEADER as usize {
-        return Err(io(std::io::Error::other("artifact kind or header too large")));
+        return Err(io(std::io::Error::other(
+            "artifact kind or header too large",
+        )));
     }
     let mut out = Vec::with_capacity(FIXED + header.len() + 12 + payload.len());
     out.extend_from_slice(ARTIFACT_MAGIC);
@@ -119,7 +121,9 @@ pub fn read<H: DeserializeOwned>(path: &Path, kind: &str) -> Result<(H, Vec<u8>)
         .trim_end_matches('\0')
         .to_string();
     if found_kind != kind {
-        return Err(corrupt(format!("holds a '{found_kind}', expected a '{kind}'")));
+        return Err(corrupt(format!(
+            "holds a '{found_kind}', expected a '{kind}'"
+        )));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let crc = u32::from_le_bytes(crc.try_into().unwrap_or_default());

@@ -191,9 +191,8 @@ impl Uffd {
             fd as i32
         };
         // SAFETY: `fd` is a new descriptor nobody else owns.
-        let uffd = Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        };
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let uffd = Self { fd };
         let mut api = UffdioApi {
             api: UFFD_API,
             ..UffdioApi::default()
@@ -325,10 +324,7 @@ impl GuestRegionUffdMapping {
 }
 
 /// Checks regions received from a VMM against the memory file they are served from.
-pub fn check_regions(
-    regions: &[GuestRegionUffdMapping],
-    file_len: u64,
-) -> Result<(), UffdError> {
+pub fn check_regions(regions: &[GuestRegionUffdMapping], file_len: u64) -> Result<(), UffdError> {
     if regions.is_empty() {
         return Err(UffdError::BadRegions("no regions".into()));
     }
@@ -343,7 +339,10 @@ pub fn check_regions(
         if !aligned(r.base_host_virt_addr) || !aligned(r.size) || !aligned(r.offset) {
             return Err(UffdError::BadRegions(format!("{r:?} is not page-aligned")));
         }
-        if r.offset.checked_add(r.size).is_none_or(|end| end > file_len) {
+        if r.offset
+            .checked_add(r.size)
+            .is_none_or(|end| end > file_len)
+        {
             return Err(UffdError::BadRegions(format!(
                 "{r:?} reaches past the end of the {file_len}-byte memory file"
             )));
@@ -495,9 +494,8 @@ impl StopSignal {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a new descriptor nobody else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Signals the stop.
@@ -607,14 +605,18 @@ fn send_fd(stream: &UnixStream, body: &[u8], fd: i32) -> std::io::Result<()> {
     if hdr.is_null() {
         return Err(std::io::Error::other("no room for the control message"));
     }
-    // SAFETY: `hdr` points into `cmsg`, valid for a cmsghdr and its int payload (checked
-    // by CMSG_SPACE above); we write the header fields and the descriptor.
-    unsafe {
-        (*hdr).cmsg_level = libc::SOL_SOCKET;
-        (*hdr).cmsg_type = libc::SCM_RIGHTS;
-        (*hdr).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<i32>(), fd);
-    }
+    // SAFETY: pure computation.
+    let cmsg_len = unsafe { libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) } as usize;
+    // SAFETY: `hdr` points into `cmsg`, valid and aligned for a cmsghdr (checked above).
+    let hdr = unsafe { &mut *hdr };
+    hdr.cmsg_level = libc::SOL_SOCKET;
+    hdr.cmsg_type = libc::SCM_RIGHTS;
+    hdr.cmsg_len = cmsg_len;
+    // SAFETY: CMSG_DATA of a header inside our buffer points at its payload, which has room
+    // for an int (CMSG_SPACE above).
+    let data = unsafe { libc::CMSG_DATA(hdr) };
+    // SAFETY: `data` points at 4 writable bytes inside `cmsg`.
+    unsafe { std::ptr::write_unaligned(data.cast::<i32>(), fd) };
     // SAFETY: `msg` and everything it points to live across the call.
     let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
@@ -651,13 +653,16 @@ fn recv_fd(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
     let mut hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !hdr.is_null() {
         // SAFETY: `hdr` is a header inside the control buffer (CMSG_* bounds it).
-        let (level, kind, len) = unsafe { ((*hdr).cmsg_level, (*hdr).cmsg_type, (*hdr).cmsg_len) };
+        let h = unsafe { &*hdr };
+        let (level, kind, len) = (h.cmsg_level, h.cmsg_type, h.cmsg_len);
         // SAFETY: pure computation.
         let want = unsafe { libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) } as usize;
         if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS && len >= want {
             // SAFETY: an SCM_RIGHTS message of at least one int carries a descriptor that is
             // now ours.
-            let raw = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(hdr).cast::<i32>()) };
+            let data = unsafe { libc::CMSG_DATA(hdr) };
+            // SAFETY: `data` points at the int payload inside the control buffer.
+            let raw = unsafe { std::ptr::read_unaligned(data.cast::<i32>()) };
             // SAFETY: the kernel installed `raw` in our table for us to own.
             fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
         }
@@ -809,9 +814,13 @@ mod tests {
             page_size: PAGE,
         }];
         // Prefetch pages 2 and 3 in one call.
-        let (bytes, calls) =
-            install(&uffd, &regions, &[2 * PAGE, 3 * PAGE], &data[2 * PAGE as usize..4 * PAGE as usize])
-                .expect("install");
+        let (bytes, calls) = install(
+            &uffd,
+            &regions,
+            &[2 * PAGE, 3 * PAGE],
+            &data[2 * PAGE as usize..4 * PAGE as usize],
+        )
+        .expect("install");
         assert_eq!((bytes, calls), (2 * PAGE, 1));
         let stop = StopSignal::new().expect("eventfd");
         std::thread::scope(|s| {

@@ -108,7 +108,10 @@ fn encode(regions: &[Region], zeros: &[(u64, u64)]) -> Vec<u8> {
     artifact::u64_bytes(&v)
 }
 
-fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<(Vec<Region>, Vec<(u64, u64)>), String> {
+/// Working-set regions and zero regions.
+type Decoded = (Vec<Region>, Vec<(u64, u64)>);
+
+fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<Decoded, String> {
     let v = artifact::u64s(payload).ok_or("payload is not u64s")?;
     let mut it = v.into_iter();
     let mut next = || it.next().ok_or("payload too short");
@@ -127,7 +130,9 @@ fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<(Vec<Region>,
         let ok = r.len > 0
             && [r.offset, r.len, r.ws_offset].iter().all(|v| v % PAGE == 0)
             && r.offset.checked_add(r.len).is_some_and(|e| e <= mem_bytes)
-            && r.ws_offset.checked_add(r.len).is_some_and(|e| e <= ws_bytes);
+            && r.ws_offset
+                .checked_add(r.len)
+                .is_some_and(|e| e <= ws_bytes);
         if !ok {
             return Err(format!("bad region {r:?}"));
         }
@@ -141,7 +146,11 @@ fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<(Vec<Region>,
     let mut zeros = Vec::with_capacity(z as usize);
     for _ in 0..z {
         let (o, l) = (next()?, next()?);
-        if l == 0 || o % PAGE != 0 || l % PAGE != 0 || o.checked_add(l).is_none_or(|e| e > mem_bytes) {
+        if l == 0
+            || o % PAGE != 0
+            || l % PAGE != 0
+            || o.checked_add(l).is_none_or(|e| e > mem_bytes)
+        {
             return Err(format!("bad zero region {o:#x}+{l:#x}"));
         }
         guest.push((o, l));
@@ -190,7 +199,10 @@ pub fn load_meta(snapshot: &Snapshot) -> Result<Meta, StrategyError> {
     let (regions, zeros) =
         decode(&payload, snapshot.meta.mem_bytes, header.ws_bytes).map_err(|r| bad(&path, r))?;
     if regions.iter().map(|r| r.len).sum::<u64>() != header.ws_bytes {
-        return Err(bad(&path, "regions do not add up to the working-set size".into()));
+        return Err(bad(
+            &path,
+            "regions do not add up to the working-set size".into(),
+        ));
     }
     let ws_len = std::fs::metadata(&ws)
         .map_err(|e| bad(&ws, e.to_string()))?
@@ -246,9 +258,9 @@ fn map_over(
         )
     };
     if p == libc::MAP_FAILED || p != addr.cast() {
-        return Err(StrategyError::io(format!("map {len:#x} bytes over guest memory at {gpa:#x}"))(
-            std::io::Error::last_os_error(),
-        ));
+        return Err(StrategyError::io(format!(
+            "map {len:#x} bytes over guest memory at {gpa:#x}"
+        ))(std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -316,7 +328,14 @@ impl Scanner {
                 // SAFETY: a new read-only shared mapping of a file we hold open; it is never
                 // dereferenced (mincore only) and is unmapped below.
                 let map = unsafe {
-                    libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ,
+                        libc::MAP_SHARED,
+                        file.as_raw_fd(),
+                        0,
+                    )
                 };
                 if map == libc::MAP_FAILED {
                     return Err(std::io::Error::last_os_error());
@@ -415,10 +434,8 @@ impl Strategy for Faasnap {
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
         let meta = load_meta(snapshot)?;
         let path = snapshot.memory_path();
-        let (file, window) = super::linux::open_with_readahead_window(
-            &path,
-            super::linux::PAPER_READAHEAD_KIB,
-        )?;
+        let (file, window) =
+            super::linux::open_with_readahead_window(&path, super::linux::PAPER_READAHEAD_KIB)?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::On)?;
         let ws_path = snapshot.artifact_path(WS_FILE);
@@ -440,7 +457,12 @@ impl Strategy for Faasnap {
             memory,
             handler: Box::new(IgnoreHints),
             finish: Box::new(move || {
-                let prefetch = match loader.lock().ok().and_then(|mut l| l.take()).map(|j| j.join()) {
+                let prefetch = match loader
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.take())
+                    .map(|j| j.join())
+                {
                     Some(Ok(Ok(p))) => Some(p),
                     Some(Ok(Err(e))) => {
                         tracing::error!("faasnap working-set loader failed: {e}");
@@ -467,7 +489,8 @@ impl Strategy for Faasnap {
         let path = snapshot.memory_path();
         let ioe = |what: &str| StrategyError::io(format!("{what} {}", path.display()));
         // A cold cache and no readahead: the page cache then holds exactly the fetched pages.
-        fsutil::evict(&path).map_err(|e| StrategyError::io("record")(std::io::Error::other(e.to_string())))?;
+        fsutil::evict(&path)
+            .map_err(|e| StrategyError::io("record")(std::io::Error::other(e.to_string())))?;
         let faults_before = crate::invoke::major_faults();
         let file = File::open(&path).map_err(ioe("open"))?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
@@ -553,7 +576,10 @@ impl Strategy for Faasnap {
             zeros.truncate(MAX_ZERO_REGIONS);
             zeros.sort_unstable();
         }
-        let zeros: Vec<(u64, u64)> = zeros.into_iter().map(|(p, n)| (p * PAGE, n * PAGE)).collect();
+        let zeros: Vec<(u64, u64)> = zeros
+            .into_iter()
+            .map(|(p, n)| (p * PAGE, n * PAGE))
+            .collect();
 
         let mem = File::open(&path).map_err(ioe("open"))?;
         let mut ws = vec![0u8; ws_offset as usize];
@@ -575,7 +601,9 @@ impl Strategy for Faasnap {
         };
         let meta_path = snapshot.artifact_path(META_FILE);
         let meta_bytes = artifact::write(&meta_path, META_KIND, &header, &encode(&regions, &zeros))
-            .map_err(|e| StrategyError::io("write metadata")(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| {
+                StrategyError::io("write metadata")(std::io::Error::other(e.to_string()))
+            })?;
         Ok(RecordReport {
             artifacts: vec![(ws_path, ws.len() as u64), (meta_path, meta_bytes)],
             ms: started.elapsed().as_secs_f64() * 1e3,
@@ -597,7 +625,11 @@ mod tests {
 
     #[test]
     fn metadata_round_trips_and_rejects_overlap() {
-        let regions = [Region { offset: 0, len: 8192, ws_offset: 0 }];
+        let regions = [Region {
+            offset: 0,
+            len: 8192,
+            ws_offset: 0,
+        }];
         let zeros = [(8192, 4096)];
         let bytes = encode(&regions, &zeros);
         let (r, z) = decode(&bytes, 1 << 20, 8192).expect("decode");

@@ -133,7 +133,10 @@ pub fn prefetch(
     let (buf, direct) =
         uffd::read_direct(&path).map_err(StrategyError::io(format!("read {}", path.display())))?;
     if !direct {
-        tracing::warn!("{}: no O_DIRECT on this filesystem, read buffered", path.display());
+        tracing::warn!(
+            "{}: no O_DIRECT on this filesystem, read buffered",
+            path.display()
+        );
     }
     if buf.as_slice().len() as u64 != trace.header.ws_bytes
         || crc32fast::hash(buf.as_slice()) != trace.header.ws_crc32
@@ -208,7 +211,13 @@ fn spawn_handler(
     regions: Vec<GuestRegionUffdMapping>,
     trace: Option<Trace>,
     record: bool,
-) -> Result<(HandlerThread, mpsc::Receiver<Result<HandlerAck, StrategyError>>), StrategyError> {
+) -> Result<
+    (
+        HandlerThread,
+        mpsc::Receiver<Result<HandlerAck, StrategyError>>,
+    ),
+    StrategyError,
+> {
     let path = snapshot.memory_path();
     let file = File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
     let stop = Arc::new(StopSignal::new().map_err(StrategyError::io("eventfd"))?);
@@ -368,8 +377,8 @@ fn write_artifacts(
     started: Instant,
 ) -> Result<RecordReport, StrategyError> {
     let mem_path = snapshot.memory_path();
-    let mem = File::open(&mem_path)
-        .map_err(StrategyError::io(format!("open {}", mem_path.display())))?;
+    let mem =
+        File::open(&mem_path).map_err(StrategyError::io(format!("open {}", mem_path.display())))?;
     let mut ws = vec![0u8; offsets.len() * PAGE as usize];
     for (page, &off) in ws.chunks_exact_mut(PAGE as usize).zip(offsets) {
         std::os::unix::fs::FileExt::read_exact_at(&mem, page, off)
@@ -387,8 +396,13 @@ fn write_artifacts(
         input,
     };
     let trace_path = snapshot.artifact_path(TRACE_FILE);
-    let trace_bytes = artifact::write(&trace_path, TRACE_KIND, &header, &artifact::u64_bytes(offsets))
-        .map_err(|e| StrategyError::io("write trace")(std::io::Error::other(e.to_string())))?;
+    let trace_bytes = artifact::write(
+        &trace_path,
+        TRACE_KIND,
+        &header,
+        &artifact::u64_bytes(offsets),
+    )
+    .map_err(|e| StrategyError::io("write trace")(std::io::Error::other(e.to_string())))?;
     Ok(RecordReport {
         artifacts: vec![(ws_path, ws.len() as u64), (trace_path, trace_bytes)],
         ms: uffd::ms_since(started),
@@ -429,7 +443,10 @@ pub fn run_handler(
     let trace = match load_trace(&snapshot) {
         Ok(t) => Some(t),
         Err(StrategyError::MissingArtifact { .. }) => {
-            eprintln!("uffd-handler: no REAP recording in {}: serving every fault on demand", dir.display());
+            eprintln!(
+                "uffd-handler: no REAP recording in {}: serving every fault on demand",
+                dir.display()
+            );
             None
         }
         Err(e) => return Err(e.into()),
