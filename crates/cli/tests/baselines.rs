@@ -143,7 +143,14 @@ fn bad_artifacts_are_refused() {
         "takes inputs 0..",
     );
     fails(
-        &["invoke", snap, "--strategy", "linux-ra", "--uffd-handler", "/x"],
+        &[
+            "invoke",
+            snap,
+            "--strategy",
+            "linux-ra",
+            "--uffd-handler",
+            "/x",
+        ],
         "--uffd-handler applies only to the reap strategy",
     );
 
@@ -163,7 +170,10 @@ fn bad_artifacts_are_refused() {
         };
         // Truncated working set.
         truncate(&snap_path.join(ws), 4096);
-        fails(&["invoke", snap, "--strategy", strategy, "--cold"], "truncated");
+        fails(
+            &["invoke", snap, "--strategy", strategy, "--cold"],
+            "truncated",
+        );
         restore(ws);
         // Corrupt metadata / trace.
         flip_byte(&snap_path.join(meta), 200);
@@ -256,4 +266,35 @@ fn reap_with_external_uffd_handler() {
             "{report}"
         );
     }
+    // A handler given only a raw memory file (as for a Firecracker snapshot) serves every
+    // fault on demand.
+    let raw_socket = dir.path().join("raw.sock");
+    let raw = raw_socket.to_str().expect("UTF-8 path");
+    let memory = snap_path.join("memory");
+    let _raw_handler = Handler(
+        Command::new(bin())
+            .args(["uffd-handler", "--socket", raw, "--memory-file"])
+            .arg(&memory)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the handler"),
+    );
+    while !raw_socket.exists() {
+        assert!(Instant::now() < deadline, "the raw handler never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = json(&[
+        "invoke",
+        snap,
+        "--strategy",
+        "reap",
+        "--uffd-handler",
+        raw,
+        "--cold",
+        "--input",
+        "1",
+    ]);
+    assert_eq!(checksums(&report), vec![expected[1].clone()]);
+    assert_eq!(report["prefetch"]["bytes"].as_u64(), Some(0), "{report}");
 }

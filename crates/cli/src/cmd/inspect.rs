@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use snapbpf::snapshot::Snapshot;
+use snapbpf::strategy::{faasnap, reap};
 
 /// Show what a snapshot directory holds.
 #[derive(Debug, clap::Args)]
@@ -47,8 +48,32 @@ pub fn run(args: Args) -> Result<()> {
     println!("guest build   {}", m.guest_digest);
     println!("init          {:.1} ms", m.init_ms);
     println!("files:");
-    for (name, size) in artifacts {
+    for (name, size) in &artifacts {
         println!("  {name:<24} {size:>14} bytes");
+    }
+    let has = |n: &str| artifacts.iter().any(|(a, _)| a == n);
+    if has(reap::TRACE_FILE) || has(reap::WS_FILE) {
+        match reap::load_trace(&snap) {
+            Ok(t) => println!(
+                "reap          {} pages recorded with input {}, bound to this snapshot",
+                t.header.pages, t.header.input
+            ),
+            Err(e) => println!("reap          unusable: {e}"),
+        }
+    }
+    if has(faasnap::META_FILE) || has(faasnap::WS_FILE) {
+        match faasnap::load_meta(&snap) {
+            Ok(m) => println!(
+                "faasnap       {} pages recorded with input {} in {} regions ({} MiB), {} zero pages in {} regions, bound to this snapshot",
+                m.header.ws_pages,
+                m.header.input,
+                m.regions.len(),
+                m.header.ws_bytes >> 20,
+                m.header.zero_pages,
+                m.zeros.len()
+            ),
+            Err(e) => println!("faasnap       unusable: {e}"),
+        }
     }
     Ok(())
 }

@@ -12,14 +12,28 @@ pub struct Args {
     #[arg(long)]
     socket: PathBuf,
     /// Snapshot directory whose memory (and REAP working set, if recorded) is served.
+    #[arg(
+        long,
+        required_unless_present = "memory_file",
+        conflicts_with = "memory_file"
+    )]
+    snapshot: Option<PathBuf>,
+    /// Serve any raw guest memory file on demand instead (e.g. a Firecracker snapshot's
+    /// memory file), without prefetch.
     #[arg(long)]
-    snapshot: PathBuf,
+    memory_file: Option<PathBuf>,
     /// Exit after serving this many VMs (default: run until killed).
     #[arg(long)]
     max_sessions: Option<u64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    snapbpf::strategy::reap::run_handler(&args.socket, &args.snapshot, args.max_sessions)?;
+    use snapbpf::strategy::reap::{run_handler, HandlerSource};
+    let source = match (args.snapshot, args.memory_file) {
+        (Some(dir), _) => HandlerSource::Snapshot(dir),
+        (None, Some(file)) => HandlerSource::MemoryFile(file),
+        (None, None) => anyhow::bail!("pass --snapshot DIR or --memory-file FILE"),
+    };
+    run_handler(&args.socket, &source, args.max_sessions)?;
     Ok(())
 }

@@ -429,33 +429,51 @@ pub enum HandlerError {
     },
 }
 
+/// What the external handler serves.
+#[derive(Debug, Clone)]
+pub enum HandlerSource {
+    /// A snapbpf snapshot directory: its memory file, and REAP's prefetch when recorded.
+    Snapshot(PathBuf),
+    /// Any raw guest memory file (e.g. a Firecracker snapshot's), served on demand only.
+    MemoryFile(PathBuf),
+}
+
 /// The external page-fault handler (`snapbpf uffd-handler`): listens on `socket`, and for
 /// every VMM that connects and hands over a userfaultfd (Firecracker's protocol), installs
 /// the snapshot's REAP working set if one was recorded, then serves the VM's faults from the
-/// snapshot memory file until the VMM closes the connection. Each VM is served by its own
-/// thread. Returns after `max_sessions` sessions, if given.
+/// memory file until the VMM closes the connection. Each VM is served by its own thread.
+/// Returns after `max_sessions` sessions, if given.
 pub fn run_handler(
     socket: &Path,
-    dir: &Path,
+    source: &HandlerSource,
     max_sessions: Option<u64>,
 ) -> Result<(), HandlerError> {
-    let snapshot = Snapshot::open(dir)?;
-    let trace = match load_trace(&snapshot) {
-        Ok(t) => Some(t),
-        Err(StrategyError::MissingArtifact { .. }) => {
-            eprintln!(
-                "uffd-handler: no REAP recording in {}: serving every fault on demand",
-                dir.display()
-            );
-            None
+    let (prefetch_from, mem_path) = match source {
+        HandlerSource::Snapshot(dir) => {
+            let snapshot = Snapshot::open(dir)?;
+            let trace = match load_trace(&snapshot) {
+                Ok(t) => Some(t),
+                Err(StrategyError::MissingArtifact { .. }) => {
+                    eprintln!(
+                        "uffd-handler: no REAP recording in {}: serving every fault on demand",
+                        dir.display()
+                    );
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mem = snapshot.memory_path();
+            (trace.map(|t| (snapshot, t)), mem)
         }
-        Err(e) => return Err(e.into()),
+        HandlerSource::MemoryFile(path) => (None, path.clone()),
     };
-    let mem_path = snapshot.memory_path();
-    let file = Arc::new(
-        File::open(&mem_path).map_err(StrategyError::io(format!("open {}", mem_path.display())))?,
-    );
-    let file_len = snapshot.meta.mem_bytes;
+    let file =
+        File::open(&mem_path).map_err(StrategyError::io(format!("open {}", mem_path.display())))?;
+    let file_len = file
+        .metadata()
+        .map_err(StrategyError::io(format!("stat {}", mem_path.display())))?
+        .len();
+    let file = Arc::new(file);
     let _ = std::fs::remove_file(socket);
     let listen_err = |source| HandlerError::Listen {
         path: socket.to_path_buf(),
@@ -463,8 +481,7 @@ pub fn run_handler(
     };
     let listener = std::os::unix::net::UnixListener::bind(socket).map_err(listen_err)?;
     eprintln!("uffd-handler: listening on {}", socket.display());
-    let snapshot = Arc::new(snapshot);
-    let trace = Arc::new(trace);
+    let prefetch_from = Arc::new(prefetch_from);
     let mut sessions = Vec::new();
     let mut count = 0u64;
     for stream in listener.incoming() {
@@ -476,9 +493,10 @@ pub fn run_handler(
             }
         };
         count += 1;
-        let (snapshot, trace, file) = (snapshot.clone(), trace.clone(), file.clone());
+        let (prefetch_from, file) = (prefetch_from.clone(), file.clone());
         sessions.push(std::thread::spawn(move || {
-            if let Err(e) = session(&stream, &snapshot, trace.as_ref().as_ref(), &file, file_len) {
+            let pf = prefetch_from.as_ref().as_ref().map(|(s, t)| (s, t));
+            if let Err(e) = session(&stream, pf, &file, file_len) {
                 eprintln!("uffd-handler: session {count}: {e}");
                 let _ = uffd::acknowledge(
                     &stream,
@@ -502,15 +520,14 @@ pub fn run_handler(
 
 fn session(
     stream: &std::os::unix::net::UnixStream,
-    snapshot: &Snapshot,
-    trace: Option<&Trace>,
+    prefetch_from: Option<(&Snapshot, &Trace)>,
     file: &File,
     file_len: u64,
 ) -> Result<(), StrategyError> {
     let (uffd, regions) = uffd::receive_from_vmm(stream)?;
     uffd::check_regions(&regions, file_len)?;
-    let ack = match trace {
-        Some(t) => prefetch(&uffd, &regions, snapshot, t)?,
+    let ack = match prefetch_from {
+        Some((snapshot, t)) => prefetch(&uffd, &regions, snapshot, t)?,
         None => HandlerAck::default(),
     };
     uffd::acknowledge(stream, &ack).map_err(StrategyError::io("acknowledge"))?;
