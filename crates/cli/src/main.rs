@@ -28,6 +28,7 @@ enum Command {
     Trace(cmd::trace::Args),
     Prefetch(cmd::prefetch::Args),
     Profile(cmd::profile::Args),
+    UffdHandler(cmd::uffd_handler::Args),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -52,6 +53,7 @@ fn main() {
         Command::Trace(a) => cmd::trace::run(a),
         Command::Prefetch(a) => cmd::prefetch::run(a),
         Command::Profile(a) => cmd::profile::run(a),
+        Command::UffdHandler(a) => cmd::uffd_handler::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {

@@ -9,8 +9,11 @@
 //! - [`workingset`]: working sets as offset ranges, and their file format.
 //! - [`prefetch`]: reading working-set ranges ahead into the page cache.
 //! - [`pv`]: the host side of online filtering of fresh guest allocations.
+//! - [`uffd`]: userfaultfd page-fault handling and Firecracker's handler handshake.
+//! - [`artifact`]: the versioned, checksummed container of strategy artifacts.
 //! - [`fsutil`]: atomic writes, file identity, page-cache residency and eviction.
 
+pub mod artifact;
 pub mod capture;
 pub mod fsutil;
 pub mod invoke;
@@ -18,4 +21,5 @@ pub mod prefetch;
 pub mod pv;
 pub mod snapshot;
 pub mod strategy;
+pub mod uffd;
 pub mod workingset;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use snapbpf::snapshot::Snapshot;
+use snapbpf::strategy::{faasnap, reap};
 use snapbpf::workingset::WorkingSet;
 
 /// Show what a snapshot directory holds, or what a working-set file records.
@@ -54,8 +55,32 @@ pub fn run(args: Args) -> Result<()> {
     println!("guest build   {}", m.guest_digest);
     println!("init          {:.1} ms", m.init_ms);
     println!("files:");
-    for (name, size) in files {
+    for (name, size) in &files {
         println!("  {name:<24} {size:>14} bytes");
+    }
+    let has = |n: &str| files.iter().any(|(a, _)| a == n);
+    if has(reap::TRACE_FILE) || has(reap::WS_FILE) {
+        match reap::load_trace(&snap) {
+            Ok(t) => println!(
+                "reap          {} pages recorded with input {}, bound to this snapshot",
+                t.header.pages, t.header.input
+            ),
+            Err(e) => println!("reap          unusable: {e}"),
+        }
+    }
+    if has(faasnap::META_FILE) || has(faasnap::WS_FILE) {
+        match faasnap::load_meta(&snap) {
+            Ok(m) => println!(
+                "faasnap       {} pages recorded with input {} in {} regions ({} MiB), {} zero pages in {} regions, bound to this snapshot",
+                m.header.ws_pages,
+                m.header.input,
+                m.regions.len(),
+                m.header.ws_bytes >> 20,
+                m.header.zero_pages,
+                m.zeros.len()
+            ),
+            Err(e) => println!("faasnap       unusable: {e}"),
+        }
     }
     if let Some(ws) = ws {
         println!("snapbpf working set:");

@@ -32,7 +32,7 @@ pub struct Args {
 /// Strategy selection shared by `invoke`, `record` and `bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StrategyArgs {
-    /// Restore strategy: linux-nora, linux-ra, snapbpf.
+    /// Restore strategy: linux-nora, linux-ra, reap, faasnap, snapbpf.
     #[arg(long, default_value = "linux-ra")]
     pub strategy: String,
     /// snapbpf only: do not prefetch the working set.
@@ -41,6 +41,10 @@ pub struct StrategyArgs {
     /// snapbpf only: do not filter fresh guest allocations.
     #[arg(long)]
     pub no_pv: bool,
+    /// reap only: hand the userfaultfd to the page-fault handler listening on this Unix
+    /// socket (Firecracker's UFFD protocol, e.g. `snapbpf uffd-handler`).
+    #[arg(long, value_name = "SOCKET")]
+    pub uffd_handler: Option<PathBuf>,
 }
 
 impl StrategyArgs {
@@ -49,6 +53,7 @@ impl StrategyArgs {
             name: self.strategy.clone(),
             no_prefetch: self.no_prefetch,
             no_pv: self.no_pv,
+            uffd_handler: self.uffd_handler.clone(),
         }
     }
 }

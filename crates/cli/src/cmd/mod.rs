@@ -10,6 +10,7 @@ pub mod profile;
 pub mod record;
 pub mod snapshot;
 pub mod trace;
+pub mod uffd_handler;
 pub mod worker;
 
 use std::time::Duration;

@@ -13,7 +13,9 @@ use snapbpf_vmm::{ExitHandler, GuestMemory};
 
 use crate::snapshot::Snapshot;
 
+pub mod faasnap;
 pub mod linux;
+pub mod reap;
 pub mod snapbpf;
 
 /// Errors of a strategy.
@@ -23,10 +25,12 @@ pub enum StrategyError {
     #[error("unknown strategy '{0}' (expected one of: {names})", names = STRATEGY_NAMES.join(", "))]
     Unknown(String),
     /// A flag does not apply to the strategy.
-    #[error("{flag} applies only to the snapbpf strategy")]
+    #[error("{flag} applies only to the {only} strategy")]
     FlagNotApplicable {
         /// The flag.
         flag: &'static str,
+        /// The strategy it applies to.
+        only: &'static str,
     },
     /// The strategy has nothing to record.
     #[error("strategy '{0}' has no record phase: it restores without artifacts")]
@@ -56,6 +60,9 @@ pub enum StrategyError {
     /// The recorded invocation failed.
     #[error("recorded invocation failed: {0}")]
     Record(Box<crate::invoke::RunOneError>),
+    /// A userfaultfd operation or handler handshake failed.
+    #[error(transparent)]
+    Uffd(#[from] crate::uffd::UffdError),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -75,7 +82,7 @@ impl StrategyError {
 }
 
 /// Names accepted by `--strategy`.
-pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra", "snapbpf"];
+pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra", "reap", "faasnap", "snapbpf"];
 
 /// A strategy as chosen on the command line; serialisable so a launcher can pass it to
 /// worker processes.
@@ -89,6 +96,10 @@ pub struct StrategySpec {
     /// snapbpf: skip fresh-allocation filtering.
     #[serde(default)]
     pub no_pv: bool,
+    /// reap: hand the userfaultfd to the page-fault handler listening on this Unix socket
+    /// (Firecracker's UFFD protocol) instead of serving it in-process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uffd_handler: Option<PathBuf>,
 }
 
 impl StrategySpec {
@@ -98,6 +109,7 @@ impl StrategySpec {
             name: name.into(),
             no_prefetch: false,
             no_pv: false,
+            uffd_handler: None,
         }
     }
 
@@ -107,15 +119,29 @@ impl StrategySpec {
             "linux-nora" => Box::new(linux::LinuxPaging::no_readahead()),
             "linux-ra" => Box::new(linux::LinuxPaging::readahead()),
             "snapbpf" => Box::new(snapbpf::SnapBpf::new(!self.no_prefetch, !self.no_pv)),
+            "reap" => Box::new(reap::Reap {
+                handler_socket: self.uffd_handler.clone(),
+            }),
+            "faasnap" => Box::new(faasnap::Faasnap),
             other => return Err(StrategyError::Unknown(other.into())),
         };
         if self.no_prefetch && self.name != "snapbpf" {
             return Err(StrategyError::FlagNotApplicable {
                 flag: "--no-prefetch",
+                only: "snapbpf",
             });
         }
         if self.no_pv && self.name != "snapbpf" {
-            return Err(StrategyError::FlagNotApplicable { flag: "--no-pv" });
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--no-pv",
+                only: "snapbpf",
+            });
+        }
+        if self.uffd_handler.is_some() && self.name != "reap" {
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--uffd-handler",
+                only: "reap",
+            });
         }
         Ok(strategy)
     }
@@ -128,6 +154,9 @@ impl StrategySpec {
         }
         if self.no_pv {
             s.push_str(" --no-pv");
+        }
+        if self.uffd_handler.is_some() {
+            s.push_str(" --uffd-handler");
         }
         s
     }

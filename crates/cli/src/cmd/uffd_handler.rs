@@ -1,0 +1,39 @@
+//! `snapbpf uffd-handler`: an external page-fault handler process speaking Firecracker's
+//! UFFD protocol, serving VMs restored from one snapshot (REAP's prefetch when recorded).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+/// Serve the page faults of VMs restored with `--uffd-handler` (or by Firecracker).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Unix socket to listen on (replaced if it exists).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Snapshot directory whose memory (and REAP working set, if recorded) is served.
+    #[arg(
+        long,
+        required_unless_present = "memory_file",
+        conflicts_with = "memory_file"
+    )]
+    snapshot: Option<PathBuf>,
+    /// Serve any raw guest memory file on demand instead (e.g. a Firecracker snapshot's
+    /// memory file), without prefetch.
+    #[arg(long)]
+    memory_file: Option<PathBuf>,
+    /// Exit after serving this many VMs (default: run until killed).
+    #[arg(long)]
+    max_sessions: Option<u64>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    use snapbpf::strategy::reap::{run_handler, HandlerSource};
+    let source = match (args.snapshot, args.memory_file) {
+        (Some(dir), _) => HandlerSource::Snapshot(dir),
+        (None, Some(file)) => HandlerSource::MemoryFile(file),
+        (None, None) => anyhow::bail!("pass --snapshot DIR or --memory-file FILE"),
+    };
+    run_handler(&args.socket, &source, args.max_sessions)?;
+    Ok(())
+}

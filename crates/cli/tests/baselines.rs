@@ -1,0 +1,300 @@
+//! The REAP and FaaSnap baselines on real KVM: correct results against fresh boots for
+//! every input, cold and warm, one and several VMs, with a recording made from another
+//! input; refusal of missing, damaged and stale artifacts before any VM starts; and REAP
+//! served by the external page-fault handler over Firecracker's UFFD protocol.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BASELINES: [&str; 2] = ["reap", "faasnap"];
+
+fn fresh_checksums(function: &str) -> Vec<String> {
+    let inputs = snapbpf_functions::info(function)
+        .expect("function exists")
+        .inputs;
+    (0..inputs)
+        .map(|i| {
+            let r = json(&["boot", function, "--input", &i.to_string()]);
+            r["checksum"].as_str().expect("checksum").to_string()
+        })
+        .collect()
+}
+
+fn record(snap: &str, strategy: &str, input: u32) -> serde_json::Value {
+    json(&[
+        "record",
+        snap,
+        "--strategy",
+        strategy,
+        "--input",
+        &input.to_string(),
+    ])
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("stat").len()
+}
+
+/// For each function: record with input 0, then every input, cold and warm, one VM and
+/// three, gives the fresh boot's checksum under both baselines.
+#[test]
+fn baselines_match_fresh_boot() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    for function in ["pyaes", "image", "gzip"] {
+        let snap_path = snapshot(dir.path(), function);
+        let snap = snap_path.to_str().expect("UTF-8 path");
+        let expected = fresh_checksums(function);
+        for strategy in BASELINES {
+            let rec = record(snap, strategy, 0);
+            assert!(rec["pages"].as_u64() > Some(100), "{strategy}: {rec}");
+            let ws = snap_path.join(format!("{strategy}.ws"));
+            for (input, want) in expected.iter().enumerate() {
+                let input_s = input.to_string();
+                for cold in [true, false] {
+                    for conc in ["1", "3"] {
+                        let mut args = vec![
+                            "invoke",
+                            snap,
+                            "--strategy",
+                            strategy,
+                            "--input",
+                            &input_s,
+                            "--concurrency",
+                            conc,
+                        ];
+                        if cold {
+                            args.push("--cold");
+                        }
+                        let report = json(&args);
+                        let n: usize = conc.parse().expect("number");
+                        assert_eq!(
+                            checksums(&report),
+                            vec![want.clone(); n],
+                            "{function} {strategy} input {input} cold={cold} concurrency {conc}"
+                        );
+                        let prefetched = report["prefetch"]["bytes"].as_u64().expect("bytes");
+                        match strategy {
+                            // Every VM installs its own copy of the whole working set.
+                            "reap" => assert_eq!(
+                                prefetched,
+                                n as u64 * file_len(&ws),
+                                "{function} reap: {report}"
+                            ),
+                            // The working set is loaded once per host, shared by every VM.
+                            _ if cold => assert!(
+                                prefetched > 0 && prefetched <= file_len(&ws),
+                                "{function} faasnap cold: {report}"
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn truncate(path: &Path, by: u64) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    let len = f.metadata().expect("stat").len();
+    f.set_len(len - by).expect("truncate");
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).expect("read");
+    let at = at.min(b.len() - 1);
+    b[at] ^= 0x5a;
+    std::fs::write(path, b).expect("write");
+}
+
+/// Missing, truncated, corrupt and stale artifacts are refused with one clear line and
+/// exit 1, before a VM starts.
+#[test]
+fn bad_artifacts_are_refused() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap_path = snapshot(dir.path(), "pyaes");
+    let snap = snap_path.to_str().expect("UTF-8 path");
+    for strategy in BASELINES {
+        fails(
+            &["invoke", snap, "--strategy", strategy],
+            "run `snapbpf record <DIR> --strategy",
+        );
+    }
+    fails(
+        &["record", snap, "--strategy", "linux-ra"],
+        "has no record phase",
+    );
+    fails(
+        &["record", snap, "--strategy", "reap", "--input", "9"],
+        "takes inputs 0..",
+    );
+    fails(
+        &[
+            "invoke",
+            snap,
+            "--strategy",
+            "linux-ra",
+            "--uffd-handler",
+            "/x",
+        ],
+        "--uffd-handler applies only to the reap strategy",
+    );
+
+    let keep = dir.path().join("kept");
+    std::fs::create_dir_all(&keep).expect("mkdir");
+    let artifacts = [
+        ("reap", "reap.ws", "reap.trace"),
+        ("faasnap", "faasnap.ws", "faasnap.meta"),
+    ];
+    for (strategy, ws, meta) in artifacts {
+        record(snap, strategy, 0);
+        for f in [ws, meta] {
+            std::fs::copy(snap_path.join(f), keep.join(f)).expect("keep");
+        }
+        let restore = |f: &str| {
+            std::fs::copy(keep.join(f), snap_path.join(f)).expect("restore");
+        };
+        // Truncated working set.
+        truncate(&snap_path.join(ws), 4096);
+        fails(
+            &["invoke", snap, "--strategy", strategy, "--cold"],
+            "truncated",
+        );
+        restore(ws);
+        // Corrupt metadata / trace.
+        flip_byte(&snap_path.join(meta), 200);
+        fails(&["invoke", snap, "--strategy", strategy], "CRC mismatch");
+        restore(meta);
+        // Missing working set.
+        std::fs::remove_file(snap_path.join(ws)).expect("rm");
+        fails(&["invoke", snap, "--strategy", strategy], "does not exist");
+        restore(ws);
+        // Sound again.
+        json(&["invoke", snap, "--strategy", strategy]);
+    }
+    // REAP checks the working set's contents when it reads them.
+    flip_byte(&snap_path.join("reap.ws"), 12345);
+    fails(&["invoke", snap, "--strategy", "reap"], "CRC32");
+    std::fs::copy(keep.join("reap.ws"), snap_path.join("reap.ws")).expect("restore");
+
+    // Stale: a new snapshot of the same function, with the old recordings put back.
+    ok(&["snapshot", "pyaes", "--out", snap, "--force"]);
+    for (strategy, ws, meta) in artifacts {
+        for f in [ws, meta] {
+            std::fs::copy(keep.join(f), snap_path.join(f)).expect("put back");
+        }
+        fails(
+            &["invoke", snap, "--strategy", strategy, "--cold"],
+            "recorded for another version of the snapshot's memory file",
+        );
+    }
+}
+
+struct Handler(Child);
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// REAP with the external `snapbpf uffd-handler`: the VMM hands over the userfaultfd
+/// through the socket, as Firecracker does, and the results are correct.
+#[test]
+fn reap_with_external_uffd_handler() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap_path = snapshot(dir.path(), "pyaes");
+    let snap = snap_path.to_str().expect("UTF-8 path");
+    let expected = fresh_checksums("pyaes");
+    record(snap, "reap", 0);
+    let socket = dir.path().join("uffd.sock");
+    let sock = socket.to_str().expect("UTF-8 path");
+    fails(
+        &["invoke", snap, "--strategy", "reap", "--uffd-handler", sock],
+        "connect",
+    );
+    let _handler = Handler(
+        Command::new(bin())
+            .args(["uffd-handler", "--socket", sock, "--snapshot", snap])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the handler"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the handler never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (input, conc) in [(0usize, "1"), (1, "3")] {
+        let report = json(&[
+            "invoke",
+            snap,
+            "--strategy",
+            "reap",
+            "--uffd-handler",
+            sock,
+            "--cold",
+            "--input",
+            &input.to_string(),
+            "--concurrency",
+            conc,
+        ]);
+        let n: usize = conc.parse().expect("number");
+        assert_eq!(checksums(&report), vec![expected[input].clone(); n]);
+        assert_eq!(
+            report["prefetch"]["bytes"].as_u64(),
+            Some(n as u64 * file_len(&snap_path.join("reap.ws"))),
+            "{report}"
+        );
+    }
+    // A handler given only a raw memory file (as for a Firecracker snapshot) serves every
+    // fault on demand.
+    let raw_socket = dir.path().join("raw.sock");
+    let raw = raw_socket.to_str().expect("UTF-8 path");
+    let memory = snap_path.join("memory");
+    let _raw_handler = Handler(
+        Command::new(bin())
+            .args(["uffd-handler", "--socket", raw, "--memory-file"])
+            .arg(&memory)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the handler"),
+    );
+    while !raw_socket.exists() {
+        assert!(Instant::now() < deadline, "the raw handler never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = json(&[
+        "invoke",
+        snap,
+        "--strategy",
+        "reap",
+        "--uffd-handler",
+        raw,
+        "--cold",
+        "--input",
+        "1",
+    ]);
+    assert_eq!(checksums(&report), vec![expected[1].clone()]);
+    assert_eq!(report["prefetch"]["bytes"].as_u64(), Some(0), "{report}");
+}
