@@ -15,8 +15,9 @@ pub struct Args {
     /// Functions, comma-separated (default: all; with --quick: a small subset).
     #[arg(long, value_delimiter = ',')]
     functions: Vec<String>,
-    /// Strategies, comma-separated; `snapbpf:no-pv` / `snapbpf:no-prefetch` select the
-    /// breakdown variants (default: all).
+    /// Strategies, comma-separated; `snapbpf:no-pv`, `snapbpf:no-prefetch`,
+    /// `snapbpf:no-premap` select the breakdown variants, `linux-ra:thp` / `snapbpf:thp`
+    /// huge page-cache folios (default: all).
     #[arg(long, value_delimiter = ',')]
     strategies: Vec<String>,
     /// Concurrency levels, comma-separated.
@@ -50,6 +51,8 @@ fn parse_strategy(s: &str) -> StrategySpec {
     let mut spec = StrategySpec::named(name);
     spec.no_pv = variant == "no-pv";
     spec.no_prefetch = variant == "no-prefetch";
+    spec.no_premap = variant == "no-premap";
+    spec.thp = variant == "thp";
     spec
 }
 

@@ -41,6 +41,13 @@ pub struct StrategyArgs {
     /// snapbpf only: do not filter fresh guest allocations.
     #[arg(long)]
     pub no_pv: bool,
+    /// snapbpf only: prefetch into the page cache without mapping the ranges into the
+    /// VMM's page tables (the paper's prefetch exactly).
+    #[arg(long)]
+    pub no_premap: bool,
+    /// linux-ra and snapbpf: back guest memory with huge (2 MiB) page-cache folios.
+    #[arg(long)]
+    pub thp: bool,
     /// reap only: hand the userfaultfd to the page-fault handler listening on this Unix
     /// socket (Firecracker's UFFD protocol, e.g. `snapbpf uffd-handler`).
     #[arg(long, value_name = "SOCKET")]
@@ -53,6 +60,8 @@ impl StrategyArgs {
             name: self.strategy.clone(),
             no_prefetch: self.no_prefetch,
             no_pv: self.no_pv,
+            no_premap: self.no_premap,
+            thp: self.thp,
             uffd_handler: self.uffd_handler.clone(),
         }
     }

@@ -29,6 +29,7 @@ pub const PAPER_READAHEAD_KIB: u64 = 128;
 #[derive(Debug, Clone, Copy)]
 pub struct LinuxPaging {
     readahead_kib: Option<u64>,
+    huge_pages: bool,
 }
 
 impl LinuxPaging {
@@ -36,6 +37,7 @@ impl LinuxPaging {
     pub fn no_readahead() -> Self {
         Self {
             readahead_kib: None,
+            huge_pages: false,
         }
     }
 
@@ -43,7 +45,15 @@ impl LinuxPaging {
     pub fn readahead() -> Self {
         Self {
             readahead_kib: Some(PAPER_READAHEAD_KIB),
+            huge_pages: false,
         }
+    }
+
+    /// Backs guest memory with huge page-cache folios (see
+    /// [`GuestMemory::use_huge_pages`]): faults then read and map whole 2 MiB folios.
+    pub fn with_huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
     }
 }
 
@@ -71,6 +81,9 @@ impl Strategy for LinuxPaging {
         } else {
             FaultReadahead::Off
         })?;
+        if self.huge_pages {
+            memory.use_huge_pages()?;
+        }
         Ok(Restored {
             memory,
             handler: Box::new(IgnoreHints),

@@ -96,6 +96,14 @@ pub struct StrategySpec {
     /// snapbpf: skip fresh-allocation filtering.
     #[serde(default)]
     pub no_pv: bool,
+    /// snapbpf: prefetch into the page cache only, as the paper does, without mapping the
+    /// prefetched ranges into the VMM's page tables.
+    #[serde(default)]
+    pub no_premap: bool,
+    /// Back guest memory with huge (2 MiB) page-cache folios (`MADV_HUGEPAGE` on the
+    /// snapshot mapping): linux-ra and snapbpf.
+    #[serde(default)]
+    pub thp: bool,
     /// reap: hand the userfaultfd to the page-fault handler listening on this Unix socket
     /// (Firecracker's UFFD protocol) instead of serving it in-process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +117,8 @@ impl StrategySpec {
             name: name.into(),
             no_prefetch: false,
             no_pv: false,
+            no_premap: false,
+            thp: false,
             uffd_handler: None,
         }
     }
@@ -117,8 +127,11 @@ impl StrategySpec {
     pub fn build(&self) -> Result<Box<dyn Strategy>, StrategyError> {
         let strategy: Box<dyn Strategy> = match self.name.as_str() {
             "linux-nora" => Box::new(linux::LinuxPaging::no_readahead()),
-            "linux-ra" => Box::new(linux::LinuxPaging::readahead()),
-            "snapbpf" => Box::new(snapbpf::SnapBpf::new(!self.no_prefetch, !self.no_pv)),
+            "linux-ra" => Box::new(linux::LinuxPaging::readahead().with_huge_pages(self.thp)),
+            "snapbpf" => Box::new(
+                snapbpf::SnapBpf::new(!self.no_prefetch, !self.no_pv, !self.no_premap)
+                    .with_huge_pages(self.thp),
+            ),
             "reap" => Box::new(reap::Reap {
                 handler_socket: self.uffd_handler.clone(),
             }),
@@ -135,6 +148,18 @@ impl StrategySpec {
             return Err(StrategyError::FlagNotApplicable {
                 flag: "--no-pv",
                 only: "snapbpf",
+            });
+        }
+        if self.no_premap && self.name != "snapbpf" {
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--no-premap",
+                only: "snapbpf",
+            });
+        }
+        if self.thp && !matches!(self.name.as_str(), "linux-ra" | "snapbpf") {
+            return Err(StrategyError::FlagNotApplicable {
+                flag: "--thp",
+                only: "linux-ra and snapbpf",
             });
         }
         if self.uffd_handler.is_some() && self.name != "reap" {
@@ -154,6 +179,12 @@ impl StrategySpec {
         }
         if self.no_pv {
             s.push_str(" --no-pv");
+        }
+        if self.no_premap {
+            s.push_str(" --no-premap");
+        }
+        if self.thp {
+            s.push_str(" --thp");
         }
         if self.uffd_handler.is_some() {
             s.push_str(" --uffd-handler");
