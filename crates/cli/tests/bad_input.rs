@@ -82,6 +82,10 @@ fn broken_snapshots_are_refused() {
         "--no-pv applies only to the snapbpf strategy",
     );
     fails(
+        &["invoke", good_s, "--strategy", "linux-nora", "--thp"],
+        "--thp applies only to the linux-ra or snapbpf strategy",
+    );
+    fails(
         &["invoke", good_s, "--concurrency", "0"],
         "--concurrency must be between 1 and 64",
     );

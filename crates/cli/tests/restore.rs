@@ -12,6 +12,8 @@ const STRATEGIES: &[&str] = &[
     "snapbpf",
     "snapbpf --no-prefetch",
     "snapbpf --no-pv",
+    "snapbpf --thp",
+    "linux-ra --thp",
 ];
 
 /// Every function and input: the checksum of a restored VM, cold and warm, under every

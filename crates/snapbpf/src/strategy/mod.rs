@@ -159,7 +159,7 @@ impl StrategySpec {
         if self.thp && !matches!(self.name.as_str(), "linux-ra" | "snapbpf") {
             return Err(StrategyError::FlagNotApplicable {
                 flag: "--thp",
-                only: "linux-ra and snapbpf",
+                only: "linux-ra or snapbpf",
             });
         }
         if self.uffd_handler.is_some() && self.name != "reap" {
