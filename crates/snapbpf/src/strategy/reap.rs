@@ -138,6 +138,7 @@ pub fn prefetch(
             path.display()
         );
     }
+    let read_ms = uffd::ms_since(started);
     if buf.as_slice().len() as u64 != trace.header.ws_bytes
         || crc32fast::hash(buf.as_slice()) != trace.header.ws_crc32
     {
@@ -147,7 +148,13 @@ pub fn prefetch(
                 .into(),
         });
     }
+    let checked_ms = uffd::ms_since(started);
     let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice())?;
+    tracing::debug!(
+        "reap prefetch: read {read_ms:.1} ms (direct: {direct}), CRC {:.1} ms, install {:.1} ms",
+        checked_ms - read_ms,
+        uffd::ms_since(started) - checked_ms
+    );
     Ok(HandlerAck {
         bytes,
         ranges,
