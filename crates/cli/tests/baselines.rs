@@ -298,3 +298,45 @@ fn reap_with_external_uffd_handler() {
     assert_eq!(checksums(&report), vec![expected[1].clone()]);
     assert_eq!(report["prefetch"]["bytes"].as_u64(), Some(0), "{report}");
 }
+
+/// A handler that acknowledges, serves nothing and goes away: the VM cannot continue, and
+/// the run fails with a clear error instead of hanging or computing on zero pages.
+#[test]
+fn reap_fails_cleanly_when_the_handler_goes_away() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap_path = snapshot(dir.path(), "pyaes");
+    let snap = snap_path.to_str().expect("UTF-8 path");
+    record(snap, "reap", 0);
+    let socket = dir.path().join("vanishing.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let fake = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).expect("read the regions");
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).contains("base_host_virt_addr"),
+            "Firecracker-style region list expected"
+        );
+        conn.write_all(b"{\"bytes\":0,\"ranges\":0,\"ms\":0.0}\n")
+            .expect("ack");
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    fails(
+        &[
+            "invoke",
+            snap,
+            "--strategy",
+            "reap",
+            "--uffd-handler",
+            socket.to_str().expect("UTF-8 path"),
+            "--timeout-secs",
+            "60",
+        ],
+        "exited without a report",
+    );
+    fake.join().expect("fake handler");
+}

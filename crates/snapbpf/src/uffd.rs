@@ -778,6 +778,43 @@ pub fn ms_since(t: Instant) -> f64 {
 mod tests {
     use super::*;
 
+    /// The handshake carries the region list and a working descriptor; bad regions are
+    /// refused.
+    #[test]
+    fn handshake_passes_regions_and_descriptor() {
+        let (vmm, handler) = UnixStream::pair().expect("socketpair");
+        let stop = StopSignal::new().expect("eventfd");
+        let regions = vec![GuestRegionUffdMapping {
+            base_host_virt_addr: 0x7f00_0000_0000,
+            size: 1 << 20,
+            offset: 0,
+            page_size: PAGE,
+        }];
+        let body = serde_json::to_vec(&regions).expect("json");
+        send_fd(&vmm, &body, stop.as_fd().as_raw_fd()).expect("send");
+        let (fd, got) = receive_from_vmm(&handler).expect("receive");
+        assert_eq!(got, regions);
+        // The received descriptor is the same eventfd: signalling through it is seen here.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a local array to the received eventfd.
+        let wrote = unsafe { libc::write(fd.fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        assert_eq!(wrote, 8);
+        let mut pfd = libc::pollfd {
+            fd: stop.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 1000) }, 1);
+        check_regions(&regions, 1 << 20).expect("fits");
+        assert!(check_regions(&regions, 4096).is_err(), "past the end");
+        let mut huge = regions.clone();
+        huge[0].page_size = 2 << 20;
+        assert!(check_regions(&huge, 1 << 20).is_err(), "huge pages");
+        assert!(check_regions(&[], 1 << 20).is_err(), "empty");
+        acknowledge(&handler, &HandlerAck::default()).expect("ack");
+    }
+
     /// Faults in an anonymous mapping are served from a file, logged in order, and a
     /// prefetched run is installed in one call.
     #[test]

@@ -15,7 +15,8 @@
 //!   from the snapshot memory file. Each VM reads and holds its own copy: no sharing.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -138,6 +139,7 @@ pub fn prefetch(
             path.display()
         );
     }
+    let read_ms = uffd::ms_since(started);
     if buf.as_slice().len() as u64 != trace.header.ws_bytes
         || crc32fast::hash(buf.as_slice()) != trace.header.ws_crc32
     {
@@ -147,7 +149,13 @@ pub fn prefetch(
                 .into(),
         });
     }
+    let checked_ms = uffd::ms_since(started);
     let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice())?;
+    tracing::debug!(
+        "reap prefetch: read {read_ms:.1} ms (direct: {direct}), CRC {:.1} ms, install {:.1} ms",
+        checked_ms - read_ms,
+        uffd::ms_since(started) - checked_ms
+    );
     Ok(HandlerAck {
         bytes,
         ranges,
@@ -248,6 +256,72 @@ fn spawn_handler(
     ))
 }
 
+/// Watches the connection to an external handler while the VM lives; stopped on drop.
+struct HandlerWatch {
+    stop: Arc<StopSignal>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Drop for HandlerWatch {
+    fn drop(&mut self) {
+        self.stop.signal();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// If the external handler goes away while the VM lives, nothing will ever serve the VM's
+/// missing pages: a thread blocked on one (the vCPU, or the VMM reading the mailbox) would
+/// wait forever, and dropping our descriptor would silently turn missing pages into zero
+/// pages. The only safe outcome is to end this VM process with a clear error.
+fn watch_handler(stream: &UnixStream, socket: &Path) -> Result<HandlerWatch, StrategyError> {
+    let stream = stream
+        .try_clone()
+        .map_err(StrategyError::io("watch the page-fault handler connection"))?;
+    let stop = Arc::new(StopSignal::new().map_err(StrategyError::io("eventfd"))?);
+    let thread_stop = stop.clone();
+    let socket = socket.to_path_buf();
+    let join = std::thread::Builder::new()
+        .name("reap-uffd-watch".into())
+        .spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: stream.as_raw_fd(),
+                    events: libc::POLLIN | libc::POLLRDHUP,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: thread_stop.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            loop {
+                // SAFETY: `fds` is a valid array of two pollfd structs for the call.
+                let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                if fds[1].revents != 0 || rc < 0 {
+                    return;
+                }
+                if fds[0].revents != 0 {
+                    eprintln!(
+                        "error: the page-fault handler at {} disconnected while the VM was running: its memory can no longer be served",
+                        socket.display()
+                    );
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(StrategyError::io("spawn the handler watch thread"))?;
+    Ok(HandlerWatch {
+        stop,
+        join: Some(join),
+    })
+}
+
 fn report(ack: &HandlerAck) -> PrefetchReport {
     PrefetchReport {
         bytes: ack.bytes,
@@ -281,11 +355,13 @@ impl Strategy for Reap {
             // of the descriptor and the connection for the VM's life.
             let (stream, ack) =
                 uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
+            let monitor = watch_handler(&stream, socket)?;
             return Ok(Restored {
                 memory,
                 handler: Box::new(IgnoreHints),
                 pv_hints: false,
                 finish: Box::new(move || {
+                    drop(monitor);
                     drop(stream);
                     drop(uffd);
                     RestoreReport {
