@@ -4,7 +4,8 @@
 //! (`MADV_RANDOM`, as the paper disables readahead while capturing) under the eBPF
 //! page-cache capture ([`crate::capture`]), which keeps only the offsets of the snapshot
 //! pages the VM brings in and their first-access times. Fresh allocations are filtered
-//! during the recording too, so they never enter the working set. The offsets become
+//! during the recording too (whichever variant records), so they never enter the working
+//! set. The offsets become
 //! contiguous ranges sorted by earliest access ([`crate::workingset`]) in a small file
 //! beside the snapshot, bound to the memory file's identity. Recording again (another
 //! input) merges into it: union of pages, ordered by earliest access.
@@ -249,8 +250,11 @@ impl Strategy for SnapBpf {
         memory.set_fault_readahead(FaultReadahead::Off)?;
         let restored = Restored {
             memory,
-            handler: self.handler(),
-            pv_hints: self.pv,
+            // Always filter while recording, whatever the variant: the working set is a
+            // property of the snapshot shared by every variant, and fresh allocations
+            // are never snapshot data worth prefetching.
+            handler: Box::new(FreshAnonymizer::default()),
+            pv_hints: true,
             finish: Box::new(RestoreReport::default),
         };
         let run = invoke::run_restored(
