@@ -80,7 +80,17 @@ fn cold_restore_faults_and_is_slower_than_warm() {
         c["major_faults"].as_u64().expect("major_faults") > 100,
         "cold run: {c}"
     );
-    assert_eq!(w["major_faults"].as_u64(), Some(0), "warm run: {w}");
+    // Warm: the memory file is resident, so (almost) no fault waits for the disk. The
+    // kernel also counts a retried fault as major (e.g. one that dropped mmap_lock to
+    // start async readahead), so a handful may show up without any I/O.
+    let (cold_faults, warm_faults) = (
+        c["major_faults"].as_u64().expect("major_faults"),
+        w["major_faults"].as_u64().expect("major_faults"),
+    );
+    assert!(
+        warm_faults * 20 < cold_faults,
+        "warm run: {w}, cold run: {c}"
+    );
     assert!(
         c["e2e_ms"].as_f64() > w["e2e_ms"].as_f64(),
         "cold {c} should be slower than warm {w}"
