@@ -34,7 +34,8 @@ pub struct RunReport {
     pub exec_ms: f64,
     /// Output checksum, hex.
     pub checksum: String,
-    /// Major page faults the VM process took.
+    /// Major page faults the vCPU thread took: waits for storage on the guest's critical
+    /// path (a strategy's helper threads, such as prefetchers, are not counted).
     pub major_faults: u64,
     /// Private anonymous memory of the VM process after the invocation, KiB.
     pub rss_anon_kib: u64,
@@ -192,12 +193,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Major faults this process has taken so far.
+/// Major faults the calling thread (the vCPU thread) has taken so far. KVM takes guest
+/// page faults in the context of the thread running `KVM_RUN`.
 pub fn major_faults() -> u64 {
     // SAFETY: getrusage fills the struct we pass; a zeroed rusage is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to an owned rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
         return 0;
     }
     usage.ru_majflt as u64
