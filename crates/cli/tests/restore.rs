@@ -63,9 +63,9 @@ fn restore_matches_fresh_boot_for_every_function() {
     }
 }
 
-/// A cold restore reads the snapshot from disk (major faults, slower); a warm one does not.
+/// A cold restore reads the snapshot from disk (major faults); a warm one does not.
 #[test]
-fn cold_restore_faults_and_is_slower_than_warm() {
+fn cold_restore_reads_the_disk_and_warm_does_not() {
     if !require_kvm() {
         return;
     }
@@ -91,10 +91,8 @@ fn cold_restore_faults_and_is_slower_than_warm() {
         warm_faults * 20 < cold_faults,
         "warm run: {w}, cold run: {c}"
     );
-    assert!(
-        c["e2e_ms"].as_f64() > w["e2e_ms"].as_f64(),
-        "cold {c} should be slower than warm {w}"
-    );
+    // Latency is a benchmark matter (tests run in parallel and share two cores): cold
+    // versus warm E2E is measured by `snapbpf bench` and recorded in docs/results/.
     assert_eq!(cold["cold"], true);
     assert_eq!(warm["cold"], false);
     // linux-ra really reads around faults: far fewer major faults than linux-nora.
