@@ -491,39 +491,19 @@ impl Strategy for Faasnap {
         // A cold cache and no readahead: the page cache then holds exactly the fetched pages.
         fsutil::evict(&path)
             .map_err(|e| StrategyError::io("record")(std::io::Error::other(e.to_string())))?;
-        let faults_before = crate::invoke::major_faults();
         let file = File::open(&path).map_err(ioe("open"))?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::Off)?;
         let scanner = Scanner::start(file.try_clone().map_err(ioe("dup"))?).map_err(ioe("scan"))?;
-        let result: Arc<Mutex<Option<std::io::Result<Vec<u32>>>>> = Arc::default();
-        let sink = result.clone();
-        let restored = Restored {
-            memory,
-            handler: Box::new(IgnoreHints),
-            pv_hints: false,
-            finish: Box::new(move || {
-                let r = scanner.finish();
-                if let Ok(mut slot) = sink.lock() {
-                    *slot = Some(r);
-                }
-                RestoreReport::default()
-            }),
-        };
-        crate::invoke::run_restored(
+        let first_seen = super::run_recorded(
             snapshot,
-            restored,
+            memory,
+            Box::new(IgnoreHints),
+            false,
             &crate::invoke::RunOptions { input, timeout },
-            started,
-            faults_before,
-        )
-        .map_err(|e| StrategyError::Record(Box::new(e)))?;
-        let first_seen = result
-            .lock()
-            .ok()
-            .and_then(|mut r| r.take())
-            .unwrap_or_else(|| Err(std::io::Error::other("no scan result")))
-            .map_err(ioe("mincore"))?;
+            move || scanner.finish(),
+        )?
+        .map_err(ioe("mincore"))?;
         let zero = zero_pages(&path).map_err(ioe("scan for zero pages of"))?;
         let is_zero = |p: u64| zero.get(p as usize).copied().unwrap_or(false);
         let pages: Vec<u64> = first_seen

@@ -6,7 +6,8 @@
 //! adding a module here and a line in [`StrategySpec::build`]; the VMM does not change.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use snapbpf_vmm::{ExitHandler, GuestMemory};
@@ -272,4 +273,45 @@ pub trait Strategy: Send + Sync {
     ) -> Result<RecordReport, StrategyError> {
         Err(StrategyError::NothingToRecord(self.name().into()))
     }
+}
+
+/// Runs the invocation of a `record` phase over `memory` and returns what `collect`
+/// gathers once the vCPU has stopped (a fault log, a residency scan).
+///
+/// The shared tail of every strategy's record phase: the memory, exit handler and
+/// collector differ, the run and its error handling do not.
+pub(crate) fn run_recorded<T: Send + 'static>(
+    snapshot: &Snapshot,
+    memory: GuestMemory,
+    handler: Box<dyn ExitHandler + Send>,
+    pv_hints: bool,
+    opts: &crate::invoke::RunOptions,
+    collect: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StrategyError> {
+    let slot: Arc<Mutex<Option<T>>> = Arc::default();
+    let sink = slot.clone();
+    let restored = Restored {
+        memory,
+        handler,
+        pv_hints,
+        finish: Box::new(move || {
+            let collected = collect();
+            if let Ok(mut s) = sink.lock() {
+                *s = Some(collected);
+            }
+            RestoreReport::default()
+        }),
+    };
+    crate::invoke::run_restored(
+        snapshot,
+        restored,
+        opts,
+        Instant::now(),
+        crate::invoke::major_faults(),
+    )
+    .map_err(|e| StrategyError::Record(Box::new(e)))?;
+    let collected = slot.lock().ok().and_then(|mut s| s.take());
+    collected.ok_or_else(|| {
+        StrategyError::io("record")(std::io::Error::other("the recorder reported nothing"))
+    })
 }

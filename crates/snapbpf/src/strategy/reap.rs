@@ -18,7 +18,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -407,38 +407,19 @@ impl Strategy for Reap {
         timeout: Duration,
     ) -> Result<RecordReport, StrategyError> {
         let started = Instant::now();
-        let faults_before = crate::invoke::major_faults();
         let (memory, uffd, regions) = uffd_memory(snapshot)?;
         let (thread, rx) = spawn_handler(snapshot, uffd, regions, None, true)?;
         rx.recv()
             .map_err(|_| StrategyError::io("record")(std::io::Error::other("handler exited")))??;
-        let log: Arc<Mutex<Option<Result<ServeStats, UffdError>>>> = Arc::default();
-        let sink = log.clone();
-        let restored = Restored {
-            memory,
-            handler: Box::new(IgnoreHints),
-            pv_hints: false,
-            finish: Box::new(move || {
-                let stats = thread.finish();
-                if let Ok(mut slot) = sink.lock() {
-                    *slot = stats;
-                }
-                RestoreReport::default()
-            }),
-        };
-        crate::invoke::run_restored(
+        let stats = super::run_recorded(
             snapshot,
-            restored,
+            memory,
+            Box::new(IgnoreHints),
+            false,
             &crate::invoke::RunOptions { input, timeout },
-            started,
-            faults_before,
-        )
-        .map_err(|e| StrategyError::Record(Box::new(e)))?;
-        let stats = log
-            .lock()
-            .ok()
-            .and_then(|mut s| s.take())
-            .unwrap_or_else(|| Err(UffdError::BadRegions("handler thread panicked".into())))?;
+            move || thread.finish(),
+        )?
+        .unwrap_or_else(|| Err(UffdError::BadRegions("handler thread panicked".into())))?;
         if stats.log.is_empty() {
             return Err(StrategyError::io("record")(std::io::Error::other(
                 "the recorded invocation faulted no page",

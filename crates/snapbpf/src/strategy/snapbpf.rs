@@ -30,7 +30,7 @@ use super::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB};
 use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
 use crate::capture::PageCacheCapture;
 use crate::fsutil;
-use crate::invoke::{self, RunOptions};
+use crate::invoke::RunOptions;
 use crate::prefetch::{self, MappedFile, PrefetchMethod, PrefetchOptions};
 use crate::pv::FreshAnonymizer;
 use crate::snapshot::Snapshot;
@@ -248,26 +248,21 @@ impl Strategy for SnapBpf {
             File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::Off)?;
-        let restored = Restored {
-            memory,
-            // Always filter while recording, whatever the variant: the working set is a
-            // property of the snapshot shared by every variant, and fresh allocations
-            // are never snapshot data worth prefetching.
-            handler: Box::new(FreshAnonymizer::default()),
-            pv_hints: true,
-            finish: Box::new(RestoreReport::default),
-        };
-        let run = invoke::run_restored(
+        // Always filter while recording, whatever the variant: the working set is a property
+        // of the snapshot shared by every variant, and fresh allocations are never snapshot
+        // data worth prefetching.
+        let run = super::run_recorded(
             snapshot,
-            restored,
+            memory,
+            Box::new(FreshAnonymizer::default()),
+            true,
             &RunOptions { input, timeout },
-            Instant::now(),
-            invoke::major_faults(),
+            || (),
         );
         let captured = capture
             .stop()
             .map_err(|e| StrategyError::Capture(e.to_string()))?;
-        run.map_err(|e| StrategyError::Record(Box::new(e)))?;
+        run?;
         if captured.lost_events > 0 {
             return Err(StrategyError::Capture(format!(
                 "the ring buffer overflowed: {} page events were lost, the working set would be incomplete",
