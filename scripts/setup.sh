@@ -5,7 +5,8 @@ set -euo pipefail
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev util-linux python3; do
+# fonts-dejavu-core: the text of the benchmark charts (crates/bench/src/charts.rs).
+for pkg in clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev util-linux python3 fonts-dejavu-core; do
     have_pkg "$pkg" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

@@ -5,18 +5,24 @@
 //! evicted before every sample) after warm-up runs, plus warm samples (everything in the
 //! page cache: the floor). Every sample is kept; summaries are medians with min and max.
 //! Results are stamped with the git revision, kernel, CPU, disk and date.
+//!
+//! One run covers every figure of the paper's evaluation: the comparison strategies at
+//! every concurrency level (Figures 3a–3c) and the breakdown variants alone (Figure 4),
+//! plus each strategy's record cost and artifact sizes. [`write_results`] turns the raw
+//! samples into tables ([`report`]) and charts ([`charts`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
 use snapbpf::snapshot::{self, CreateOptions, Snapshot};
 use snapbpf::strategy::StrategySpec;
 
+pub mod charts;
 pub mod profile;
+mod progress;
 pub mod report;
 pub mod stats;
 
@@ -61,6 +67,9 @@ pub enum BenchError {
         /// Cause.
         source: invoke::InvokeError,
     },
+    /// Drawing the charts failed (the raw results and tables are written).
+    #[error("charts: {0}")]
+    Charts(#[from] charts::ChartError),
     /// Writing results failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -76,8 +85,12 @@ pub enum BenchError {
 pub struct BenchConfig {
     /// Functions to measure.
     pub functions: Vec<String>,
-    /// Strategies to compare.
+    /// Strategies compared at every concurrency level (Figures 3a–3c).
     pub strategies: Vec<StrategySpec>,
+    /// Strategies of the breakdown (Figure 4), measured with one VM; those also in
+    /// `strategies` are measured once.
+    #[serde(default)]
+    pub breakdown: Vec<StrategySpec>,
     /// Concurrency levels.
     pub concurrency: Vec<u32>,
     /// Measured cold samples per (function, strategy, concurrency).
@@ -126,6 +139,27 @@ pub struct Stamp {
     pub date: String,
 }
 
+impl BenchConfig {
+    /// Every strategy to measure with the concurrency levels it is measured at, in run
+    /// order: the comparison strategies at every level, then the breakdown variants that
+    /// are not among them with one VM.
+    pub fn plan(&self) -> Vec<(StrategySpec, Vec<u32>)> {
+        let mut plan: Vec<(StrategySpec, Vec<u32>)> = self
+            .strategies
+            .iter()
+            .map(|s| (s.clone(), self.concurrency.clone()))
+            .collect();
+        for spec in &self.breakdown {
+            match plan.iter_mut().find(|(s, _)| s == spec) {
+                Some((_, levels)) if !levels.contains(&1) => levels.insert(0, 1),
+                Some(_) => {}
+                None => plan.push((spec.clone(), vec![1])),
+            }
+        }
+        plan
+    }
+}
+
 /// Per-snapshot facts reported beside the latencies.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotFacts {
@@ -133,8 +167,34 @@ pub struct SnapshotFacts {
     pub function: String,
     /// Guest memory, bytes.
     pub mem_bytes: u64,
+    /// Bytes the snapshot's memory file occupies on disk (it is sparse: never-touched
+    /// guest memory takes no blocks).
+    #[serde(default)]
+    pub disk_bytes: u64,
     /// Time the init phase took, ms.
     pub init_ms: f64,
+}
+
+/// What one strategy's record phase cost and produced for one function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordFacts {
+    /// Function.
+    pub function: String,
+    /// Strategy name (every variant of a strategy shares its artifacts).
+    pub strategy: String,
+    /// Wall time of the record phase (a cold, recorded invocation), ms.
+    pub ms: f64,
+    /// Pages in the recorded working set.
+    pub ws_pages: u64,
+    /// Artifact files written, name and bytes.
+    pub artifacts: Vec<(String, u64)>,
+}
+
+impl RecordFacts {
+    /// Bytes of all artifact files.
+    pub fn artifact_bytes(&self) -> u64 {
+        self.artifacts.iter().map(|(_, b)| b).sum()
+    }
 }
 
 /// Everything a benchmark run produced.
@@ -146,6 +206,9 @@ pub struct BenchResults {
     pub config: BenchConfig,
     /// Snapshots used.
     pub snapshots: Vec<SnapshotFacts>,
+    /// Record phases, one per function and strategy that has one.
+    #[serde(default)]
+    pub records: Vec<RecordFacts>,
     /// Every sample, warm-ups excluded.
     pub samples: Vec<Sample>,
 }
@@ -165,7 +228,16 @@ pub fn run(
     if config.repeat == 0 {
         return Err(BenchError::Config("--repeat must be at least 1".into()));
     }
-    for s in &config.strategies {
+    if config.concurrency.is_empty() || config.concurrency.contains(&0) {
+        return Err(BenchError::Config(
+            "--concurrency needs levels of at least 1".into(),
+        ));
+    }
+    let plan = config.plan();
+    if plan.is_empty() {
+        return Err(BenchError::Config("no strategy to measure".into()));
+    }
+    for (s, _) in &plan {
         s.build().map_err(|e| BenchError::Config(e.to_string()))?;
     }
     let snap_dir = config.out.join("snapshots");
@@ -173,95 +245,131 @@ pub fn run(
         path: snap_dir.clone(),
         source,
     })?;
-    let per_strategy = config.concurrency.len() as u64 * u64::from(config.repeat + config.warmup)
-        + u64::from(config.warm_repeat);
-    let total = config.functions.len() as u64 * config.strategies.len() as u64 * per_strategy;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let invocations: u64 = plan
+        .iter()
+        .map(|(_, levels)| {
+            levels.len() as u64 * u64::from(config.repeat + config.warmup)
+                + u64::from(config.warm_repeat)
+        })
+        .sum();
+    let progress = progress::Progress::new(config.functions.len() as u64 * invocations);
     let mut snapshots = Vec::new();
+    let mut records = Vec::new();
     let mut samples = Vec::new();
     for function in &config.functions {
-        bar.set_message(format!("{function}: snapshot"));
+        progress.stage(&format!("{function}: snapshot"));
         let snapshot = ensure_snapshot(function, &snap_dir.join(function))?;
         snapshots.push(SnapshotFacts {
             function: function.clone(),
             mem_bytes: snapshot.meta.mem_bytes,
+            disk_bytes: allocated_bytes(&snapshot.memory_path()),
             init_ms: snapshot.meta.init_ms,
         });
-        for spec in &config.strategies {
-            let label = spec.label();
+        // Record every strategy once per function, in this run, so its cost is measured;
+        // variants of one strategy share its artifacts.
+        let mut recorded: Vec<String> = Vec::new();
+        for (spec, _) in &plan {
+            if recorded.contains(&spec.name) {
+                continue;
+            }
+            recorded.push(spec.name.clone());
             let strategy = spec
                 .build()
                 .map_err(|e| BenchError::Config(e.to_string()))?;
-            if strategy.check(&snapshot).is_err() {
-                bar.set_message(format!("{function}: record {label}"));
-                strategy
-                    .record(&snapshot, config.input, config.timeout)
-                    .map_err(|source| BenchError::Record {
+            progress.stage(&format!("{function}: record {}", spec.name));
+            match strategy.record(&snapshot, config.input, config.timeout) {
+                Ok(report) => records.push(RecordFacts {
+                    function: function.clone(),
+                    strategy: spec.name.clone(),
+                    ms: report.ms,
+                    ws_pages: report.pages,
+                    artifacts: report
+                        .artifacts
+                        .iter()
+                        .map(|(path, bytes)| {
+                            let name = path.file_name().map_or_else(
+                                || path.display().to_string(),
+                                |n| n.to_string_lossy().into_owned(),
+                            );
+                            (name, *bytes)
+                        })
+                        .collect(),
+                }),
+                Err(snapbpf::strategy::StrategyError::NothingToRecord(_)) => {}
+                Err(source) => {
+                    return Err(BenchError::Record {
                         function: function.clone(),
-                        strategy: label.clone(),
+                        strategy: spec.name.clone(),
                         source,
-                    })?;
+                    })
+                }
             }
-            let mut one = |concurrency: u32, cold: bool, keep: bool| {
-                bar.set_message(format!(
-                    "{function} · {label} · {} · x{concurrency}",
-                    if cold { "cold" } else { "warm" }
-                ));
-                let req = InvokeRequest {
-                    dir: snapshot.dir.clone(),
-                    spec: spec.clone(),
-                    run: RunOptions {
-                        input: config.input,
-                        timeout: config.timeout,
-                    },
-                    cold,
-                    concurrency,
-                };
-                let report = invoke::invoke(&req, &|| worker(&req)).map_err(|source| {
-                    BenchError::Invoke {
-                        function: function.clone(),
-                        strategy: label.clone(),
-                        concurrency,
-                        source,
-                    }
-                })?;
-                bar.inc(1);
-                if keep {
-                    samples.push(Sample {
-                        function: function.clone(),
-                        strategy: label.clone(),
-                        concurrency,
+        }
+        for (spec, levels) in &plan {
+            let label = spec.label();
+            let mut measure = |concurrency: u32, cold: bool, runs: u32, keep: bool| {
+                for _ in 0..runs {
+                    let req = InvokeRequest {
+                        dir: snapshot.dir.clone(),
+                        spec: spec.clone(),
+                        run: RunOptions {
+                            input: config.input,
+                            timeout: config.timeout,
+                        },
                         cold,
-                        report,
-                    });
+                        concurrency,
+                    };
+                    let report = invoke::invoke(&req, &|| worker(&req)).map_err(|source| {
+                        BenchError::Invoke {
+                            function: function.clone(),
+                            strategy: label.clone(),
+                            concurrency,
+                            source,
+                        }
+                    })?;
+                    progress.inc();
+                    if keep {
+                        samples.push(Sample {
+                            function: function.clone(),
+                            strategy: label.clone(),
+                            concurrency,
+                            cold,
+                            report,
+                        });
+                    }
                 }
                 Ok::<(), BenchError>(())
             };
-            for &concurrency in &config.concurrency {
-                for _ in 0..config.warmup {
-                    one(concurrency, true, false)?;
+            for &concurrency in levels {
+                if config.warmup > 0 {
+                    progress.stage(&format!("{function} · {label} · warm-up · x{concurrency}"));
+                    measure(concurrency, true, config.warmup, false)?;
                 }
-                for _ in 0..config.repeat {
-                    one(concurrency, true, true)?;
-                }
+                progress.stage(&format!("{function} · {label} · cold · x{concurrency}"));
+                measure(concurrency, true, config.repeat, true)?;
             }
-            for _ in 0..config.warm_repeat {
-                one(1, false, true)?;
+            if config.warm_repeat > 0 {
+                progress.stage(&format!("{function} · {label} · warm · x1"));
+                measure(1, false, config.warm_repeat, true)?;
             }
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(BenchResults {
         stamp: stamp(git_rev, &snap_dir),
         config: config.clone(),
         snapshots,
+        records,
         samples,
     })
+}
+
+/// Bytes of disk blocks allocated to `path` (0 when it cannot be read).
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// Reuses a valid snapshot of this build at `dir`, or takes a new one.
@@ -372,15 +480,36 @@ pub fn utc_now() -> String {
     )
 }
 
-/// Writes `results.json` and `summary.md` into the output directory; returns the summary.
+/// Writes `results.json`, `summary.md` and the figures' charts (`fig*.svg`, `fig*.png`)
+/// into the output directory; returns the summary. The raw results are written first, so
+/// a failure drawing charts loses no measurement (`snapbpf bench --replot` redraws them).
 pub fn write_results(results: &BenchResults) -> Result<String, BenchError> {
     let out = &results.config.out;
+    write_results_to(results, out)
+}
+
+/// [`write_results`] into `out` instead of the directory the run was configured with.
+pub fn write_results_to(results: &BenchResults, out: &Path) -> Result<String, BenchError> {
     let io = |path: PathBuf| move |source| BenchError::Io { path, source };
+    std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
     let json_path = out.join("results.json");
     let json = serde_json::to_vec_pretty(results).map_err(|e| io(json_path.clone())(e.into()))?;
     snapbpf::fsutil::write_atomic(&json_path, &json).map_err(io(json_path.clone()))?;
     let summary = report::markdown(results);
     let md_path = out.join("summary.md");
     snapbpf::fsutil::write_atomic(&md_path, summary.as_bytes()).map_err(io(md_path))?;
+    charts::write_all(&report::figures(results), out)?;
     Ok(summary)
+}
+
+/// Reads the raw results a run wrote (`results.json`).
+pub fn read_results(path: &Path) -> Result<BenchResults, BenchError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| BenchError::Config(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        BenchError::Config(format!(
+            "{} is not the results.json of a snapbpf bench run: {e}",
+            path.display()
+        ))
+    })
 }

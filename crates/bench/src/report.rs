@@ -1,14 +1,79 @@
-//! Markdown tables of benchmark results.
+//! The paper's figures as data, and Markdown tables of them.
+//!
+//! [`figures`] derives Figures 3a, 3b, 3c and 4 from the raw samples; the tables here and
+//! the charts of [`crate::charts`] both draw from it, so they cannot disagree.
 
 use std::fmt::Write;
 
 use crate::{BenchResults, Sample, Summary};
+
+/// The baseline every speedup is relative to, as in the paper.
+pub const BASELINE: &str = "linux-ra";
+
+/// What a figure plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Cold end-to-end latency per VM, ms.
+    ColdE2e,
+    /// System memory of the run (snapshot page cache once plus every VM's anonymous
+    /// memory), MiB.
+    Memory,
+    /// Cold E2E of [`BASELINE`] divided by the strategy's (above 1 is faster).
+    Speedup,
+}
+
+/// One figure: a value with spread per strategy and function.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// File stem and anchor: `fig3a`, `fig3b`, `fig3c`, `fig4`.
+    pub id: &'static str,
+    /// Title.
+    pub title: String,
+    /// What is plotted.
+    pub metric: Metric,
+    /// VMs run at once.
+    pub concurrency: u32,
+    /// Functions (x axis).
+    pub functions: Vec<String>,
+    /// Strategy labels (bar series).
+    pub strategies: Vec<String>,
+    /// `cells[strategy][function]`: median with min and max; `None` when not measured.
+    pub cells: Vec<Vec<Option<Summary>>>,
+}
+
+impl Figure {
+    /// Unit of the values.
+    pub fn unit(&self) -> &'static str {
+        match self.metric {
+            Metric::ColdE2e => "ms",
+            Metric::Memory => "MiB",
+            Metric::Speedup => "x",
+        }
+    }
+
+    /// Label of the value axis.
+    pub fn axis_label(&self) -> String {
+        match self.metric {
+            Metric::ColdE2e => "cold E2E per VM, ms (log scale)".into(),
+            Metric::Memory => "system memory, MiB (log scale)".into(),
+            Metric::Speedup => format!("speedup over {BASELINE} (cold E2E)"),
+        }
+    }
+}
 
 /// Per-VM E2E latencies of matching samples (every VM of every run).
 fn e2e(samples: &[&Sample]) -> Vec<f64> {
     samples
         .iter()
         .flat_map(|s| s.report.runs.iter().map(|r| r.e2e_ms))
+        .collect()
+}
+
+/// System memory of matching samples, MiB.
+fn memory(samples: &[&Sample]) -> Vec<f64> {
+    samples
+        .iter()
+        .map(|s| s.report.memory.total_kib as f64 / 1024.0)
         .collect()
 }
 
@@ -31,16 +96,342 @@ fn select<'a>(
         .collect()
 }
 
-fn fmt_summary(s: Option<Summary>) -> String {
+/// Cold E2E summary of one cell.
+fn cold_e2e(r: &BenchResults, function: &str, strategy: &str, n: u32) -> Option<Summary> {
+    Summary::of(&e2e(&select(r, function, strategy, n, true)))
+}
+
+/// Speedup of `strategy` over [`BASELINE`]: the median is the ratio of medians; the spread
+/// divides the baseline's median by the strategy's slowest and fastest VM.
+fn speedup(r: &BenchResults, function: &str, strategy: &str) -> Option<Summary> {
+    let base = cold_e2e(r, function, BASELINE, 1)?;
+    let s = cold_e2e(r, function, strategy, 1)?;
+    (s.min > 0.0).then(|| Summary {
+        n: s.n,
+        median: base.median / s.median,
+        min: base.median / s.max,
+        max: base.median / s.min,
+    })
+}
+
+/// The paper's figures that `results` has data for: 3a (cold E2E, one VM), 3b and 3c
+/// (cold E2E and memory at the highest concurrency) over the comparison strategies, and
+/// 4 (speedup over linux-ra, one VM) over the breakdown strategies.
+pub fn figures(results: &BenchResults) -> Vec<Figure> {
+    let config = &results.config;
+    let functions = config.functions.clone();
+    let compared: Vec<String> = config.strategies.iter().map(|s| s.label()).collect();
+    let breakdown: Vec<String> = config.breakdown.iter().map(|s| s.label()).collect();
+    let figure = |id, title: String, metric, concurrency, strategies: &[String]| {
+        let cells = strategies
+            .iter()
+            .map(|strategy| {
+                functions
+                    .iter()
+                    .map(|f| match metric {
+                        Metric::ColdE2e => cold_e2e(results, f, strategy, concurrency),
+                        Metric::Memory => {
+                            Summary::of(&memory(&select(results, f, strategy, concurrency, true)))
+                        }
+                        Metric::Speedup => speedup(results, f, strategy),
+                    })
+                    .collect()
+            })
+            .collect();
+        Figure {
+            id,
+            title,
+            metric,
+            concurrency,
+            functions: functions.clone(),
+            strategies: strategies.to_vec(),
+            cells,
+        }
+    };
+    let mut out = Vec::new();
+    if !compared.is_empty() && config.concurrency.contains(&1) {
+        out.push(figure(
+            "fig3a",
+            "Figure 3a: cold end-to-end latency, one VM".into(),
+            Metric::ColdE2e,
+            1,
+            &compared,
+        ));
+    }
+    if let Some(&n) = config.concurrency.iter().filter(|&&n| n > 1).max() {
+        if !compared.is_empty() {
+            out.push(figure(
+                "fig3b",
+                format!("Figure 3b: cold end-to-end latency per VM, {n} concurrent VMs"),
+                Metric::ColdE2e,
+                n,
+                &compared,
+            ));
+            out.push(figure(
+                "fig3c",
+                format!("Figure 3c: system memory, {n} concurrent VMs"),
+                Metric::Memory,
+                n,
+                &compared,
+            ));
+        }
+    }
+    if !breakdown.is_empty() {
+        out.push(figure(
+            "fig4",
+            format!("Figure 4: breakdown, speedup over {BASELINE}, one VM"),
+            Metric::Speedup,
+            1,
+            &breakdown,
+        ));
+    }
+    out
+}
+
+fn fmt_value(v: f64, metric: Metric) -> String {
+    match metric {
+        Metric::Speedup => format!("{v:.2}"),
+        _ if v >= 100.0 => format!("{v:.0}"),
+        _ => format!("{v:.1}"),
+    }
+}
+
+fn fmt_summary(s: Option<Summary>, metric: Metric) -> String {
     match s {
-        Some(s) => format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max),
+        Some(s) => format!(
+            "{} ({}–{})",
+            fmt_value(s.median, metric),
+            fmt_value(s.min, metric),
+            fmt_value(s.max, metric)
+        ),
         None => "–".into(),
     }
 }
 
-/// The comparison tables: per concurrency level, cold E2E per function and strategy
-/// (median, min–max over every VM of every sample) with the ratio to `linux-ra`, the warm
-/// floor, and the run's system memory.
+fn geomean(values: &[f64]) -> Option<f64> {
+    let v: Vec<f64> = values.iter().copied().filter(|v| *v > 0.0).collect();
+    (!v.is_empty()).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+}
+
+/// A figure as a table: functions down, strategies across.
+fn figure_table(md: &mut String, fig: &Figure) {
+    let _ = writeln!(md, "## {}\n", fig.title);
+    let _ = writeln!(
+        md,
+        "Median (min–max), {}{}. Chart: `{}.svg`, `{}.png`.\n",
+        fig.unit(),
+        match fig.metric {
+            Metric::ColdE2e => " over every VM of every sample",
+            Metric::Memory => " over samples",
+            Metric::Speedup => ": linux-ra's median over the strategy's median (spread: over its slowest and fastest VM)",
+        },
+        fig.id,
+        fig.id
+    );
+    let _ = writeln!(md, "| function | {} |", fig.strategies.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(fig.strategies.len()));
+    for (fi, function) in fig.functions.iter().enumerate() {
+        let row: Vec<String> = fig
+            .cells
+            .iter()
+            .map(|per_fn| fmt_summary(per_fn[fi], fig.metric))
+            .collect();
+        let _ = writeln!(md, "| {function} | {} |", row.join(" | "));
+    }
+    if fig.metric == Metric::Speedup {
+        let row: Vec<String> = fig
+            .cells
+            .iter()
+            .map(|per_fn| {
+                let medians: Vec<f64> = per_fn.iter().flatten().map(|s| s.median).collect();
+                geomean(&medians).map_or("–".into(), |g| format!("{g:.2}"))
+            })
+            .collect();
+        let _ = writeln!(md, "| geomean | {} |", row.join(" | "));
+    }
+    let _ = writeln!(md);
+    // Ratios of medians against a reference: the comparison the paper's claims make.
+    let (reference, what) = match fig.metric {
+        Metric::ColdE2e => (
+            BASELINE,
+            "speedup over linux-ra (its median over the strategy's)",
+        ),
+        Metric::Memory => (
+            "snapbpf",
+            "memory relative to snapbpf (the strategy's median over snapbpf's)",
+        ),
+        Metric::Speedup => return,
+    };
+    let Some(ri) = fig.strategies.iter().position(|s| s == reference) else {
+        return;
+    };
+    let _ = writeln!(md, "Ratios, {what}:\n");
+    let _ = writeln!(md, "| function | {} |", fig.strategies.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(fig.strategies.len()));
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); fig.strategies.len()];
+    for (fi, function) in fig.functions.iter().enumerate() {
+        let reference = fig.cells[ri][fi];
+        let row: Vec<String> = fig
+            .cells
+            .iter()
+            .enumerate()
+            .map(|(si, per_fn)| match (per_fn[fi], reference) {
+                (Some(v), Some(r)) if v.median > 0.0 && r.median > 0.0 => {
+                    let ratio = if fig.metric == Metric::Memory {
+                        v.median / r.median
+                    } else {
+                        r.median / v.median
+                    };
+                    columns[si].push(ratio);
+                    format!("{ratio:.2}")
+                }
+                _ => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {function} | {} |", row.join(" | "));
+    }
+    let row: Vec<String> = columns
+        .iter()
+        .map(|c| geomean(c).map_or("–".into(), |g| format!("{g:.2}")))
+        .collect();
+    let _ = writeln!(md, "| geomean | {} |\n", row.join(" | "));
+}
+
+/// Warm E2E per strategy and function: the floor with every page in the page cache.
+fn warm_table(md: &mut String, results: &BenchResults) {
+    let strategies: Vec<String> = results
+        .config
+        .plan()
+        .iter()
+        .map(|(s, _)| s.label())
+        .collect();
+    let _ = writeln!(md, "## Warm end-to-end latency, one VM (the floor)\n");
+    let _ = writeln!(
+        md,
+        "Median (min–max), ms, with the snapshot's pages in the page cache.\n"
+    );
+    let _ = writeln!(md, "| function | {} |", strategies.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(strategies.len()));
+    for function in &results.config.functions {
+        let row: Vec<String> = strategies
+            .iter()
+            .map(|s| {
+                fmt_summary(
+                    Summary::of(&e2e(&select(results, function, s, 1, false))),
+                    Metric::ColdE2e,
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "| {function} | {} |", row.join(" | "));
+    }
+    let _ = writeln!(md);
+}
+
+/// Snapshot size, working sets, artifacts on disk and the record phases' cost.
+fn record_table(md: &mut String, results: &BenchResults) {
+    let _ = writeln!(
+        md,
+        "## Snapshots, working sets, artifacts and record cost\n"
+    );
+    let _ = writeln!(
+        md,
+        "Snapshot: guest memory and the blocks its memory file takes on disk. Per strategy with a \
+         record phase: pages in the recorded working set, bytes of its artifacts on disk, and \
+         the wall time of the record phase (one cold, recorded invocation).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| function | snapshot MiB (on disk) | strategy | working set MiB | artifacts | record ms |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for snap in &results.snapshots {
+        let snapshot = format!(
+            "{:.0} ({:.0})",
+            snap.mem_bytes as f64 / 1048576.0,
+            snap.disk_bytes as f64 / 1048576.0
+        );
+        let records: Vec<_> = results
+            .records
+            .iter()
+            .filter(|r| r.function == snap.function)
+            .collect();
+        if records.is_empty() {
+            let _ = writeln!(md, "| {} | {snapshot} | – | – | – | – |", snap.function);
+        }
+        for r in records {
+            let _ = writeln!(
+                md,
+                "| {} | {snapshot} | {} | {:.1} | {} | {:.0} |",
+                snap.function,
+                r.strategy,
+                r.ws_pages as f64 * 4096.0 / 1048576.0,
+                fmt_bytes(r.artifact_bytes()),
+                r.ms
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn fmt_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / 1048576.0),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Every measured cell with its faults and memory, for the record.
+fn cells_table(md: &mut String, results: &BenchResults) {
+    let _ = writeln!(md, "## Every cell\n");
+    let _ = writeln!(
+        md,
+        "| function | strategy | VMs | cold E2E ms | major faults (vCPU) | page cache MiB | anon MiB | prefetched MiB |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for function in &results.config.functions {
+        for (spec, levels) in results.config.plan() {
+            let label = spec.label();
+            for n in levels {
+                let cold = select(results, function, &label, n, true);
+                let med = |v: Vec<f64>| {
+                    Summary::of(&v).map_or("–".into(), |s| format!("{:.0}", s.median))
+                };
+                let med1 = |v: Vec<f64>| {
+                    Summary::of(&v).map_or("–".into(), |s| format!("{:.1}", s.median))
+                };
+                let _ = writeln!(
+                    md,
+                    "| {function} | {label} | {n} | {} | {} | {} | {} | {} |",
+                    fmt_summary(Summary::of(&e2e(&cold)), Metric::ColdE2e),
+                    med(cold
+                        .iter()
+                        .flat_map(|s| s.report.runs.iter().map(|r| r.major_faults as f64))
+                        .collect()),
+                    med1(
+                        cold.iter()
+                            .map(|s| s.report.memory.page_cache_kib as f64 / 1024.0)
+                            .collect()
+                    ),
+                    med1(
+                        cold.iter()
+                            .map(|s| s.report.memory.anon_kib as f64 / 1024.0)
+                            .collect()
+                    ),
+                    med1(
+                        cold.iter()
+                            .map(|s| s.report.prefetch.bytes as f64 / 1048576.0)
+                            .collect()
+                    ),
+                );
+            }
+        }
+    }
+    let _ = writeln!(md);
+}
+
+/// The whole report: provenance, one table per figure, the warm floor, record costs and
+/// every cell.
 pub fn markdown(results: &BenchResults) -> String {
     let mut md = String::new();
     let st = &results.stamp;
@@ -52,75 +443,65 @@ pub fn markdown(results: &BenchResults) -> String {
     );
     let _ = writeln!(
         md,
-        "{} cold samples per cell after {} warm-up(s); {} warm sample(s); input {}. \
-         Latencies in ms: median (min–max) over every VM of every sample.\n",
+        "{} cold sample(s) per cell after {} warm-up(s), the snapshot's files evicted before \
+         each; {} warm sample(s); input {}.\n",
         results.config.repeat,
         results.config.warmup,
         results.config.warm_repeat,
         results.config.input
     );
-    let strategies: Vec<String> = results
-        .config
-        .strategies
-        .iter()
-        .map(|s| s.label())
-        .collect();
-    for &concurrency in &results.config.concurrency {
-        let _ = writeln!(md, "## Cold E2E, {concurrency} concurrent VM(s)\n");
-        let _ = writeln!(
-            md,
-            "| function | strategy | cold E2E ms | vs linux-ra | warm E2E ms | major faults | memory MiB |"
-        );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-        for function in &results.config.functions {
-            let base = Summary::of(&e2e(&select(
-                results,
-                function,
-                "linux-ra",
-                concurrency,
-                true,
-            )));
-            for strategy in &strategies {
-                let cold = select(results, function, strategy, concurrency, true);
-                let cold_sum = Summary::of(&e2e(&cold));
-                let warm = Summary::of(&e2e(&select(results, function, strategy, 1, false)));
-                let ratio = match (cold_sum, base) {
-                    (Some(c), Some(b)) if c.median > 0.0 => format!("{:.2}x", b.median / c.median),
-                    _ => "–".into(),
-                };
-                let faults = Summary::of(
-                    &cold
-                        .iter()
-                        .flat_map(|s| s.report.runs.iter().map(|r| r.major_faults as f64))
-                        .collect::<Vec<_>>(),
-                );
-                let memory = Summary::of(
-                    &cold
-                        .iter()
-                        .map(|s| s.report.memory.total_kib as f64 / 1024.0)
-                        .collect::<Vec<_>>(),
-                );
-                let _ = writeln!(
-                    md,
-                    "| {function} | {strategy} | {} | {ratio} | {} | {} | {} |",
-                    fmt_summary(cold_sum),
-                    fmt_summary(warm),
-                    faults
-                        .map(|f| format!("{:.0}", f.median))
-                        .unwrap_or_else(|| "–".into()),
-                    memory
-                        .map(|m| format!("{:.1}", m.median))
-                        .unwrap_or_else(|| "–".into()),
-                );
-            }
-        }
-        let _ = writeln!(md);
+    for fig in figures(results) {
+        figure_table(&mut md, &fig);
     }
+    warm_table(&mut md, results);
+    record_table(&mut md, results);
+    cells_table(&mut md, results);
     let _ = writeln!(
         md,
-        "\"vs linux-ra\" is linux-ra's median cold E2E divided by the strategy's: above 1 is faster. \
-         Memory is the run's system memory (snapshot page cache counted once plus every VM's \
-         anonymous memory)."
+        "Memory is the run's system memory: the snapshot's page cache counted once plus every \
+         VM's anonymous memory, with all VMs alive after their invocation."
     );
     md
+}
+
+/// The short comparison printed at the end of a run: per figure, the medians.
+pub fn console(results: &BenchResults) -> String {
+    let mut out = String::new();
+    for fig in figures(results) {
+        let _ = writeln!(out, "{} ({})", fig.title, fig.unit());
+        let width = fig
+            .strategies
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        let _ = write!(out, "{:<14}", "function");
+        for s in &fig.strategies {
+            let _ = write!(out, " {s:>width$}");
+        }
+        let _ = writeln!(out);
+        for (fi, f) in fig.functions.iter().enumerate() {
+            let _ = write!(out, "{f:<14}");
+            for per_fn in &fig.cells {
+                let v = per_fn[fi].map_or("–".into(), |s| fmt_value(s.median, fig.metric));
+                let _ = write!(out, " {v:>width$}");
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geomean_of_ratios() {
+        assert_eq!(geomean(&[]), None);
+        let g = geomean(&[2.0, 8.0]).expect("non-empty");
+        assert!((g - 4.0).abs() < 1e-9);
+    }
 }

@@ -63,6 +63,45 @@ fn argument_errors() {
         "is not a snapshot directory",
     );
     fails(&["inspect", "/etc"], "is not a snapshot directory");
+    fails(
+        &[
+            "bench",
+            "--strategies",
+            "snapbpf:fast",
+            "--out",
+            "/var/tmp/snapbpf-never",
+        ],
+        "unknown variant 'fast'",
+    );
+    fails(
+        &[
+            "bench",
+            "--breakdown",
+            "reap:no-pv",
+            "--out",
+            "/var/tmp/snapbpf-never",
+        ],
+        "--no-pv applies only to the snapbpf strategy",
+    );
+    fails(
+        &[
+            "bench",
+            "--functions",
+            "nope",
+            "--out",
+            "/var/tmp/snapbpf-never",
+        ],
+        "unknown function 'nope'",
+    );
+    assert!(!Path::new("/var/tmp/snapbpf-never").exists());
+    fails(
+        &["bench", "--replot", "/nonexistent/results.json"],
+        "cannot read /nonexistent/results.json",
+    );
+    fails(
+        &["bench", "--replot", "/etc/hostname"],
+        "is not the results.json of a snapbpf bench run",
+    );
 }
 
 #[test]

@@ -177,7 +177,10 @@ pub enum DecodeError {
         have: u64,
     },
     /// Not a working-set file.
-    #[error("not a snapbpf working-set file (bad magic {found:02x?})")]
+    #[error(
+        "not a snapbpf working-set file (starts with \"{}\", not \"SNAPBPFW\")",
+        found.escape_ascii()
+    )]
     BadMagic {
         /// The first bytes found.
         found: Vec<u8>,

@@ -6,20 +6,30 @@ use anyhow::Result;
 use snapbpf::strategy::{StrategySpec, STRATEGY_NAMES};
 use snapbpf_bench::BenchConfig;
 
-/// Snapshot functions and compare restore strategies, cold and warm, alone and concurrent.
+/// Run the evaluation: every figure of the SnapBPF paper in one run.
 ///
-/// Writes raw samples (results.json) and tables (summary.md) under --out and prints the
-/// tables.
+/// Snapshots the functions, records each strategy's artifacts (timed), and measures cold
+/// and warm invocations: the comparison strategies at every concurrency level (Figures
+/// 3a-3c), the breakdown variants with one VM (Figure 4). Writes raw samples
+/// (results.json), tables (summary.md) and charts (fig3a/3b/3c/4 as .svg and .png) under
+/// --out and prints the comparison.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Functions, comma-separated (default: all; with --quick: a small subset).
     #[arg(long, value_delimiter = ',')]
     functions: Vec<String>,
-    /// Strategies, comma-separated; `snapbpf:no-pv`, `snapbpf:no-prefetch`,
-    /// `snapbpf:no-premap` select the breakdown variants, `linux-ra:thp` / `snapbpf:thp`
-    /// huge page-cache folios (default: every strategy, plus `snapbpf:thp`).
+    /// Strategies compared at every concurrency level (Figures 3a-3c), comma-separated;
+    /// `linux-ra:thp` / `snapbpf:thp` back memory with huge page-cache folios
+    /// [default: linux-nora,linux-ra,reap,faasnap,snapbpf,linux-ra:thp,snapbpf:thp].
     #[arg(long, value_delimiter = ',')]
     strategies: Vec<String>,
+    /// Strategies of the breakdown (Figure 4), measured with one VM; `snapbpf:no-prefetch`
+    /// is PV filtering only, `snapbpf:no-pv` prefetch only, `snapbpf:no-premap` the paper's
+    /// page-cache-only prefetch; `none` skips the breakdown
+    /// [default: linux-ra,snapbpf:no-prefetch,snapbpf:no-pv,snapbpf:no-premap,snapbpf,
+    /// linux-ra:thp,snapbpf:thp].
+    #[arg(long, value_delimiter = ',')]
+    breakdown: Vec<String>,
     /// Concurrency levels, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
     concurrency: Vec<u32>,
@@ -32,31 +42,69 @@ pub struct Args {
     /// Input number of every invocation.
     #[arg(long, default_value_t = 0)]
     input: u32,
-    /// Output directory.
-    #[arg(long, default_value = "bench-out")]
-    out: PathBuf,
+    /// Output directory [default: bench-out; with --replot: the results' directory].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// A few-minute subset: fewer functions, repeats and no warm-up.
     #[arg(long)]
     quick: bool,
     /// Longest one invocation may run, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Measure nothing: redraw the tables and charts of an earlier run from its
+    /// results.json into --out (default: the run's directory).
+    #[arg(long, value_name = "RESULTS_JSON")]
+    replot: Option<PathBuf>,
 }
 
 /// Functions of the quick subset, where the suite has them.
 const QUICK_FUNCTIONS: &[&str] = &["pyaes", "image", "graph_bfs"];
 
-fn parse_strategy(s: &str) -> StrategySpec {
+/// The breakdown of Figure 4 (and the slides): the baseline, PV filtering alone, prefetch
+/// alone, the paper's SnapBPF (page cache only), ours (prefetched ranges premapped), and
+/// both Linux and SnapBPF on huge page-cache folios (measured for Figure 3 anyway).
+const DEFAULT_BREAKDOWN: &[&str] = &[
+    "linux-ra",
+    "snapbpf:no-prefetch",
+    "snapbpf:no-pv",
+    "snapbpf:no-premap",
+    "snapbpf",
+    "linux-ra:thp",
+    "snapbpf:thp",
+];
+
+/// Parses `name[:variant]`.
+fn parse_strategy(s: &str) -> Result<StrategySpec> {
     let (name, variant) = s.split_once(':').unwrap_or((s, ""));
     let mut spec = StrategySpec::named(name);
-    spec.no_pv = variant == "no-pv";
-    spec.no_prefetch = variant == "no-prefetch";
-    spec.no_premap = variant == "no-premap";
-    spec.thp = variant == "thp";
-    spec
+    match variant {
+        "" => {}
+        "no-pv" => spec.no_pv = true,
+        "no-prefetch" => spec.no_prefetch = true,
+        "no-premap" => spec.no_premap = true,
+        "thp" => spec.thp = true,
+        other => anyhow::bail!(
+            "unknown variant '{other}' in '{s}' (expected no-pv, no-prefetch, no-premap or thp)"
+        ),
+    }
+    spec.build()?;
+    Ok(spec)
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(path) = &args.replot {
+        let results = snapbpf_bench::read_results(path)?;
+        let out = args.out.clone().unwrap_or_else(|| {
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .to_path_buf()
+        });
+        snapbpf_bench::write_results_to(&results, &out)?;
+        println!("{}", snapbpf_bench::report::console(&results));
+        eprintln!("tables and charts redrawn in {}", out.display());
+        return Ok(());
+    }
     let functions = if !args.functions.is_empty() {
         args.functions.clone()
     } else if args.quick {
@@ -73,15 +121,35 @@ pub fn run(args: Args) -> Result<()> {
             .collect()
     };
     let strategies = if args.strategies.is_empty() {
-        // Every strategy as its paper describes it, plus SnapBPF on huge page-cache folios,
-        // the fastest configuration on hosts with nested KVM (docs/results/README.md).
+        // Every strategy as its paper describes it, plus huge page-cache folios for
+        // linux-ra and SnapBPF: the fastest configuration on hosts with nested KVM
+        // (docs/results/README.md), with linux-ra's to show what huge pages alone give.
         STRATEGY_NAMES
             .iter()
             .map(|s| StrategySpec::named(s))
-            .chain(std::iter::once(parse_strategy("snapbpf:thp")))
+            .chain(
+                ["linux-ra:thp", "snapbpf:thp"]
+                    .iter()
+                    .map(|s| parse_strategy(s))
+                    .collect::<Result<Vec<_>>>()?,
+            )
             .collect()
     } else {
-        args.strategies.iter().map(|s| parse_strategy(s)).collect()
+        args.strategies
+            .iter()
+            .map(|s| parse_strategy(s))
+            .collect::<Result<_>>()?
+    };
+    let breakdown = match args.breakdown.as_slice() {
+        [] => DEFAULT_BREAKDOWN
+            .iter()
+            .map(|s| parse_strategy(s))
+            .collect::<Result<_>>()?,
+        [none] if none == "none" => Vec::new(),
+        list => list
+            .iter()
+            .map(|s| parse_strategy(s))
+            .collect::<Result<_>>()?,
     };
     let (repeat, warmup, warm_repeat) = if args.quick {
         (args.repeat.min(3), 0, 1)
@@ -91,20 +159,27 @@ pub fn run(args: Args) -> Result<()> {
     let config = BenchConfig {
         functions,
         strategies,
+        breakdown,
         concurrency: args.concurrency.clone(),
         repeat,
         warmup,
         warm_repeat,
         input: args.input,
-        out: args.out.clone(),
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("bench-out")),
         timeout: super::secs(args.timeout_secs),
     };
     let exe = super::current_exe()?;
     eprintln!(
-        "bench: {} function(s) x {} strategies x concurrency {:?}, {} sample(s) each, into {}",
+        "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
+         {} warm-up(s) and {} sample(s) per cell; into {}",
         config.functions.len(),
         config.strategies.len(),
         config.concurrency,
+        config.plan().len() - config.strategies.len(),
+        config.warmup,
         config.repeat,
         config.out.display()
     );
@@ -113,12 +188,13 @@ pub fn run(args: Args) -> Result<()> {
         &|req| super::worker_command(&exe, req),
         env!("SNAPBPF_GIT_REV"),
     )?;
-    let summary = snapbpf_bench::write_results(&results)?;
-    println!("{summary}");
+    snapbpf_bench::write_results(&results)?;
+    println!("{}", snapbpf_bench::report::console(&results));
     eprintln!(
-        "raw samples: {}, tables: {}",
+        "raw samples: {}; tables: {}; charts: {}/fig*.svg and .png",
         config.out.join("results.json").display(),
-        config.out.join("summary.md").display()
+        config.out.join("summary.md").display(),
+        config.out.display()
     );
     Ok(())
 }

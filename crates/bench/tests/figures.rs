@@ -1,0 +1,239 @@
+//! The harness's arithmetic and drawing over synthetic samples: which cells make which
+//! figure, medians and speedups, and charts that are whole SVG and PNG files.
+
+use std::time::Duration;
+
+use snapbpf::invoke::{InvokeReport, MemoryReport, RunReport};
+use snapbpf::strategy::{PrefetchReport, StrategySpec};
+use snapbpf_bench::report::{self, Metric};
+use snapbpf_bench::{BenchConfig, BenchResults, RecordFacts, Sample, SnapshotFacts, Stamp};
+
+fn spec(name: &str, variant: &str) -> StrategySpec {
+    let mut s = StrategySpec::named(name);
+    s.no_prefetch = variant == "no-prefetch";
+    s.thp = variant == "thp";
+    s
+}
+
+fn config(concurrency: Vec<u32>) -> BenchConfig {
+    BenchConfig {
+        functions: vec!["pyaes".into(), "bert".into()],
+        strategies: vec![spec("linux-ra", ""), spec("reap", ""), spec("snapbpf", "")],
+        breakdown: vec![
+            spec("linux-ra", ""),
+            spec("snapbpf", "no-prefetch"),
+            spec("snapbpf", ""),
+        ],
+        concurrency,
+        repeat: 3,
+        warmup: 0,
+        warm_repeat: 1,
+        input: 0,
+        out: "unused".into(),
+        timeout: Duration::from_secs(1),
+    }
+}
+
+/// A sample whose VMs took `e2e` ms each and whose run used `mem_mib` MiB.
+fn sample(function: &str, strategy: &str, vms: &[f64], cold: bool, mem_mib: u64) -> Sample {
+    let runs = vms
+        .iter()
+        .map(|&e2e_ms| RunReport {
+            e2e_ms,
+            restore_ms: 1.0,
+            exec_ms: e2e_ms - 1.0,
+            checksum: "0".into(),
+            major_faults: 10,
+            rss_anon_kib: 0,
+            rss_file_kib: 0,
+            written_kib: 0,
+            hint_exits: 0,
+            fresh_bytes: 0,
+            readahead_kib: None,
+            prefetch: None,
+        })
+        .collect();
+    Sample {
+        function: function.into(),
+        strategy: strategy.into(),
+        concurrency: vms.len() as u32,
+        cold,
+        report: InvokeReport {
+            function: function.into(),
+            strategy: strategy.into(),
+            input: 0,
+            cold,
+            concurrency: vms.len() as u32,
+            runs,
+            memory: MemoryReport {
+                total_kib: mem_mib * 1024,
+                page_cache_kib: mem_mib * 1024,
+                anon_kib: 0,
+            },
+            prefetch: PrefetchReport::default(),
+        },
+    }
+}
+
+fn results(concurrency: Vec<u32>) -> BenchResults {
+    let mut samples = Vec::new();
+    for (function, scale) in [("pyaes", 1.0), ("bert", 10.0)] {
+        for (strategy, ms, mem) in [
+            ("linux-ra", 200.0, 50),
+            ("reap", 100.0, 400),
+            ("snapbpf", 50.0, 40),
+            ("snapbpf --no-prefetch", 160.0, 45),
+        ] {
+            for jitter in [0.9, 1.0, 1.1] {
+                let e2e = ms * scale * jitter;
+                samples.push(sample(function, strategy, &[e2e], true, mem));
+                if concurrency.contains(&10) {
+                    samples.push(sample(function, strategy, &[e2e * 3.0; 10], true, mem * 2));
+                }
+            }
+            samples.push(sample(function, strategy, &[ms * scale * 0.5], false, mem));
+        }
+    }
+    BenchResults {
+        stamp: Stamp {
+            git_rev: "test".into(),
+            kernel: "k".into(),
+            cpu: "c".into(),
+            cores: 2,
+            disk: "d".into(),
+            date: "now".into(),
+        },
+        config: config(concurrency),
+        snapshots: vec![SnapshotFacts {
+            function: "pyaes".into(),
+            mem_bytes: 64 << 20,
+            disk_bytes: 20 << 20,
+            init_ms: 5.0,
+        }],
+        records: vec![RecordFacts {
+            function: "pyaes".into(),
+            strategy: "snapbpf".into(),
+            ms: 321.0,
+            ws_pages: 256,
+            artifacts: vec![("snapbpf.ws".into(), 2048)],
+        }],
+        samples,
+    }
+}
+
+#[test]
+fn plan_measures_shared_strategies_once() {
+    let plan = config(vec![10]).plan();
+    let labels: Vec<(String, Vec<u32>)> =
+        plan.iter().map(|(s, l)| (s.label(), l.clone())).collect();
+    assert_eq!(
+        labels,
+        vec![
+            ("linux-ra".to_string(), vec![1, 10]),
+            ("reap".to_string(), vec![10]),
+            ("snapbpf".to_string(), vec![1, 10]),
+            ("snapbpf --no-prefetch".to_string(), vec![1]),
+        ]
+    );
+}
+
+#[test]
+fn figures_hold_medians_spreads_and_speedups() {
+    let r = results(vec![1, 10]);
+    let figs = report::figures(&r);
+    let ids: Vec<&str> = figs.iter().map(|f| f.id).collect();
+    assert_eq!(ids, ["fig3a", "fig3b", "fig3c", "fig4"]);
+
+    let fig3a = &figs[0];
+    let reap = fig3a
+        .strategies
+        .iter()
+        .position(|s| s == "reap")
+        .expect("reap");
+    let bert = fig3a
+        .functions
+        .iter()
+        .position(|f| f == "bert")
+        .expect("bert");
+    let cell = fig3a.cells[reap][bert].expect("measured");
+    assert!((cell.median - 1000.0).abs() < 1e-6, "{cell:?}");
+    assert!((cell.min - 900.0).abs() < 1e-6 && (cell.max - 1100.0).abs() < 1e-6);
+
+    // 3b: every VM of every sample counts (3 samples x 10 VMs).
+    let cell = figs[1].cells[reap][bert].expect("measured");
+    assert_eq!(cell.n, 30);
+    assert!((cell.median - 3000.0).abs() < 1e-6);
+
+    // 3c: memory per run, MiB.
+    assert_eq!(figs[2].metric, Metric::Memory);
+    assert!((figs[2].cells[reap][bert].expect("measured").median - 800.0).abs() < 1e-6);
+
+    // 4: linux-ra's median over the strategy's; linux-ra itself is 1.
+    let fig4 = &figs[3];
+    let snap = fig4
+        .strategies
+        .iter()
+        .position(|s| s == "snapbpf")
+        .expect("snapbpf");
+    let s = fig4.cells[snap][bert].expect("measured");
+    assert!((s.median - 4.0).abs() < 1e-6, "{s:?}");
+    assert!(s.min < s.median && s.median < s.max);
+    assert!((fig4.cells[0][0].expect("measured").median - 1.0).abs() < 1e-9);
+
+    let md = report::markdown(&r);
+    for needle in [
+        "Figure 3a",
+        "Figure 3b",
+        "Figure 3c",
+        "Figure 4",
+        "warm",
+        "321",
+        "2.0 KiB",
+    ] {
+        assert!(md.contains(needle), "summary lacks {needle}:\n{md}");
+    }
+}
+
+#[test]
+fn single_vm_runs_have_no_concurrent_figures() {
+    let ids: Vec<&str> = report::figures(&results(vec![1]))
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(ids, ["fig3a", "fig4"]);
+}
+
+#[test]
+fn charts_are_whole_svg_and_png_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let written =
+        match snapbpf_bench::charts::write_all(&report::figures(&results(vec![1, 10])), dir.path())
+        {
+            Ok(w) => w,
+            Err(e @ snapbpf_bench::charts::ChartError::Font(_))
+                if std::env::var("CI").as_deref() != Ok("true") =>
+            {
+                eprintln!("SKIPPED: charts need a font: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+    assert_eq!(written.len(), 8, "{written:?}");
+    for id in ["fig3a", "fig3b", "fig3c", "fig4"] {
+        let svg = std::fs::read_to_string(dir.path().join(format!("{id}.svg"))).expect("svg");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(
+            svg.contains("bert") && svg.contains("snapbpf"),
+            "{id}.svg lacks labels"
+        );
+        let png = std::fs::read(dir.path().join(format!("{id}.png"))).expect("png");
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(png.len() > 10_000, "{id}.png is {} bytes", png.len());
+    }
+    // No temporary files are left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
