@@ -340,3 +340,51 @@ fn reap_fails_cleanly_when_the_handler_goes_away() {
     );
     fake.join().expect("fake handler");
 }
+
+/// A handler that acknowledges and stays connected but never serves a page: the restore
+/// fails with a clear error within the serve timeout instead of hanging the VMM.
+#[test]
+fn reap_fails_cleanly_when_the_handler_never_serves() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap_path = snapshot(dir.path(), "pyaes");
+    let snap = snap_path.to_str().expect("UTF-8 path");
+    record(snap, "reap", 0);
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf).expect("read the regions");
+        conn.write_all(b"{\"bytes\":0,\"ranges\":0,\"ms\":0.0}\n")
+            .expect("ack");
+        // Stay connected, serve nothing, until the test is over.
+        let _ = done.recv_timeout(Duration::from_secs(120));
+        drop(conn);
+    });
+    let started = std::time::Instant::now();
+    fails(
+        &[
+            "invoke",
+            snap,
+            "--strategy",
+            "reap",
+            "--uffd-handler",
+            socket.to_str().expect("UTF-8 path"),
+            "--timeout-secs",
+            "60",
+        ],
+        "did not serve its first page within",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "took {:?}",
+        started.elapsed()
+    );
+    let _ = done_tx.send(());
+    fake.join().expect("fake handler");
+}

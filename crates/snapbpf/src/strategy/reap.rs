@@ -42,6 +42,10 @@ const TRACE_KIND: &str = "reap-trace";
 /// How long the VMM waits for an external handler to install its prefetch.
 pub const HANDLER_ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Longest an external handler that has acknowledged may take to serve the first guest
+/// page. A working handler serves a fault in microseconds once its prefetch is done.
+pub const HANDLER_SERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Header of `reap.trace`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TraceHeader {
@@ -275,6 +279,44 @@ impl Drop for HandlerWatch {
 /// missing pages: a thread blocked on one (the vCPU, or the VMM reading the mailbox) would
 /// wait forever, and dropping our descriptor would silently turn missing pages into zero
 /// pages. The only safe outcome is to end this VM process with a clear error.
+/// Faults in the guest's mailbox page from a helper thread and waits, bounded, for the
+/// external handler to serve it. A handler that acknowledges but never serves would
+/// otherwise block the VMM forever in its first read of guest memory, where no signal or
+/// watchdog can interrupt it.
+fn probe_handler(memory: GuestMemory, socket: &Path) -> Result<GuestMemory, StrategyError> {
+    let addr = memory.host_range(snapbpf_vmm::abi::MAILBOX_GPA, 8)? as usize;
+    let (served_tx, served) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("uffd-probe".into())
+        .spawn(move || {
+            // SAFETY: `addr` is 8 readable, 8-byte aligned bytes inside the guest memory
+            // mapping, which stays mapped for as long as this thread can be blocked on it:
+            // on success the read is done before `memory` is returned, and on timeout the
+            // mapping is leaked rather than unmapped.
+            let value = unsafe { std::ptr::read_volatile(addr as *const u64) };
+            let _ = served_tx.send(value);
+        })
+        .map_err(StrategyError::io("start the page-fault handler probe"))?;
+    match served.recv_timeout(HANDLER_SERVE_TIMEOUT) {
+        Ok(_) => Ok(memory),
+        Err(_) => {
+            // The probe thread may still wake when the handler serves or exits; keep its
+            // page mapped. The process is about to fail this restore anyway.
+            std::mem::forget(memory);
+            Err(StrategyError::Io {
+                context: format!("page-fault handler at {}", socket.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "it acknowledged the guest memory but did not serve its first page within {} s",
+                        HANDLER_SERVE_TIMEOUT.as_secs()
+                    ),
+                ),
+            })
+        }
+    }
+}
+
 fn watch_handler(stream: &UnixStream, socket: &Path) -> Result<HandlerWatch, StrategyError> {
     let stream = stream
         .try_clone()
@@ -356,6 +398,7 @@ impl Strategy for Reap {
             let (stream, ack) =
                 uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
             let monitor = watch_handler(&stream, socket)?;
+            let memory = probe_handler(memory, socket)?;
             return Ok(Restored {
                 memory,
                 handler: Box::new(IgnoreHints),
