@@ -299,6 +299,22 @@ fn reap_with_external_uffd_handler() {
     assert_eq!(report["prefetch"]["bytes"].as_u64(), Some(0), "{report}");
 }
 
+/// A fake handler's side of the handshake: accepts the VMM, reads its region list (the
+/// descriptor that comes with it is dropped) and acknowledges without serving anything.
+fn accept_and_ack(listener: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let (mut conn, _) = listener.accept().expect("accept");
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).expect("read the regions");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("base_host_virt_addr"),
+        "Firecracker-style region list expected"
+    );
+    conn.write_all(b"{\"bytes\":0,\"ranges\":0,\"ms\":0.0}\n")
+        .expect("ack");
+    conn
+}
+
 /// A handler that acknowledges, serves nothing and goes away: the VM cannot continue, and
 /// the run fails with a clear error instead of hanging or computing on zero pages.
 #[test]
@@ -313,16 +329,7 @@ fn reap_fails_cleanly_when_the_handler_goes_away() {
     let socket = dir.path().join("vanishing.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     let fake = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut buf = [0u8; 4096];
-        let n = conn.read(&mut buf).expect("read the regions");
-        assert!(
-            String::from_utf8_lossy(&buf[..n]).contains("base_host_virt_addr"),
-            "Firecracker-style region list expected"
-        );
-        conn.write_all(b"{\"bytes\":0,\"ranges\":0,\"ms\":0.0}\n")
-            .expect("ack");
+        let _conn = accept_and_ack(&listener);
         std::thread::sleep(Duration::from_millis(500));
     });
     fails(
@@ -356,12 +363,7 @@ fn reap_fails_cleanly_when_the_handler_never_serves() {
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
     let fake = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut buf = [0u8; 4096];
-        let _ = conn.read(&mut buf).expect("read the regions");
-        conn.write_all(b"{\"bytes\":0,\"ranges\":0,\"ms\":0.0}\n")
-            .expect("ack");
+        let conn = accept_and_ack(&listener);
         // Stay connected, serve nothing, until the test is over.
         let _ = done.recv_timeout(Duration::from_secs(120));
         drop(conn);
