@@ -3,7 +3,8 @@
 //! Each figure is a grouped bar chart: functions along the x axis, one bar per strategy
 //! at its median, with a whisker from min to max. Latency and memory use a log scale (they
 //! span two orders of magnitude across functions); the breakdown's speedups are linear
-//! with a line at 1 (linux-ra).
+//! with a line at 1 (linux-ra). On single-VM latency a tick across each bar marks the
+//! strategy's warm floor.
 //!
 //! Text needs a TrueType font: DejaVu Sans (`fonts-dejavu-core`, which
 //! `scripts/setup.sh` installs) is looked up in the usual places, or the file named by
@@ -146,9 +147,14 @@ where
     let (lo, hi) = value_range(fig);
     let n_functions = fig.functions.len();
     let n_series = fig.strategies.len().max(1);
+    let caption = if fig.floors.iter().flatten().any(Option::is_some) {
+        format!("{} (tick: warm floor)", fig.title)
+    } else {
+        fig.title.clone()
+    };
     let mut builder = ChartBuilder::on(&root);
     builder
-        .caption(&fig.title, ("sans-serif", 22))
+        .caption(&caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(34)
         .y_label_area_size(70);
@@ -233,6 +239,20 @@ where
         chart.draw_series(cells.iter().map(|(x, s)| {
             let mid = *x + slot / 2.0;
             PathElement::new(vec![(mid, s.min), (mid, s.max)], BLACK.stroke_width(1))
+        }))?;
+        // The warm floor of the bar, as a tick across it: white inside the bar, black
+        // above it (a warm run slower than the cold median).
+        let floors = fig.floors.get(si).into_iter().flatten().enumerate();
+        chart.draw_series(floors.filter_map(|(fi, floor)| {
+            let x = fi as f64 + 0.08 + slot * si as f64;
+            let top = fig.cells[si][fi].map_or(f64::INFINITY, |s| s.median);
+            floor.map(|y| {
+                let ink = if y <= top { WHITE } else { BLACK };
+                PathElement::new(
+                    vec![(x + slot * 0.08, y), (x + slot * 0.92, y)],
+                    ink.stroke_width(2),
+                )
+            })
         }))?;
     }
     Ok(())

@@ -190,6 +190,21 @@ pub struct RecordFacts {
     pub artifacts: Vec<(String, u64)>,
 }
 
+/// The other bound beside the warm floor: how long the device takes to deliver SnapBPF's
+/// working set into the page cache, with no VM running (cold file, the prefetcher's
+/// requests, until every page is resident).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceBound {
+    /// Function.
+    pub function: String,
+    /// Bytes of the working set.
+    pub bytes: u64,
+    /// Contiguous ranges.
+    pub ranges: u64,
+    /// One time per repetition, ms.
+    pub ms: Vec<f64>,
+}
+
 impl RecordFacts {
     /// Bytes of all artifact files.
     pub fn artifact_bytes(&self) -> u64 {
@@ -209,6 +224,9 @@ pub struct BenchResults {
     /// Record phases, one per function and strategy that has one.
     #[serde(default)]
     pub records: Vec<RecordFacts>,
+    /// Device time for SnapBPF's working set, per function (when snapbpf is measured).
+    #[serde(default)]
+    pub device_bounds: Vec<DeviceBound>,
     /// Every sample, warm-ups excluded.
     pub samples: Vec<Sample>,
 }
@@ -255,6 +273,7 @@ pub fn run(
     let progress = progress::Progress::new(config.functions.len() as u64 * invocations);
     let mut snapshots = Vec::new();
     let mut records = Vec::new();
+    let mut device_bounds = Vec::new();
     let mut samples = Vec::new();
     for function in &config.functions {
         progress.stage(&format!("{function}: snapshot"));
@@ -304,6 +323,10 @@ pub fn run(
                     })
                 }
             }
+        }
+        if recorded.iter().any(|s| s == "snapbpf") {
+            progress.stage(&format!("{function}: device time for the working set"));
+            device_bounds.push(device_bound(&snapshot, config.repeat)?);
         }
         for (spec, levels) in &plan {
             let label = spec.label();
@@ -360,9 +383,47 @@ pub fn run(
         config: config.clone(),
         snapshots,
         records,
+        device_bounds,
         samples,
     })
 }
+
+/// Times `repeat` cold reads of SnapBPF's working set of `snapshot` with its prefetcher.
+fn device_bound(snapshot: &Snapshot, repeat: u32) -> Result<DeviceBound, BenchError> {
+    use snapbpf::strategy::snapbpf::{identity, WS_FILE};
+    use snapbpf::workingset::WorkingSet;
+    let function = snapshot.meta.function.clone();
+    let fail = |what: String| BenchError::Config(format!("{function}: device bound: {what}"));
+    let id = identity(snapshot).map_err(|e| fail(e.to_string()))?;
+    let ws = WorkingSet::read_for(&snapshot.artifact_path(WS_FILE), &id)
+        .map_err(|e| fail(e.to_string()))?;
+    let path = snapshot.memory_path();
+    let file = std::fs::File::open(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let mut ms = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..repeat {
+        snapbpf::fsutil::evict(&path).map_err(|e| fail(e.to_string()))?;
+        let done = snapbpf::prefetch::prefetch_until_resident(&file, &ws.ranges, DEVICE_WAIT)
+            .map_err(|e| fail(e.to_string()))?;
+        if done.missing_pages > 0 {
+            return Err(fail(format!(
+                "{} pages were still not resident after {:?}",
+                done.missing_pages, DEVICE_WAIT
+            )));
+        }
+        bytes = done.stats.bytes;
+        ms.push(done.resident_after.as_secs_f64() * 1e3);
+    }
+    Ok(DeviceBound {
+        function: snapshot.meta.function.clone(),
+        bytes,
+        ranges: ws.ranges.len() as u64,
+        ms,
+    })
+}
+
+/// Longest the device may take to deliver a working set.
+const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
 /// Bytes of disk blocks allocated to `path` (0 when it cannot be read).
 fn allocated_bytes(path: &Path) -> u64 {

@@ -39,6 +39,9 @@ pub struct Figure {
     pub strategies: Vec<String>,
     /// `cells[strategy][function]`: median with min and max; `None` when not measured.
     pub cells: Vec<Vec<Option<Summary>>>,
+    /// `floors[strategy][function]`: the warm median, for cold latency with one VM;
+    /// empty otherwise.
+    pub floors: Vec<Vec<Option<f64>>>,
 }
 
 impl Figure {
@@ -138,6 +141,22 @@ pub fn figures(results: &BenchResults) -> Vec<Figure> {
                     .collect()
             })
             .collect();
+        let floors = if metric == Metric::ColdE2e && concurrency == 1 {
+            strategies
+                .iter()
+                .map(|strategy| {
+                    functions
+                        .iter()
+                        .map(|f| {
+                            Summary::of(&e2e(&select(results, f, strategy, 1, false)))
+                                .map(|s| s.median)
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Figure {
             id,
             title,
@@ -146,6 +165,7 @@ pub fn figures(results: &BenchResults) -> Vec<Figure> {
             functions: functions.clone(),
             strategies: strategies.to_vec(),
             cells,
+            floors,
         }
     };
     let mut out = Vec::new();
@@ -381,6 +401,51 @@ fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// The two bounds of a cold start: the device time for the working set (no VM) and the
+/// warm floor (no I/O), beside the measured cold start.
+fn bounds_table(md: &mut String, results: &BenchResults) {
+    if results.device_bounds.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Bounds: device time for the working set, and the warm floor
+"
+    );
+    let _ = writeln!(
+        md,
+        "Device time: SnapBPF's working set read cold by its prefetcher with no VM running, \
+         until every page is resident, median (min–max) ms. Warm and cold: snapbpf with one VM, \
+         median ms.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| function | working set MiB | ranges | device ms | MB/s | snapbpf warm ms | snapbpf cold ms |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for b in &results.device_bounds {
+        let device = Summary::of(&b.ms);
+        let rate = device.filter(|d| d.median > 0.0).map_or("–".into(), |d| {
+            format!("{:.0}", b.bytes as f64 / 1e3 / d.median)
+        });
+        let median = |cold: bool| {
+            Summary::of(&e2e(&select(results, &b.function, "snapbpf", 1, cold)))
+                .map_or("–".into(), |s| fmt_value(s.median, Metric::ColdE2e))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {} | {rate} | {} | {} |",
+            b.function,
+            b.bytes as f64 / 1048576.0,
+            b.ranges,
+            fmt_summary(device, Metric::ColdE2e),
+            median(false),
+            median(true),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// Every measured cell with its faults and memory, for the record.
 fn cells_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(md, "## Every cell\n");
@@ -455,6 +520,7 @@ pub fn markdown(results: &BenchResults) -> String {
     }
     warm_table(&mut md, results);
     record_table(&mut md, results);
+    bounds_table(&mut md, results);
     cells_table(&mut md, results);
     let _ = writeln!(
         md,

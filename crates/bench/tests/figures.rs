@@ -6,7 +6,9 @@ use std::time::Duration;
 use snapbpf::invoke::{InvokeReport, MemoryReport, RunReport};
 use snapbpf::strategy::{PrefetchReport, StrategySpec};
 use snapbpf_bench::report::{self, Metric};
-use snapbpf_bench::{BenchConfig, BenchResults, RecordFacts, Sample, SnapshotFacts, Stamp};
+use snapbpf_bench::{
+    BenchConfig, BenchResults, DeviceBound, RecordFacts, Sample, SnapshotFacts, Stamp,
+};
 
 fn spec(name: &str, variant: &str) -> StrategySpec {
     let mut s = StrategySpec::named(name);
@@ -116,6 +118,12 @@ fn results(concurrency: Vec<u32>) -> BenchResults {
             ms: 321.0,
             ws_pages: 256,
             artifacts: vec![("snapbpf.ws".into(), 2048)],
+        }],
+        device_bounds: vec![DeviceBound {
+            function: "pyaes".into(),
+            bytes: 14 << 20,
+            ranges: 40,
+            ms: vec![30.0, 20.0, 25.0],
         }],
         samples,
     }

@@ -128,6 +128,42 @@ pub enum PrefetchError {
     /// Setting up io_uring failed.
     #[error("io_uring setup failed: {0}")]
     IoUring(#[source] std::io::Error),
+    /// Checking which pages are resident failed.
+    #[error("cannot check page-cache residency: {0}")]
+    Residency(#[source] std::io::Error),
+}
+
+/// What [`prefetch_until_resident`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResidentPrefetch {
+    /// The prefetch requests.
+    pub stats: PrefetchStats,
+    /// From the first request until every page was resident (or the wait ran out).
+    pub resident_after: Duration,
+    /// Pages still not resident when the wait ran out.
+    pub missing_pages: u64,
+}
+
+/// Prefetches `ranges` of `file` and waits, at most `wait`, until every page is in the
+/// page cache: readahead completes asynchronously, so this is the time the device takes
+/// to deliver the working set.
+pub fn prefetch_until_resident(
+    file: &File,
+    ranges: &[PageRange],
+    wait: Duration,
+) -> Result<ResidentPrefetch, PrefetchError> {
+    let started = Instant::now();
+    let stats = prefetch(file, ranges)?;
+    let mut missing = missing_ranges(file, ranges).map_err(PrefetchError::Residency)?;
+    while !missing.is_empty() && started.elapsed() < wait {
+        std::thread::sleep(Duration::from_millis(1));
+        missing = missing_ranges(file, &missing).map_err(PrefetchError::Residency)?;
+    }
+    Ok(ResidentPrefetch {
+        stats,
+        resident_after: started.elapsed(),
+        missing_pages: missing.iter().map(|r| r.pages).sum(),
+    })
 }
 
 /// Prefetches `ranges` of `file` in order with the default method.

@@ -21,6 +21,9 @@ pub struct Args {
     json: bool,
 }
 
+/// Longest to wait for prefetched pages to become resident.
+const RESIDENCY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn run(args: Args) -> Result<()> {
     let file =
         File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
@@ -40,16 +43,10 @@ pub fn run(args: Args) -> Result<()> {
             differs.join(", ")
         );
     }
-    let started = std::time::Instant::now();
-    let stats = prefetch::prefetch(&file, &ws.ranges)?;
     // Readahead completes asynchronously: wait (bounded) until the pages are resident.
-    let mut missing = prefetch::missing_ranges(&file, &ws.ranges)?;
-    while !missing.is_empty() && started.elapsed() < std::time::Duration::from_secs(5) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        missing = prefetch::missing_ranges(&file, &missing)?;
-    }
-    let resident_ms = started.elapsed().as_secs_f64() * 1e3;
-    let missing_pages: u64 = missing.iter().map(|r| r.pages).sum();
+    let done = prefetch::prefetch_until_resident(&file, &ws.ranges, RESIDENCY_WAIT)?;
+    let (stats, missing_pages) = (done.stats, done.missing_pages);
+    let resident_ms = done.resident_after.as_secs_f64() * 1e3;
     if args.json {
         println!(
             "{}",
