@@ -188,7 +188,10 @@ fn bad_working_sets_are_refused() {
     std::fs::write(&ws, &corrupt).expect("write");
     fails(&["invoke", s, "--strategy", "snapbpf"], "checksum");
     std::fs::write(&ws, b"not a working set at all, just text").expect("write");
-    fails(&["invoke", s, "--strategy", "snapbpf"], "magic");
+    fails(
+        &["invoke", s, "--strategy", "snapbpf"],
+        "not a snapbpf working-set file (starts with \"not a wo\"",
+    );
     // Stale: a new snapshot of the same function does not accept the old working set.
     ok(&["snapshot", "pyaes", "--out", s, "--force"]);
     std::fs::write(&ws, &good).expect("write");
