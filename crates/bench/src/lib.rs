@@ -295,6 +295,9 @@ pub fn run(
             let strategy = spec
                 .build()
                 .map_err(|e| BenchError::Config(e.to_string()))?;
+            if !strategy.has_record_phase() {
+                continue;
+            }
             progress.stage(&format!("{function}: record {}", spec.name));
             match strategy.record(&snapshot, config.input, config.timeout) {
                 Ok(report) => records.push(RecordFacts {
@@ -314,7 +317,6 @@ pub fn run(
                         })
                         .collect(),
                 }),
-                Err(snapbpf::strategy::StrategyError::NothingToRecord(_)) => {}
                 Err(source) => {
                     return Err(BenchError::Record {
                         function: function.clone(),

@@ -34,6 +34,9 @@ pub enum MemoryError {
         /// Size of guest memory.
         size: u64,
     },
+    /// Huge pages were asked for but the system has transparent huge pages off.
+    #[error("huge pages need transparent huge pages, but {THP_ENABLED} is \"never\" (set it to \"madvise\" or \"always\")")]
+    HugePagesDisabled,
     /// madvise failed.
     #[error("madvise({advice}) on guest memory failed: {source}")]
     Advise {
@@ -42,6 +45,15 @@ pub enum MemoryError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// The system-wide transparent huge page policy.
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// Whether the policy is `[never]` (an unreadable file counts as enabled: the advice is
+/// then tried and harmless).
+fn transparent_huge_pages_disabled() -> bool {
+    std::fs::read_to_string(THP_ENABLED).is_ok_and(|s| s.contains("[never]"))
 }
 
 /// How the kernel should read ahead on faults in a file-backed guest mapping.
@@ -136,7 +148,13 @@ impl GuestMemory {
     /// faults and map them with one PMD entry; KVM then maps the guest's 2 MiB pages with
     /// one entry instead of 512. Read faults still share the page-cache folios; a write
     /// splits the PMD and copies one 4 KiB page.
+    ///
+    /// Fails with [`MemoryError::HugePagesDisabled`] when transparent huge pages are off
+    /// system-wide, where the advice would be silently ignored.
     pub fn use_huge_pages(&self) -> Result<(), MemoryError> {
+        if transparent_huge_pages_disabled() {
+            return Err(MemoryError::HugePagesDisabled);
+        }
         self.advise(0, self.len, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")
     }
 

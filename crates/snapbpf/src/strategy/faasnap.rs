@@ -419,6 +419,10 @@ impl Strategy for Faasnap {
         "faasnap"
     }
 
+    fn has_record_phase(&self) -> bool {
+        true
+    }
+
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         vec![
             snapshot.memory_path(),

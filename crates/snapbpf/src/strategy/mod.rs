@@ -250,6 +250,11 @@ pub trait Strategy: Send + Sync {
     /// Name, as on the command line.
     fn name(&self) -> &'static str;
 
+    /// Whether [`Strategy::record`] writes artifacts this strategy restores with.
+    fn has_record_phase(&self) -> bool {
+        false
+    }
+
     /// Files that must be out of the page cache for a cold start.
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         vec![snapshot.memory_path()]

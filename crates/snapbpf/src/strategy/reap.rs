@@ -377,6 +377,10 @@ impl Strategy for Reap {
         "reap"
     }
 
+    fn has_record_phase(&self) -> bool {
+        true
+    }
+
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         vec![
             snapshot.memory_path(),

@@ -138,6 +138,10 @@ impl Strategy for SnapBpf {
         "snapbpf"
     }
 
+    fn has_record_phase(&self) -> bool {
+        true
+    }
+
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         let mut files = vec![snapshot.memory_path()];
         if self.prefetch {
