@@ -168,54 +168,29 @@ fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<Decoded, Stri
 
 /// Loads `faasnap.meta` and checks it against `snapshot` and the size of `faasnap.ws`.
 pub fn load_meta(snapshot: &Snapshot) -> Result<Meta, StrategyError> {
-    let path = snapshot.artifact_path(META_FILE);
-    let ws = snapshot.artifact_path(WS_FILE);
-    for p in [&path, &ws] {
-        if !p.exists() {
-            return Err(StrategyError::MissingArtifact {
-                strategy: "faasnap".into(),
-                path: p.clone(),
-            });
-        }
-    }
-    let bad = |path: &Path, reason: String| StrategyError::BadArtifact {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let (header, payload): (MetaHeader, Vec<u8>) =
-        artifact::read(&path, META_KIND).map_err(|e| match e {
-            artifact::ArtifactError::Corrupt { reason, .. } => bad(&path, reason),
-            artifact::ArtifactError::Io { source, .. } => bad(&path, source.to_string()),
-        })?;
-    if header.memory != snapshot.meta.memory {
-        return Err(bad(
-            &path,
-            "it was recorded for another version of the snapshot's memory file (stale: run `snapbpf record` again)".into(),
-        ));
-    }
+    let super::Recorded {
+        header,
+        payload,
+        path,
+        data_path,
+    } = super::read_recorded(
+        snapshot,
+        "faasnap",
+        META_FILE,
+        WS_FILE,
+        META_KIND,
+        |h: &MetaHeader| &h.memory,
+    )?;
+    let bad = |reason: String| super::bad_artifact(&path, reason);
     if header.page_size != PAGE {
-        return Err(bad(&path, format!("page size {}", header.page_size)));
+        return Err(bad(format!("page size {}", header.page_size)));
     }
     let (regions, zeros) =
-        decode(&payload, snapshot.meta.mem_bytes, header.ws_bytes).map_err(|r| bad(&path, r))?;
+        decode(&payload, snapshot.meta.mem_bytes, header.ws_bytes).map_err(bad)?;
     if regions.iter().map(|r| r.len).sum::<u64>() != header.ws_bytes {
-        return Err(bad(
-            &path,
-            "regions do not add up to the working-set size".into(),
-        ));
+        return Err(bad("regions do not add up to the working-set size".into()));
     }
-    let ws_len = std::fs::metadata(&ws)
-        .map_err(|e| bad(&ws, e.to_string()))?
-        .len();
-    if ws_len != header.ws_bytes {
-        return Err(bad(
-            &ws,
-            format!(
-                "{ws_len} bytes, the metadata expects {} (truncated or from another recording)",
-                header.ws_bytes
-            ),
-        ));
-    }
+    super::check_data_len(&data_path, header.ws_bytes, "metadata")?;
     Ok(Meta {
         header,
         regions,

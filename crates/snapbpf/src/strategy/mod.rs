@@ -5,7 +5,7 @@
 //! (prefetchers, fault handlers) and what it records ahead of time. Adding a strategy is
 //! adding a module here and a line in [`StrategySpec::build`]; the VMM does not change.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -278,6 +278,86 @@ pub trait Strategy: Send + Sync {
     ) -> Result<RecordReport, StrategyError> {
         Err(StrategyError::NothingToRecord(self.name().into()))
     }
+}
+
+/// A strategy's metadata artifact, read and checked by [`read_recorded`].
+pub(crate) struct Recorded<H> {
+    /// The artifact's header.
+    pub header: H,
+    /// The artifact's payload.
+    pub payload: Vec<u8>,
+    /// The artifact file.
+    pub path: PathBuf,
+    /// The data file recorded beside it.
+    pub data_path: PathBuf,
+}
+
+/// The refusal of an artifact file, with the reason.
+pub(crate) fn bad_artifact(path: &Path, reason: String) -> StrategyError {
+    StrategyError::BadArtifact {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads the metadata artifact `meta_file` of `strategy` (kind `kind`) for `snapshot`.
+/// Both it and its data file `data_file` must exist, the artifact must be whole
+/// (magic, version, checksum), and `memory_of(header)` must be the identity of this
+/// snapshot's memory file: an artifact recorded from another snapshot is stale.
+pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
+    snapshot: &Snapshot,
+    strategy: &str,
+    meta_file: &str,
+    data_file: &str,
+    kind: &str,
+    memory_of: impl Fn(&H) -> &crate::fsutil::FileIdentity,
+) -> Result<Recorded<H>, StrategyError> {
+    let path = snapshot.artifact_path(meta_file);
+    let data_path = snapshot.artifact_path(data_file);
+    for p in [&path, &data_path] {
+        if !p.exists() {
+            return Err(StrategyError::MissingArtifact {
+                strategy: strategy.into(),
+                path: p.clone(),
+            });
+        }
+    }
+    let (header, payload): (H, Vec<u8>) =
+        crate::artifact::read(&path, kind).map_err(|e| match e {
+            crate::artifact::ArtifactError::Corrupt { reason, .. } => bad_artifact(&path, reason),
+            crate::artifact::ArtifactError::Io { source, .. } => {
+                bad_artifact(&path, source.to_string())
+            }
+        })?;
+    if memory_of(&header) != &snapshot.meta.memory {
+        return Err(bad_artifact(
+            &path,
+            "it was recorded for another version of the snapshot's memory file (stale: run `snapbpf record` again)".into(),
+        ));
+    }
+    Ok(Recorded {
+        header,
+        payload,
+        path,
+        data_path,
+    })
+}
+
+/// Checks that the data file of a recording holds the `expected` bytes its metadata
+/// (`what`) describes.
+pub(crate) fn check_data_len(path: &Path, expected: u64, what: &str) -> Result<(), StrategyError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| bad_artifact(path, e.to_string()))?
+        .len();
+    if len != expected {
+        return Err(bad_artifact(
+            path,
+            format!(
+                "{len} bytes, the {what} expects {expected} (truncated or from another recording)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the invocation of a `record` phase over `memory` and returns what `collect`

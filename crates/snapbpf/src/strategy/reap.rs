@@ -75,53 +75,30 @@ pub struct Trace {
 /// Loads `reap.trace` and checks it against `snapshot` and `reap.ws` (size only; the
 /// contents' CRC is checked when the file is read for a restore).
 pub fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
-    let path = snapshot.artifact_path(TRACE_FILE);
-    let ws = snapshot.artifact_path(WS_FILE);
-    for p in [&path, &ws] {
-        if !p.exists() {
-            return Err(StrategyError::MissingArtifact {
-                strategy: "reap".into(),
-                path: p.clone(),
-            });
-        }
-    }
-    let bad = |path: &Path, reason: String| StrategyError::BadArtifact {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let (header, payload): (TraceHeader, Vec<u8>) =
-        artifact::read(&path, TRACE_KIND).map_err(|e| match e {
-            artifact::ArtifactError::Corrupt { reason, .. } => bad(&path, reason),
-            artifact::ArtifactError::Io { source, .. } => bad(&path, source.to_string()),
-        })?;
-    if header.memory != snapshot.meta.memory {
-        return Err(bad(
-            &path,
-            "it was recorded for another version of the snapshot's memory file (stale: run `snapbpf record` again)".into(),
-        ));
-    }
-    let offsets =
-        artifact::u64s(&payload).ok_or_else(|| bad(&path, "payload is not u64s".into()))?;
+    let super::Recorded {
+        header,
+        payload,
+        path,
+        data_path,
+    } = super::read_recorded(
+        snapshot,
+        "reap",
+        TRACE_FILE,
+        WS_FILE,
+        TRACE_KIND,
+        |h: &TraceHeader| &h.memory,
+    )?;
+    let bad = |reason: &str| super::bad_artifact(&path, reason.into());
+    let offsets = artifact::u64s(&payload).ok_or_else(|| bad("payload is not u64s"))?;
     let mem = snapshot.meta.mem_bytes;
     if header.page_size != PAGE
         || offsets.len() as u64 != header.pages
         || header.ws_bytes != header.pages * PAGE
         || offsets.iter().any(|&o| o % PAGE != 0 || o >= mem)
     {
-        return Err(bad(&path, "inconsistent offsets or sizes".into()));
+        return Err(bad("inconsistent offsets or sizes"));
     }
-    let ws_len = std::fs::metadata(&ws)
-        .map_err(|e| bad(&ws, e.to_string()))?
-        .len();
-    if ws_len != header.ws_bytes {
-        return Err(bad(
-            &ws,
-            format!(
-                "{ws_len} bytes, the trace expects {} (truncated or from another recording)",
-                header.ws_bytes
-            ),
-        ));
-    }
+    super::check_data_len(&data_path, header.ws_bytes, "trace")?;
     Ok(Trace { header, offsets })
 }
 
