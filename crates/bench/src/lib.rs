@@ -378,16 +378,43 @@ pub fn run(
                 measure(1, false, config.warm_repeat, true)?;
             }
         }
+        // A long run that is interrupted keeps what it measured so far.
+        let so_far = BenchResults {
+            stamp: stamp(git_rev, &snap_dir),
+            config: config.clone(),
+            snapshots: snapshots.clone(),
+            records: records.clone(),
+            device_bounds: device_bounds.clone(),
+            samples: samples.clone(),
+        };
+        write_json(&so_far, &config.out.join(PARTIAL_RESULTS))?;
     }
     progress.finish();
-    Ok(BenchResults {
+    let results = BenchResults {
         stamp: stamp(git_rev, &snap_dir),
         config: config.clone(),
         snapshots,
         records,
         device_bounds,
         samples,
-    })
+    };
+    write_json(&results, &config.out.join("results.json"))?;
+    let _ = std::fs::remove_file(config.out.join(PARTIAL_RESULTS));
+    Ok(results)
+}
+
+/// Raw results of the functions finished so far, rewritten after each function and
+/// removed when the run completes.
+pub const PARTIAL_RESULTS: &str = "results.partial.json";
+
+/// Writes `results` as JSON to `path` atomically.
+fn write_json(results: &BenchResults, path: &Path) -> Result<(), BenchError> {
+    let io = |source| BenchError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(results).map_err(|e| io(e.into()))?;
+    snapbpf::fsutil::write_atomic(path, &json).map_err(io)
 }
 
 /// Times `repeat` cold reads of SnapBPF's working set of `snapshot` with its prefetcher.
@@ -555,9 +582,7 @@ pub fn write_results(results: &BenchResults) -> Result<String, BenchError> {
 pub fn write_results_to(results: &BenchResults, out: &Path) -> Result<String, BenchError> {
     let io = |path: PathBuf| move |source| BenchError::Io { path, source };
     std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
-    let json_path = out.join("results.json");
-    let json = serde_json::to_vec_pretty(results).map_err(|e| io(json_path.clone())(e.into()))?;
-    snapbpf::fsutil::write_atomic(&json_path, &json).map_err(io(json_path.clone()))?;
+    write_json(results, &out.join("results.json"))?;
     let summary = report::markdown(results);
     let md_path = out.join("summary.md");
     snapbpf::fsutil::write_atomic(&md_path, summary.as_bytes()).map_err(io(md_path))?;
