@@ -104,36 +104,84 @@ pub fn resident_pages(file: &File) -> std::io::Result<u64> {
 
 /// Per-page residency of `file` in the page cache (bit 0 of each byte).
 pub fn residency(file: &File) -> std::io::Result<Vec<u8>> {
-    let len = file.metadata()?.len() as usize;
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let pages = len.div_ceil(page_size());
-    // SAFETY: a new read-only shared mapping of a file we hold open; we never dereference
-    // it, only ask the kernel about it, and unmap it below.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a live mapping of `len` bytes and `vec` has one byte per page.
-    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: unmapping the mapping created above.
-    unsafe { libc::munmap(map, len) };
-    if rc != 0 {
-        return Err(err);
-    }
+    let map = ResidencyMap::new(file)?;
+    let mut vec = vec![0u8; map.pages()];
+    map.scan(&mut vec)?;
     Ok(vec)
+}
+
+/// A read-only shared mapping of a file, kept to ask `mincore(2)` which of its pages
+/// are in the page cache, as often as needed. It is never dereferenced, so holding it
+/// faults nothing in.
+#[derive(Debug)]
+pub struct ResidencyMap {
+    map: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is only passed to mincore and munmap, which any thread may call.
+unsafe impl Send for ResidencyMap {}
+
+impl ResidencyMap {
+    /// Maps `file` (its current length).
+    pub fn new(file: &File) -> std::io::Result<Self> {
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Ok(Self {
+                map: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a new read-only shared mapping of a file we hold open; it is never
+        // dereferenced, only passed to mincore, and unmapped on drop.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { map, len })
+    }
+
+    /// Pages of the mapped file.
+    pub fn pages(&self) -> usize {
+        self.len.div_ceil(page_size())
+    }
+
+    /// Fills `vec` (at least [`Self::pages`] bytes) with the residency of each page:
+    /// bit 0 set when the page is in the page cache.
+    pub fn scan(&self, vec: &mut [u8]) -> std::io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        if vec.len() < self.pages() {
+            return Err(std::io::Error::other(
+                "residency vector shorter than the file",
+            ));
+        }
+        // SAFETY: `map` is a live mapping of `len` bytes and `vec` has at least one byte
+        // per page.
+        if unsafe { libc::mincore(self.map, self.len, vec.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ResidencyMap {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmapping exactly the mapping this value owns.
+            unsafe { libc::munmap(self.map, self.len) };
+        }
+    }
 }
 
 /// The system page size.

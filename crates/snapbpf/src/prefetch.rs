@@ -153,11 +153,18 @@ pub fn prefetch_until_resident(
     wait: Duration,
 ) -> Result<ResidentPrefetch, PrefetchError> {
     let started = Instant::now();
+    // One mapping for every poll: the wait is what is being measured.
+    let map = crate::fsutil::ResidencyMap::new(file).map_err(PrefetchError::Residency)?;
+    let mut residency = vec![0u8; map.pages()];
     let stats = prefetch(file, ranges)?;
-    let mut missing = missing_ranges(file, ranges).map_err(PrefetchError::Residency)?;
-    while !missing.is_empty() && started.elapsed() < wait {
+    let mut missing = ranges.to_vec();
+    loop {
+        map.scan(&mut residency).map_err(PrefetchError::Residency)?;
+        missing = missing_in(&residency, &missing);
+        if missing.is_empty() || started.elapsed() >= wait {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(1));
-        missing = missing_ranges(file, &missing).map_err(PrefetchError::Residency)?;
     }
     Ok(ResidentPrefetch {
         stats,
@@ -426,7 +433,13 @@ pub fn resident_pages(file: &File) -> std::io::Result<Vec<bool>> {
 /// cache. Readahead is best effort: the kernel may drop a few readahead pages (see
 /// docs/ebpf-capture.md); callers that need every page can prefetch the result again.
 pub fn missing_ranges(file: &File, ranges: &[PageRange]) -> std::io::Result<Vec<PageRange>> {
-    let res = resident_pages(file)?;
+    Ok(missing_in(&crate::fsutil::residency(file)?, ranges))
+}
+
+/// The parts of `ranges` whose pages `residency` (one byte per page, bit 0: resident)
+/// does not show resident.
+fn missing_in(residency: &[u8], ranges: &[PageRange]) -> Vec<PageRange> {
+    let res: Vec<bool> = residency.iter().map(|b| b & 1 != 0).collect();
     let mut out = Vec::new();
     for r in ranges {
         let mut cur: Option<PageRange> = None;
@@ -452,7 +465,7 @@ pub fn missing_ranges(file: &File, ranges: &[PageRange]) -> std::io::Result<Vec<
         }
         out.extend(cur);
     }
-    Ok(out)
+    out
 }
 
 /// Number of resident pages of `file`.

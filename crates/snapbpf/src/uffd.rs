@@ -829,24 +829,14 @@ mod tests {
         let data: Vec<u8> = (0..pages * PAGE).map(|i| (i / PAGE) as u8 + 1).collect();
         std::fs::write(&path, &data).expect("write");
         let file = File::open(&path).expect("open");
-        let len = (pages * PAGE) as usize;
-        // SAFETY: a new anonymous mapping aliasing nothing, unmapped at the end.
-        let mem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(mem, libc::MAP_FAILED);
-        let base = mem as u64;
-        uffd.register_missing(base, len as u64).expect("register");
+        let len = pages * PAGE;
+        // Page-aligned anonymous memory, unmapped when it drops.
+        let mem = AlignedBuf::new(len).expect("mmap");
+        let base = mem.ptr.as_ptr() as u64;
+        uffd.register_missing(base, len).expect("register");
         let regions = [GuestRegionUffdMapping {
             base_host_virt_addr: base,
-            size: len as u64,
+            size: len,
             offset: 0,
             page_size: PAGE,
         }];
@@ -871,7 +861,5 @@ mod tests {
             let stats = server.join().expect("join").expect("serve");
             assert_eq!(stats.log, vec![5 * PAGE, 9 * PAGE, 0]);
         });
-        // SAFETY: unmapping the mapping created above.
-        unsafe { libc::munmap(mem, len) };
     }
 }

@@ -299,32 +299,14 @@ impl Scanner {
         let join = std::thread::Builder::new()
             .name("faasnap-mincore".into())
             .spawn(move || {
-                let len = file.metadata()?.len() as usize;
-                // SAFETY: a new read-only shared mapping of a file we hold open; it is never
-                // dereferenced (mincore only) and is unmapped below.
-                let map = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        libc::PROT_READ,
-                        libc::MAP_SHARED,
-                        file.as_raw_fd(),
-                        0,
-                    )
-                };
-                if map == libc::MAP_FAILED {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let pages = len.div_ceil(PAGE as usize);
+                let map = fsutil::ResidencyMap::new(&file)?;
+                let pages = map.pages();
                 let mut first = vec![u32::MAX; pages];
                 let mut vec = vec![0u8; pages];
                 let mut scan = 0u32;
-                let result = loop {
+                loop {
                     let last = flag.load(Ordering::Acquire);
-                    // SAFETY: `map` is a live mapping of `len` bytes; `vec` has a byte per page.
-                    if unsafe { libc::mincore(map, len, vec.as_mut_ptr()) } != 0 {
-                        break Err(std::io::Error::last_os_error());
-                    }
+                    map.scan(&mut vec)?;
                     for (f, &v) in first.iter_mut().zip(&vec) {
                         if v & 1 != 0 && *f == u32::MAX {
                             *f = scan;
@@ -332,13 +314,10 @@ impl Scanner {
                     }
                     scan += 1;
                     if last {
-                        break Ok(first);
+                        return Ok(first);
                     }
                     std::thread::sleep(SCAN_INTERVAL);
-                };
-                // SAFETY: unmapping the mapping created above.
-                unsafe { libc::munmap(map, len) };
-                result
+                }
             })?;
         Ok(Self {
             stop,
