@@ -47,27 +47,36 @@ const FONT_PATHS: &[&str] = &[
 /// Chart size, pixels.
 const SIZE: (u32, u32) = (1280, 620);
 
-/// Bar colour of a strategy: greys for Linux (orange with huge pages), blue REAP, green
-/// FaaSnap, reds for SnapBPF (pink for PV filtering alone, as in the paper's breakdown).
-fn colour(label: &str, index: usize) -> RGBColor {
-    const OTHERS: &[RGBColor] = &[
+/// Bar colour of a series (see [`Figure::series`]): one hue per strategy, in the order
+/// the run lists them (with the default plan: greys for Linux, blue REAP, green FaaSnap,
+/// red SnapBPF), and for its variants the same hue darker, then lighter, alternately.
+fn colour((strategy, variant): (usize, usize)) -> RGBColor {
+    const HUES: &[RGBColor] = &[
+        RGBColor(170, 170, 170),
+        RGBColor(90, 90, 90),
+        RGBColor(49, 104, 178),
+        RGBColor(58, 150, 80),
+        RGBColor(205, 45, 45),
         RGBColor(150, 90, 190),
         RGBColor(40, 160, 170),
         RGBColor(190, 170, 40),
     ];
-    match label {
-        "linux-nora" => RGBColor(170, 170, 170),
-        "linux-ra" => RGBColor(90, 90, 90),
-        "linux-ra --thp" => RGBColor(230, 150, 40),
-        "reap" => RGBColor(49, 104, 178),
-        "faasnap" => RGBColor(58, 150, 80),
-        "snapbpf" => RGBColor(205, 45, 45),
-        "snapbpf --thp" => RGBColor(120, 15, 15),
-        "snapbpf --no-prefetch" => RGBColor(245, 160, 170),
-        "snapbpf --no-pv" => RGBColor(150, 90, 190),
-        "snapbpf --no-premap" => RGBColor(235, 110, 80),
-        _ => OTHERS[index % OTHERS.len()],
+    let RGBColor(r, g, b) = HUES[strategy % HUES.len()];
+    if variant == 0 {
+        return RGBColor(r, g, b);
     }
+    // Variant 1 darker, 2 lighter, 3 darker still, ...
+    let step = variant.div_ceil(2).min(3) as f64 * 0.22;
+    let shade = |c: u8| -> u8 {
+        let c = f64::from(c);
+        let v = if variant % 2 == 1 {
+            c * (1.0 - step)
+        } else {
+            c + (255.0 - c) * step
+        };
+        v.round().clamp(0.0, 255.0) as u8
+    };
+    RGBColor(shade(r), shade(g), shade(b))
 }
 
 /// Registers the chart font once per process.
@@ -221,7 +230,7 @@ where
 {
     let slot = 0.84 / n_series as f64;
     for (si, strategy) in fig.strategies.iter().enumerate() {
-        let colour = colour(strategy, si);
+        let colour = colour(fig.series.get(si).copied().unwrap_or((si, 0)));
         let cells: Vec<(f64, crate::Summary)> = fig.cells[si]
             .iter()
             .enumerate()

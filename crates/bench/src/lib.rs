@@ -21,6 +21,7 @@ use snapbpf::snapshot::{self, CreateOptions, Snapshot};
 use snapbpf::strategy::StrategySpec;
 
 pub mod charts;
+mod compat;
 pub mod profile;
 mod progress;
 pub mod report;
@@ -86,10 +87,11 @@ pub struct BenchConfig {
     /// Functions to measure.
     pub functions: Vec<String>,
     /// Strategies compared at every concurrency level (Figures 3a–3c).
+    #[serde(deserialize_with = "compat::specs")]
     pub strategies: Vec<StrategySpec>,
     /// Strategies of the breakdown (Figure 4), measured with one VM; those also in
     /// `strategies` are measured once.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "compat::specs")]
     pub breakdown: Vec<StrategySpec>,
     /// Concurrency levels.
     pub concurrency: Vec<u32>,
@@ -105,6 +107,21 @@ pub struct BenchConfig {
     pub out: PathBuf,
     /// Longest one invocation may run.
     pub timeout: Duration,
+    /// Label of the strategy speedups are relative to (the paper's Linux-RA).
+    #[serde(default = "default_baseline")]
+    pub baseline: String,
+    /// Label of the system under evaluation: memory is compared to it, and the device
+    /// bound is measured with the ranges it prefetches.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+}
+
+fn default_baseline() -> String {
+    snapbpf::strategy::registry::baseline().label()
+}
+
+fn default_subject() -> String {
+    snapbpf::strategy::registry::subject().label()
 }
 
 /// One measured invocation (all VMs of one run).
@@ -255,9 +272,6 @@ pub fn run(
     if plan.is_empty() {
         return Err(BenchError::Config("no strategy to measure".into()));
     }
-    for (s, _) in &plan {
-        s.build().map_err(|e| BenchError::Config(e.to_string()))?;
-    }
     let snap_dir = config.out.join("snapshots");
     std::fs::create_dir_all(&snap_dir).map_err(|source| BenchError::Io {
         path: snap_dir.clone(),
@@ -286,23 +300,17 @@ pub fn run(
         });
         // Record every strategy once per function, in this run, so its cost is measured;
         // variants of one strategy share its artifacts.
-        let mut recorded: Vec<String> = Vec::new();
+        let mut recorded: Vec<&str> = Vec::new();
         for (spec, _) in &plan {
-            if recorded.contains(&spec.name) {
+            if recorded.contains(&spec.name()) || !spec.info().record {
                 continue;
             }
-            recorded.push(spec.name.clone());
-            let strategy = spec
-                .build()
-                .map_err(|e| BenchError::Config(e.to_string()))?;
-            if !strategy.has_record_phase() {
-                continue;
-            }
-            progress.stage(&format!("{function}: record {}", spec.name));
-            match strategy.record(&snapshot, config.input, config.timeout) {
+            recorded.push(spec.name());
+            progress.stage(&format!("{function}: record {}", spec.name()));
+            match spec.build().record(&snapshot, config.input, config.timeout) {
                 Ok(report) => records.push(RecordFacts {
                     function: function.clone(),
-                    strategy: spec.name.clone(),
+                    strategy: spec.name().to_string(),
                     ms: report.ms,
                     ws_pages: report.pages,
                     artifacts: report
@@ -320,15 +328,22 @@ pub fn run(
                 Err(source) => {
                     return Err(BenchError::Record {
                         function: function.clone(),
-                        strategy: spec.name.clone(),
+                        strategy: spec.name().to_string(),
                         source,
                     })
                 }
             }
         }
-        if recorded.iter().any(|s| s == "snapbpf") {
+        // The device bound: the ranges the system under evaluation prefetches.
+        let prefetched = plan
+            .iter()
+            .filter(|(spec, _)| spec.label() == config.subject)
+            .find_map(|(spec, _)| spec.build().prefetched_ranges(&snapshot));
+        if let Some(ranges) = prefetched {
             progress.stage(&format!("{function}: device time for the working set"));
-            device_bounds.push(device_bound(&snapshot, config.repeat)?);
+            let ranges =
+                ranges.map_err(|e| BenchError::Config(format!("{function}: device bound: {e}")))?;
+            device_bounds.push(device_bound(&snapshot, &ranges, config.repeat)?);
         }
         for (spec, levels) in &plan {
             let label = spec.label();
@@ -417,22 +432,21 @@ fn write_json(results: &BenchResults, path: &Path) -> Result<(), BenchError> {
     snapbpf::fsutil::write_atomic(path, &json).map_err(io)
 }
 
-/// Times `repeat` cold reads of SnapBPF's working set of `snapshot` with its prefetcher.
-fn device_bound(snapshot: &Snapshot, repeat: u32) -> Result<DeviceBound, BenchError> {
-    use snapbpf::strategy::snapbpf::{identity, WS_FILE};
-    use snapbpf::workingset::WorkingSet;
+/// Times `repeat` cold reads of `ranges` of `snapshot`'s memory file with the prefetcher.
+fn device_bound(
+    snapshot: &Snapshot,
+    ranges: &[snapbpf::workingset::PageRange],
+    repeat: u32,
+) -> Result<DeviceBound, BenchError> {
     let function = snapshot.meta.function.clone();
     let fail = |what: String| BenchError::Config(format!("{function}: device bound: {what}"));
-    let id = identity(snapshot).map_err(|e| fail(e.to_string()))?;
-    let ws = WorkingSet::read_for(&snapshot.artifact_path(WS_FILE), &id)
-        .map_err(|e| fail(e.to_string()))?;
     let path = snapshot.memory_path();
     let file = std::fs::File::open(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     let mut ms = Vec::new();
     let mut bytes = 0;
     for _ in 0..repeat {
         snapbpf::fsutil::evict(&path).map_err(|e| fail(e.to_string()))?;
-        let done = snapbpf::prefetch::prefetch_until_resident(&file, &ws.ranges, DEVICE_WAIT)
+        let done = snapbpf::prefetch::prefetch_until_resident(&file, ranges, DEVICE_WAIT)
             .map_err(|e| fail(e.to_string()))?;
         if done.missing_pages > 0 {
             return Err(fail(format!(
@@ -446,7 +460,7 @@ fn device_bound(snapshot: &Snapshot, repeat: u32) -> Result<DeviceBound, BenchEr
     Ok(DeviceBound {
         function: snapshot.meta.function.clone(),
         bytes,
-        ranges: ws.ranges.len() as u64,
+        ranges: ranges.len() as u64,
         ms,
     })
 }

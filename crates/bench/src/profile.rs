@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use snapbpf::invoke::{self, InvokeRequest, RunOptions};
+use snapbpf::strategy::linux::NoraOptions;
+use snapbpf::strategy::snapbpf::{SnapbpfOptions, WS_FILE};
 use snapbpf::strategy::StrategySpec;
 use snapbpf::workingset::WorkingSet;
 
@@ -75,22 +77,27 @@ pub fn profile(
             invoke::invoke(&req, &|| worker(&req))
         };
         progress(&format!("{function}: cold linux-nora"));
-        let nora = run(StrategySpec::named("linux-nora")).map_err(invoke_err("linux-nora"))?;
+        // What the function reads: demand paging with nothing read ahead.
+        let demand = StrategySpec::LinuxNora(NoraOptions::default());
+        // What it allocates fresh: SnapBPF's filtering alone.
+        let filtering = StrategySpec::Snapbpf(SnapbpfOptions {
+            no_prefetch: true,
+            ..SnapbpfOptions::default()
+        });
+        let capture = StrategySpec::Snapbpf(SnapbpfOptions::default());
+        progress(&format!("{function}: cold {}", demand.label()));
+        let nora = run(demand.clone()).map_err(invoke_err(&demand.label()))?;
         progress(&format!("{function}: cold PV filtering"));
-        let mut pv_spec = StrategySpec::named("snapbpf");
-        pv_spec.no_prefetch = true;
-        let pv = run(pv_spec).map_err(invoke_err("snapbpf --no-prefetch"))?;
+        let pv = run(filtering.clone()).map_err(invoke_err(&filtering.label()))?;
         progress(&format!("{function}: record"));
-        let strategy = StrategySpec::named("snapbpf")
-            .build()
-            .map_err(|e| BenchError::Config(e.to_string()))?;
-        let ws_path = snapshot.artifact_path(snapbpf::strategy::snapbpf::WS_FILE);
+        let ws_path = snapshot.artifact_path(WS_FILE);
         let _ = std::fs::remove_file(&ws_path);
-        strategy
+        capture
+            .build()
             .record(&snapshot, input, timeout)
             .map_err(|source| BenchError::Record {
                 function: function.clone(),
-                strategy: "snapbpf".into(),
+                strategy: capture.name().into(),
                 source,
             })?;
         let ws = WorkingSet::read(&ws_path).map_err(|e| BenchError::Config(e.to_string()))?;

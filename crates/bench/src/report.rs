@@ -7,9 +7,6 @@ use std::fmt::Write;
 
 use crate::{BenchResults, Sample, Summary};
 
-/// The baseline every speedup is relative to, as in the paper.
-pub const BASELINE: &str = "linux-ra";
-
 /// What a figure plots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
@@ -18,7 +15,7 @@ pub enum Metric {
     /// System memory of the run (snapshot page cache once plus every VM's anonymous
     /// memory), MiB.
     Memory,
-    /// Cold E2E of [`BASELINE`] divided by the strategy's (above 1 is faster).
+    /// Cold E2E of the baseline divided by the strategy's (above 1 is faster).
     Speedup,
 }
 
@@ -42,6 +39,13 @@ pub struct Figure {
     /// `floors[strategy][function]`: the warm median, for cold latency with one VM;
     /// empty otherwise.
     pub floors: Vec<Vec<Option<f64>>>,
+    /// Label of the strategy speedups are relative to.
+    pub baseline: String,
+    /// Per strategy: its position among the run's strategies and among the variants of
+    /// its own strategy (`(strategy, variant)`), so every figure colours it alike.
+    pub series: Vec<(usize, usize)>,
+    /// Label of the system under evaluation, which memory is compared to.
+    pub subject: String,
 }
 
 impl Figure {
@@ -59,9 +63,35 @@ impl Figure {
         match self.metric {
             Metric::ColdE2e => "cold E2E per VM, ms (log scale)".into(),
             Metric::Memory => "system memory, MiB (log scale)".into(),
-            Metric::Speedup => format!("speedup over {BASELINE} (cold E2E)"),
+            Metric::Speedup => format!("speedup over {} (cold E2E)", self.baseline),
         }
     }
+}
+
+/// The strategy of a label: its first word (`snapbpf --thp` is a variant of `snapbpf`).
+fn strategy_of(label: &str) -> &str {
+    label.split_whitespace().next().unwrap_or(label)
+}
+
+/// `(strategy, variant)` position of `label` in `labels` (see [`Figure::series`]).
+fn series_of(labels: &[String], label: &str) -> (usize, usize) {
+    let mut strategies: Vec<&str> = Vec::new();
+    for l in labels {
+        if !strategies.contains(&strategy_of(l)) {
+            strategies.push(strategy_of(l));
+        }
+    }
+    let own = strategy_of(label);
+    let strategy = strategies
+        .iter()
+        .position(|s| *s == own)
+        .unwrap_or(strategies.len());
+    let variant = labels
+        .iter()
+        .filter(|l| strategy_of(l) == own)
+        .position(|l| l == label)
+        .unwrap_or(0);
+    (strategy, variant)
 }
 
 /// Per-VM E2E latencies of matching samples (every VM of every run).
@@ -104,10 +134,10 @@ fn cold_e2e(r: &BenchResults, function: &str, strategy: &str, n: u32) -> Option<
     Summary::of(&e2e(&select(r, function, strategy, n, true)))
 }
 
-/// Speedup of `strategy` over [`BASELINE`]: the median is the ratio of medians; the spread
-/// divides the baseline's median by the strategy's slowest and fastest VM.
+/// Speedup of `strategy` over the run's baseline: the median is the ratio of medians; the
+/// spread divides the baseline's median by the strategy's slowest and fastest VM.
 fn speedup(r: &BenchResults, function: &str, strategy: &str) -> Option<Summary> {
-    let base = cold_e2e(r, function, BASELINE, 1)?;
+    let base = cold_e2e(r, function, &r.config.baseline, 1)?;
     let s = cold_e2e(r, function, strategy, 1)?;
     (s.min > 0.0).then(|| Summary {
         n: s.n,
@@ -123,6 +153,7 @@ fn speedup(r: &BenchResults, function: &str, strategy: &str) -> Option<Summary> 
 pub fn figures(results: &BenchResults) -> Vec<Figure> {
     let config = &results.config;
     let functions = config.functions.clone();
+    let plan_labels: Vec<String> = config.plan().iter().map(|(s, _)| s.label()).collect();
     let compared: Vec<String> = config.strategies.iter().map(|s| s.label()).collect();
     let breakdown: Vec<String> = config.breakdown.iter().map(|s| s.label()).collect();
     let figure = |id, title: String, metric, concurrency, strategies: &[String]| {
@@ -158,6 +189,12 @@ pub fn figures(results: &BenchResults) -> Vec<Figure> {
             Vec::new()
         };
         Figure {
+            series: strategies
+                .iter()
+                .map(|s| series_of(&plan_labels, s))
+                .collect(),
+            baseline: config.baseline.clone(),
+            subject: config.subject.clone(),
             id,
             title,
             metric,
@@ -199,7 +236,10 @@ pub fn figures(results: &BenchResults) -> Vec<Figure> {
     if !breakdown.is_empty() {
         out.push(figure(
             "fig4",
-            format!("Figure 4: breakdown, speedup over {BASELINE}, one VM"),
+            format!(
+                "Figure 4: breakdown, speedup over {}, one VM",
+                config.baseline
+            ),
             Metric::Speedup,
             1,
             &breakdown,
@@ -243,7 +283,7 @@ fn figure_table(md: &mut String, fig: &Figure) {
         match fig.metric {
             Metric::ColdE2e => " over every VM of every sample",
             Metric::Memory => " over samples",
-            Metric::Speedup => ": linux-ra's median over the strategy's median (spread: over its slowest and fastest VM)",
+            Metric::Speedup => ": the baseline's median over the strategy's median (spread: over its slowest and fastest VM)",
         },
         fig.id,
         fig.id
@@ -273,12 +313,18 @@ fn figure_table(md: &mut String, fig: &Figure) {
     // Ratios of medians against a reference: the comparison the paper's claims make.
     let (reference, what) = match fig.metric {
         Metric::ColdE2e => (
-            BASELINE,
-            "speedup over linux-ra (its median over the strategy's)",
+            &fig.baseline,
+            format!(
+                "speedup over {} (its median over the strategy's)",
+                fig.baseline
+            ),
         ),
         Metric::Memory => (
-            "snapbpf",
-            "memory relative to snapbpf (the strategy's median over snapbpf's)",
+            &fig.subject,
+            format!(
+                "memory relative to {0} (the strategy's median over {0}'s)",
+                fig.subject
+            ),
         ),
         Metric::Speedup => return,
     };
@@ -412,15 +458,16 @@ fn bounds_table(md: &mut String, results: &BenchResults) {
         "## Bounds: device time for the working set, and the warm floor
 "
     );
+    let subject = &results.config.subject;
     let _ = writeln!(
         md,
-        "Device time: SnapBPF's working set read cold by its prefetcher with no VM running, \
-         until every page is resident, median (min–max) ms. Warm and cold: snapbpf with one VM, \
-         median ms.\n"
+        "Device time: {subject}'s prefetched ranges read cold by its prefetcher with no VM \
+         running, until every page is resident, median (min–max) ms. Warm and cold: \
+         {subject} with one VM, median ms.\n"
     );
     let _ = writeln!(
         md,
-        "| function | working set MiB | ranges | device ms | MB/s | snapbpf warm ms | snapbpf cold ms |"
+        "| function | working set MiB | ranges | device ms | MB/s | {subject} warm ms | {subject} cold ms |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for b in &results.device_bounds {
@@ -429,7 +476,7 @@ fn bounds_table(md: &mut String, results: &BenchResults) {
             format!("{:.0}", b.bytes as f64 / 1e3 / d.median)
         });
         let median = |cold: bool| {
-            Summary::of(&e2e(&select(results, &b.function, "snapbpf", 1, cold)))
+            Summary::of(&e2e(&select(results, &b.function, subject, 1, cold)))
                 .map_or("–".into(), |s| fmt_value(s.median, Metric::ColdE2e))
         };
         let _ = writeln!(

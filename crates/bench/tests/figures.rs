@@ -11,10 +11,12 @@ use snapbpf_bench::{
 };
 
 fn spec(name: &str, variant: &str) -> StrategySpec {
-    let mut s = StrategySpec::named(name);
-    s.no_prefetch = variant == "no-prefetch";
-    s.thp = variant == "thp";
-    s
+    let text = if variant.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}:{variant}")
+    };
+    StrategySpec::parse(&text).expect("a registered strategy")
 }
 
 fn config(concurrency: Vec<u32>) -> BenchConfig {
@@ -33,6 +35,8 @@ fn config(concurrency: Vec<u32>) -> BenchConfig {
         input: 0,
         out: "unused".into(),
         timeout: Duration::from_secs(1),
+        baseline: "linux-ra".into(),
+        subject: "snapbpf".into(),
     }
 }
 

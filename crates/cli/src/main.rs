@@ -19,6 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Functions(cmd::functions::Args),
+    Strategies(cmd::strategies::Args),
     Snapshot(cmd::snapshot::Args),
     Boot(cmd::boot::Args),
     Invoke(cmd::invoke::Args),
@@ -44,6 +45,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Functions(a) => cmd::functions::run(a),
+        Command::Strategies(a) => cmd::strategies::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::Boot(a) => cmd::boot::run(a),
         Command::Invoke(a) => cmd::invoke::run(a),

@@ -71,7 +71,17 @@ fn argument_errors() {
             "--out",
             "/var/tmp/snapbpf-never",
         ],
-        "unknown variant 'fast'",
+        "unknown option 'fast' of strategy 'snapbpf' (its options: no-prefetch, no-pv, no-premap, thp)",
+    );
+    fails(
+        &[
+            "bench",
+            "--strategies",
+            "reap:uffd-handler",
+            "--out",
+            "/var/tmp/snapbpf-never",
+        ],
+        "option 'uffd-handler' of strategy 'reap': needs a value (uffd-handler=SOCKET)",
     );
     fails(
         &[
@@ -123,6 +133,10 @@ fn broken_snapshots_are_refused() {
     fails(
         &["invoke", good_s, "--strategy", "linux-nora", "--thp"],
         "--thp applies only to the linux-ra or snapbpf strategy",
+    );
+    fails(
+        &["invoke", good_s, "--strategy", "linux-ra:no-pv"],
+        "--no-pv applies only to the snapbpf strategy",
     );
     fails(
         &["invoke", good_s, "--concurrency", "0"],

@@ -135,7 +135,7 @@ pub fn run_one(
     spec: &StrategySpec,
     opts: &RunOptions,
 ) -> Result<RunReport, RunOneError> {
-    let strategy = spec.build()?;
+    let strategy = spec.build();
     let faults_before = major_faults();
     let started = Instant::now();
     let snapshot = Snapshot::open(dir)?;
@@ -296,7 +296,7 @@ pub fn invoke(
             input: req.run.input,
         });
     }
-    let strategy = req.spec.build()?;
+    let strategy = req.spec.build();
     strategy.check(&snapshot)?;
     let files = strategy.cold_files(&snapshot);
     if req.cold {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use snapbpf::strategy::{StrategySpec, STRATEGY_NAMES};
+use snapbpf::strategy::{registry, StrategySpec};
 use snapbpf_bench::BenchConfig;
 
 /// Run the evaluation: every figure of the SnapBPF paper in one run.
@@ -18,16 +18,14 @@ pub struct Args {
     /// Functions, comma-separated (default: all; with --quick: a small subset).
     #[arg(long, value_delimiter = ',')]
     functions: Vec<String>,
-    /// Strategies compared at every concurrency level (Figures 3a-3c), comma-separated;
-    /// `linux-ra:thp` / `snapbpf:thp` back memory with huge page-cache folios
-    /// [default: linux-nora,linux-ra,reap,faasnap,snapbpf,linux-ra:thp,snapbpf:thp].
+    /// Strategies compared at every concurrency level (Figures 3a-3c), comma-separated,
+    /// each `NAME[:OPTION...]` (see `snapbpf strategies`) [default: every strategy, plus
+    /// linux-ra:thp and snapbpf:thp].
     #[arg(long, value_delimiter = ',')]
     strategies: Vec<String>,
-    /// Strategies of the breakdown (Figure 4), measured with one VM; `snapbpf:no-prefetch`
-    /// is PV filtering only, `snapbpf:no-pv` prefetch only, `snapbpf:no-premap` the paper's
-    /// page-cache-only prefetch; `none` skips the breakdown
-    /// [default: linux-ra,snapbpf:no-prefetch,snapbpf:no-pv,snapbpf:no-premap,snapbpf,
-    /// linux-ra:thp,snapbpf:thp].
+    /// Strategies of the breakdown (Figure 4), measured with one VM, as for --strategies;
+    /// `none` skips the breakdown [default: linux-ra and snapbpf with each breakdown
+    /// option alone, and both with thp].
     #[arg(long, value_delimiter = ',')]
     breakdown: Vec<String>,
     /// Concurrency levels, comma-separated.
@@ -60,35 +58,10 @@ pub struct Args {
 /// Functions of the quick subset, where the suite has them.
 const QUICK_FUNCTIONS: &[&str] = &["pyaes", "image", "graph_bfs"];
 
-/// The breakdown of Figure 4 (and the slides): the baseline, PV filtering alone, prefetch
-/// alone, the paper's SnapBPF (page cache only), ours (prefetched ranges premapped), and
-/// both Linux and SnapBPF on huge page-cache folios (measured for Figure 3 anyway).
-const DEFAULT_BREAKDOWN: &[&str] = &[
-    "linux-ra",
-    "snapbpf:no-prefetch",
-    "snapbpf:no-pv",
-    "snapbpf:no-premap",
-    "snapbpf",
-    "linux-ra:thp",
-    "snapbpf:thp",
-];
-
-/// Parses `name[:variant]`.
-fn parse_strategy(s: &str) -> Result<StrategySpec> {
-    let (name, variant) = s.split_once(':').unwrap_or((s, ""));
-    let mut spec = StrategySpec::named(name);
-    match variant {
-        "" => {}
-        "no-pv" => spec.no_pv = true,
-        "no-prefetch" => spec.no_prefetch = true,
-        "no-premap" => spec.no_premap = true,
-        "thp" => spec.thp = true,
-        other => anyhow::bail!(
-            "unknown variant '{other}' in '{s}' (expected no-pv, no-prefetch, no-premap or thp)"
-        ),
-    }
-    spec.build()?;
-    Ok(spec)
+fn parse_all<'a>(list: impl IntoIterator<Item = &'a str>) -> Result<Vec<StrategySpec>> {
+    list.into_iter()
+        .map(|s| StrategySpec::parse(s).map_err(Into::into))
+        .collect()
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -121,35 +94,14 @@ pub fn run(args: Args) -> Result<()> {
             .collect()
     };
     let strategies = if args.strategies.is_empty() {
-        // Every strategy as its paper describes it, plus huge page-cache folios for
-        // linux-ra and SnapBPF: the fastest configuration on hosts with nested KVM
-        // (docs/results/README.md), with linux-ra's to show what huge pages alone give.
-        STRATEGY_NAMES
-            .iter()
-            .map(|s| StrategySpec::named(s))
-            .chain(
-                ["linux-ra:thp", "snapbpf:thp"]
-                    .iter()
-                    .map(|s| parse_strategy(s))
-                    .collect::<Result<Vec<_>>>()?,
-            )
-            .collect()
+        parse_all(registry::DEFAULT_COMPARISON.iter().copied())?
     } else {
-        args.strategies
-            .iter()
-            .map(|s| parse_strategy(s))
-            .collect::<Result<_>>()?
+        parse_all(args.strategies.iter().map(String::as_str))?
     };
     let breakdown = match args.breakdown.as_slice() {
-        [] => DEFAULT_BREAKDOWN
-            .iter()
-            .map(|s| parse_strategy(s))
-            .collect::<Result<_>>()?,
+        [] => parse_all(registry::DEFAULT_BREAKDOWN.iter().copied())?,
         [none] if none == "none" => Vec::new(),
-        list => list
-            .iter()
-            .map(|s| parse_strategy(s))
-            .collect::<Result<_>>()?,
+        list => parse_all(list.iter().map(String::as_str))?,
     };
     let (repeat, warmup, warm_repeat) = if args.quick {
         (args.repeat.min(3), 0, 1)
@@ -170,6 +122,8 @@ pub fn run(args: Args) -> Result<()> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("bench-out")),
         timeout: super::secs(args.timeout_secs),
+        baseline: registry::baseline().label(),
+        subject: registry::subject().label(),
     };
     let exe = super::current_exe()?;
     eprintln!(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use snapbpf::snapshot::Snapshot;
-use snapbpf::strategy::{faasnap, reap};
+use snapbpf::strategy::{StrategySpec, REGISTRY};
 use snapbpf::workingset::WorkingSet;
 
 /// Show what a snapshot directory holds, or what a working-set file records.
@@ -31,15 +31,34 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     files.sort();
-    let ws_path = snap.artifact_path(snapbpf::strategy::snapbpf::WS_FILE);
-    let ws = WorkingSet::read(&ws_path).ok();
+    // Every strategy whose artifacts are here says what it recorded, or why it cannot
+    // use it.
+    let recordings: Vec<(&str, Result<String, String>)> = REGISTRY
+        .iter()
+        .filter(|info| {
+            info.artifacts
+                .iter()
+                .any(|a| files.iter().any(|(name, _)| name == a))
+        })
+        .filter_map(|info| StrategySpec::named(info.name).ok())
+        .map(|spec| {
+            let described = spec
+                .build()
+                .describe_recording(&snap)
+                .map_err(|e| snapbpf::invoke::error_chain(&e));
+            (spec.name(), described)
+        })
+        .collect();
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "snapshot": snap.meta,
                 "files": files.iter().map(|(n, s)| serde_json::json!({"name": n, "bytes": s})).collect::<Vec<_>>(),
-                "snapbpf_working_set": ws.as_ref().map(summary),
+                "recordings": recordings.iter().map(|(name, r)| match r {
+                    Ok(detail) => serde_json::json!({"strategy": name, "usable": true, "detail": detail}),
+                    Err(why) => serde_json::json!({"strategy": name, "usable": false, "detail": why}),
+                }).collect::<Vec<_>>(),
             }))?
         );
         return Ok(());
@@ -58,36 +77,11 @@ pub fn run(args: Args) -> Result<()> {
     for (name, size) in &files {
         println!("  {name:<24} {size:>14} bytes");
     }
-    let has = |n: &str| files.iter().any(|(a, _)| a == n);
-    if has(reap::TRACE_FILE) || has(reap::WS_FILE) {
-        match reap::load_trace(&snap) {
-            Ok(t) => println!(
-                "reap          {} pages recorded with input {}, bound to this snapshot",
-                t.header.pages, t.header.input
-            ),
-            Err(e) => println!("reap          unusable: {e}"),
+    for (name, described) in &recordings {
+        match described {
+            Ok(detail) => println!("{name:<13} {detail}"),
+            Err(why) => println!("{name:<13} unusable: {why}"),
         }
-    }
-    if has(faasnap::META_FILE) || has(faasnap::WS_FILE) {
-        match faasnap::load_meta(&snap) {
-            Ok(m) => println!(
-                "faasnap       {} pages recorded with input {} in {} regions ({} MiB), {} zero pages in {} regions, bound to this snapshot",
-                m.header.ws_pages,
-                m.header.input,
-                m.regions.len(),
-                m.header.ws_bytes >> 20,
-                m.header.zero_pages,
-                m.zeros.len()
-            ),
-            Err(e) => println!("faasnap       unusable: {e}"),
-        }
-    }
-    if let Some(ws) = ws {
-        println!("snapbpf working set:");
-        print_ws(
-            &ws,
-            std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0),
-        );
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
-use snapbpf::strategy::StrategySpec;
+use snapbpf::strategy::{registry, StrategySpec};
 use std::path::PathBuf;
 
 /// Restore VMs from a snapshot and run one invocation in each.
@@ -29,46 +29,56 @@ pub struct Args {
     json: bool,
 }
 
-/// Strategy selection shared by `invoke`, `record` and `bench`.
+/// Strategy selection shared by `invoke` and `record`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StrategyArgs {
-    /// Restore strategy: linux-nora, linux-ra, reap, faasnap, snapbpf.
+    /// Restore strategy, `NAME[:OPTION[:OPTION=VALUE]...]` (`snapbpf strategies` lists
+    /// them and their options).
     #[arg(long, default_value = "linux-ra")]
     pub strategy: String,
-    /// snapbpf only: do not prefetch the working set.
+    /// Strategy option `no-prefetch`.
     #[arg(long)]
     pub no_prefetch: bool,
-    /// snapbpf only: do not filter fresh guest allocations.
+    /// Strategy option `no-pv`.
     #[arg(long)]
     pub no_pv: bool,
-    /// snapbpf only: prefetch into the page cache without mapping the ranges into the
-    /// VMM's page tables (the paper's prefetch exactly).
+    /// Strategy option `no-premap`.
     #[arg(long)]
     pub no_premap: bool,
-    /// linux-ra and snapbpf: back guest memory with huge (2 MiB) page-cache folios.
+    /// Strategy option `thp`.
     #[arg(long)]
     pub thp: bool,
-    /// reap only: hand the userfaultfd to the page-fault handler listening on this Unix
-    /// socket (Firecracker's UFFD protocol, e.g. `snapbpf uffd-handler`).
+    /// Strategy option `uffd-handler=SOCKET`.
     #[arg(long, value_name = "SOCKET")]
     pub uffd_handler: Option<PathBuf>,
 }
 
 impl StrategyArgs {
-    pub fn spec(&self) -> StrategySpec {
-        StrategySpec {
-            name: self.strategy.clone(),
-            no_prefetch: self.no_prefetch,
-            no_pv: self.no_pv,
-            no_premap: self.no_premap,
-            thp: self.thp,
-            uffd_handler: self.uffd_handler.clone(),
+    /// The spec: `--strategy` with the option flags added.
+    pub fn spec(&self) -> Result<StrategySpec, snapbpf::strategy::SpecError> {
+        let (name, mut options) = registry::split(&self.strategy);
+        for (on, option) in [
+            (self.no_prefetch, "no-prefetch"),
+            (self.no_pv, "no-pv"),
+            (self.no_premap, "no-premap"),
+            (self.thp, "thp"),
+        ] {
+            if on {
+                options.push((option.to_string(), None));
+            }
         }
+        if let Some(socket) = &self.uffd_handler {
+            options.push((
+                "uffd-handler".to_string(),
+                Some(socket.to_string_lossy().into_owned()),
+            ));
+        }
+        StrategySpec::with_options(name, &options)
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let spec = args.strategy.spec();
+    let spec = args.strategy.spec()?;
     let req = InvokeRequest {
         dir: args.dir.clone(),
         spec: spec.clone(),

@@ -29,8 +29,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let snapshot = Snapshot::open(&args.dir)?;
     let info = super::function_input(&snapshot.meta.function, args.input)?;
-    let spec = args.strategy.spec();
-    let strategy = spec.build()?;
+    let spec = args.strategy.spec()?;
+    let strategy = spec.build();
     eprintln!(
         "recording {} under {} with input {} ...",
         info.name,

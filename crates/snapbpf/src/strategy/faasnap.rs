@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use snapbpf_vmm::{FaultReadahead, GuestMemory, IgnoreHints};
 
+use super::registry::{parse_as, StrategyInfo, StrategyOptions, StrategySpec};
 use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
 use crate::artifact;
 use crate::fsutil::{self, FileIdentity};
@@ -201,6 +202,33 @@ pub fn load_meta(snapshot: &Snapshot) -> Result<Meta, StrategyError> {
 /// FaaSnap.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faasnap;
+
+/// Registry row of `faasnap`.
+pub static INFO: StrategyInfo = StrategyInfo {
+    name: "faasnap",
+    description: "FaaSnap: mincore-recorded working-set file mapped over the snapshot and read ahead; zero pages anonymous",
+    options: &[],
+    record: true,
+    artifacts: &[WS_FILE, META_FILE],
+    parse: |o| parse_as(o).map(StrategySpec::Faasnap),
+};
+
+/// Options of `faasnap`: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaasnapOptions {}
+
+impl StrategyOptions for FaasnapOptions {
+    const INFO: &'static StrategyInfo = &INFO;
+    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
+        Err(format!("unexpected option {name}"))
+    }
+    fn render(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn build(&self) -> Box<dyn Strategy> {
+        Box::new(Faasnap)
+    }
+}
 
 /// Maps `len` bytes over guest memory at `gpa`: from `fd` at `offset`, or anonymous.
 fn map_over(
@@ -373,10 +401,6 @@ impl Strategy for Faasnap {
         "faasnap"
     }
 
-    fn has_record_phase(&self) -> bool {
-        true
-    }
-
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         vec![
             snapshot.memory_path(),
@@ -387,6 +411,19 @@ impl Strategy for Faasnap {
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         load_meta(snapshot).map(|_| ())
+    }
+
+    fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
+        let m = load_meta(snapshot)?;
+        Ok(format!(
+            "{} pages recorded with input {} in {} regions ({} MiB), {} zero pages in {} regions, bound to this snapshot",
+            m.header.ws_pages,
+            m.header.input,
+            m.regions.len(),
+            m.header.ws_bytes >> 20,
+            m.header.zero_pages,
+            m.zeros.len()
+        ))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {

@@ -17,10 +17,85 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use snapbpf_vmm::{FaultReadahead, GuestMemory, IgnoreHints};
 
+use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
 use super::{RestoreReport, Restored, Strategy, StrategyError};
 use crate::snapshot::Snapshot;
+
+/// The option that backs guest memory with huge page-cache folios (linux-ra, snapbpf).
+pub const THP_OPTION: OptionInfo = OptionInfo {
+    name: "thp",
+    value: None,
+    help: "back guest memory with huge (2 MiB) page-cache folios (needs transparent huge pages)",
+};
+
+/// Registry row of `linux-nora`.
+pub static NORA_INFO: StrategyInfo = StrategyInfo {
+    name: "linux-nora",
+    description: "demand paging from a MAP_PRIVATE mapping of the snapshot, readahead off",
+    options: &[],
+    record: false,
+    artifacts: &[],
+    parse: |o| parse_as(o).map(StrategySpec::LinuxNora),
+};
+
+/// Registry row of `linux-ra`.
+pub static RA_INFO: StrategyInfo = StrategyInfo {
+    name: "linux-ra",
+    description: "demand paging with the kernel's 128 KiB fault read-around (the paper's baseline)",
+    options: &[THP_OPTION],
+    record: false,
+    artifacts: &[],
+    parse: |o| parse_as(o).map(StrategySpec::LinuxRa),
+};
+
+/// Options of `linux-nora`: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoraOptions {}
+
+impl StrategyOptions for NoraOptions {
+    const INFO: &'static StrategyInfo = &NORA_INFO;
+    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
+        Err(format!("unexpected option {name}"))
+    }
+    fn render(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn build(&self) -> Box<dyn Strategy> {
+        Box::new(LinuxPaging::no_readahead())
+    }
+}
+
+/// Options of `linux-ra`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadaheadOptions {
+    /// Back guest memory with huge page-cache folios.
+    #[serde(default)]
+    pub thp: bool,
+}
+
+impl StrategyOptions for ReadaheadOptions {
+    const INFO: &'static StrategyInfo = &RA_INFO;
+    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
+        match name {
+            "thp" => self.thp = true,
+            other => return Err(format!("unexpected option {other}")),
+        }
+        Ok(())
+    }
+    fn render(&self) -> Vec<String> {
+        if self.thp {
+            vec!["thp".into()]
+        } else {
+            Vec::new()
+        }
+    }
+    fn build(&self) -> Box<dyn Strategy> {
+        Box::new(LinuxPaging::readahead().with_huge_pages(self.thp))
+    }
+}
 
 /// The paper's Linux-RA window: the kernel default of 128 KiB (32 pages).
 pub const PAPER_READAHEAD_KIB: u64 = 128;

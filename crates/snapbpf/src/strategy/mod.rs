@@ -3,7 +3,7 @@
 //! A strategy is policy over shared mechanisms (the VMM, page-cache helpers, capture and
 //! prefetch engines). It decides how guest memory is backed, what runs beside the vCPU
 //! (prefetchers, fault handlers) and what it records ahead of time. Adding a strategy is
-//! adding a module here and a line in [`StrategySpec::build`]; the VMM does not change.
+//! adding a module here and registering it in [`registry`]; nothing else names it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,22 +17,14 @@ use crate::snapshot::Snapshot;
 pub mod faasnap;
 pub mod linux;
 pub mod reap;
+pub mod registry;
 pub mod snapbpf;
+
+pub use registry::{SpecError, StrategySpec, REGISTRY};
 
 /// Errors of a strategy.
 #[derive(Debug, thiserror::Error)]
 pub enum StrategyError {
-    /// Unknown strategy name.
-    #[error("unknown strategy '{0}' (expected one of: {names})", names = STRATEGY_NAMES.join(", "))]
-    Unknown(String),
-    /// A flag does not apply to the strategy.
-    #[error("{flag} applies only to the {only} strategy")]
-    FlagNotApplicable {
-        /// The flag.
-        flag: &'static str,
-        /// The strategy it applies to.
-        only: &'static str,
-    },
     /// The strategy has nothing to record.
     #[error("strategy '{0}' has no record phase: it restores without artifacts")]
     NothingToRecord(String),
@@ -79,118 +71,6 @@ impl StrategyError {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
-    }
-}
-
-/// Names accepted by `--strategy`.
-pub const STRATEGY_NAMES: &[&str] = &["linux-nora", "linux-ra", "reap", "faasnap", "snapbpf"];
-
-/// A strategy as chosen on the command line; serialisable so a launcher can pass it to
-/// worker processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StrategySpec {
-    /// Strategy name.
-    pub name: String,
-    /// snapbpf: skip the working-set prefetch.
-    #[serde(default)]
-    pub no_prefetch: bool,
-    /// snapbpf: skip fresh-allocation filtering.
-    #[serde(default)]
-    pub no_pv: bool,
-    /// snapbpf: prefetch into the page cache only, as the paper does, without mapping the
-    /// prefetched ranges into the VMM's page tables.
-    #[serde(default)]
-    pub no_premap: bool,
-    /// Back guest memory with huge (2 MiB) page-cache folios (`MADV_HUGEPAGE` on the
-    /// snapshot mapping): linux-ra and snapbpf.
-    #[serde(default)]
-    pub thp: bool,
-    /// reap: hand the userfaultfd to the page-fault handler listening on this Unix socket
-    /// (Firecracker's UFFD protocol) instead of serving it in-process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uffd_handler: Option<PathBuf>,
-}
-
-impl StrategySpec {
-    /// A spec with only a name.
-    pub fn named(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            no_prefetch: false,
-            no_pv: false,
-            no_premap: false,
-            thp: false,
-            uffd_handler: None,
-        }
-    }
-
-    /// Builds the strategy.
-    pub fn build(&self) -> Result<Box<dyn Strategy>, StrategyError> {
-        let strategy: Box<dyn Strategy> = match self.name.as_str() {
-            "linux-nora" => Box::new(linux::LinuxPaging::no_readahead()),
-            "linux-ra" => Box::new(linux::LinuxPaging::readahead().with_huge_pages(self.thp)),
-            "snapbpf" => Box::new(
-                snapbpf::SnapBpf::new(!self.no_prefetch, !self.no_pv, !self.no_premap)
-                    .with_huge_pages(self.thp),
-            ),
-            "reap" => Box::new(reap::Reap {
-                handler_socket: self.uffd_handler.clone(),
-            }),
-            "faasnap" => Box::new(faasnap::Faasnap),
-            other => return Err(StrategyError::Unknown(other.into())),
-        };
-        if self.no_prefetch && self.name != "snapbpf" {
-            return Err(StrategyError::FlagNotApplicable {
-                flag: "--no-prefetch",
-                only: "snapbpf",
-            });
-        }
-        if self.no_pv && self.name != "snapbpf" {
-            return Err(StrategyError::FlagNotApplicable {
-                flag: "--no-pv",
-                only: "snapbpf",
-            });
-        }
-        if self.no_premap && self.name != "snapbpf" {
-            return Err(StrategyError::FlagNotApplicable {
-                flag: "--no-premap",
-                only: "snapbpf",
-            });
-        }
-        if self.thp && !matches!(self.name.as_str(), "linux-ra" | "snapbpf") {
-            return Err(StrategyError::FlagNotApplicable {
-                flag: "--thp",
-                only: "linux-ra or snapbpf",
-            });
-        }
-        if self.uffd_handler.is_some() && self.name != "reap" {
-            return Err(StrategyError::FlagNotApplicable {
-                flag: "--uffd-handler",
-                only: "reap",
-            });
-        }
-        Ok(strategy)
-    }
-
-    /// Label used in reports: the name plus any breakdown flags.
-    pub fn label(&self) -> String {
-        let mut s = self.name.clone();
-        if self.no_prefetch {
-            s.push_str(" --no-prefetch");
-        }
-        if self.no_pv {
-            s.push_str(" --no-pv");
-        }
-        if self.no_premap {
-            s.push_str(" --no-premap");
-        }
-        if self.thp {
-            s.push_str(" --thp");
-        }
-        if self.uffd_handler.is_some() {
-            s.push_str(" --uffd-handler");
-        }
-        s
     }
 }
 
@@ -250,11 +130,6 @@ pub trait Strategy: Send + Sync {
     /// Name, as on the command line.
     fn name(&self) -> &'static str;
 
-    /// Whether [`Strategy::record`] writes artifacts this strategy restores with.
-    fn has_record_phase(&self) -> bool {
-        false
-    }
-
     /// Files that must be out of the page cache for a cold start.
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         vec![snapshot.memory_path()]
@@ -264,6 +139,24 @@ pub trait Strategy: Send + Sync {
     /// `snapshot`; a stale or corrupt artifact is refused here.
     fn check(&self, _snapshot: &Snapshot) -> Result<(), StrategyError> {
         Ok(())
+    }
+
+    /// One line on what this strategy recorded in `snapshot`, once its artifacts pass
+    /// the checks of [`Strategy::check`]. `snapbpf inspect` calls it where one of the
+    /// strategy's artifacts is present.
+    fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
+        self.check(snapshot)
+            .map(|()| "recorded, bound to this snapshot".into())
+    }
+
+    /// The ranges of the snapshot's memory file this strategy prefetches, for measuring
+    /// how long the device takes to deliver them (`None`: it prefetches nothing from
+    /// the memory file itself).
+    fn prefetched_ranges(
+        &self,
+        _snapshot: &Snapshot,
+    ) -> Option<Result<Vec<crate::workingset::PageRange>, StrategyError>> {
+        None
     }
 
     /// Builds guest memory for one VM restored from `snapshot`.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use snapbpf_vmm::{GuestMemory, IgnoreHints};
 
+use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
 use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
 use crate::artifact;
 use crate::fsutil::FileIdentity;
@@ -143,6 +144,53 @@ pub fn prefetch(
         ms: uffd::ms_since(started),
         error: None,
     })
+}
+
+/// Registry row of `reap`.
+pub static INFO: StrategyInfo = StrategyInfo {
+    name: "reap",
+    description: "REAP: userfaultfd; the recorded working set read with one O_DIRECT read and installed before the vCPU runs",
+    options: &[OptionInfo {
+        name: "uffd-handler",
+        value: Some("SOCKET"),
+        help: "hand the userfaultfd to the page-fault handler listening on this Unix socket (Firecracker's UFFD protocol)",
+    }],
+    record: true,
+    artifacts: &[WS_FILE, TRACE_FILE],
+    parse: |o| parse_as(o).map(StrategySpec::Reap),
+};
+
+/// Options of `reap`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapOptions {
+    /// Serve guest memory from the external handler at this socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uffd_handler: Option<PathBuf>,
+}
+
+impl StrategyOptions for ReapOptions {
+    const INFO: &'static StrategyInfo = &INFO;
+    fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), String> {
+        match (name, value) {
+            ("uffd-handler", Some(path)) if !path.is_empty() => {
+                self.uffd_handler = Some(PathBuf::from(path))
+            }
+            ("uffd-handler", _) => return Err("needs a socket path".into()),
+            (other, _) => return Err(format!("unexpected option {other}")),
+        }
+        Ok(())
+    }
+    fn render(&self) -> Vec<String> {
+        self.uffd_handler
+            .iter()
+            .map(|p| format!("uffd-handler={}", p.display()))
+            .collect()
+    }
+    fn build(&self) -> Box<dyn Strategy> {
+        Box::new(Reap {
+            handler_socket: self.uffd_handler.clone(),
+        })
+    }
 }
 
 /// REAP.
@@ -354,10 +402,6 @@ impl Strategy for Reap {
         "reap"
     }
 
-    fn has_record_phase(&self) -> bool {
-        true
-    }
-
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         vec![
             snapshot.memory_path(),
@@ -368,6 +412,14 @@ impl Strategy for Reap {
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         load_trace(snapshot).map(|_| ())
+    }
+
+    fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
+        let t = load_trace(snapshot)?;
+        Ok(format!(
+            "{} pages recorded with input {}, bound to this snapshot",
+            t.header.pages, t.header.input
+        ))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {

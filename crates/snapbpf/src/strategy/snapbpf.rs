@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 
 use snapbpf_vmm::{ExitHandler, FaultReadahead, GuestMemory, IgnoreHints};
 
-use super::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB};
+use serde::{Deserialize, Serialize};
+
+use super::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB, THP_OPTION};
+use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
 use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
 use crate::capture::PageCacheCapture;
 use crate::fsutil;
@@ -42,6 +45,81 @@ pub const WS_FILE: &str = "snapbpf.ws";
 /// Threads that map prefetched ranges: with huge pages each one waits for a 2 MiB read,
 /// so a few keep the device busy (it serves about 32 requests in parallel).
 const PREMAP_THREADS: usize = 4;
+
+/// Registry row of `snapbpf`.
+pub static INFO: StrategyInfo = StrategyInfo {
+    name: "snapbpf",
+    description: "SnapBPF: eBPF-recorded offsets prefetched into the shared page cache; fresh allocations anonymous via a PV hint",
+    options: &[
+        OptionInfo {
+            name: "no-prefetch",
+            value: None,
+            help: "do not prefetch the working set (PV filtering only)",
+        },
+        OptionInfo {
+            name: "no-pv",
+            value: None,
+            help: "do not filter fresh guest allocations (prefetch only)",
+        },
+        OptionInfo {
+            name: "no-premap",
+            value: None,
+            help: "prefetch into the page cache without mapping the ranges into the VMM's page tables (the paper's prefetch exactly)",
+        },
+        THP_OPTION,
+    ],
+    record: true,
+    artifacts: &[WS_FILE],
+    parse: |o| parse_as(o).map(StrategySpec::Snapbpf),
+};
+
+/// Options of `snapbpf`: the paper's breakdown variants and huge pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapbpfOptions {
+    /// Skip the working-set prefetch.
+    #[serde(default)]
+    pub no_prefetch: bool,
+    /// Skip fresh-allocation filtering.
+    #[serde(default)]
+    pub no_pv: bool,
+    /// Prefetch into the page cache only, without mapping the ranges.
+    #[serde(default)]
+    pub no_premap: bool,
+    /// Back guest memory with huge page-cache folios.
+    #[serde(default)]
+    pub thp: bool,
+}
+
+impl StrategyOptions for SnapbpfOptions {
+    const INFO: &'static StrategyInfo = &INFO;
+    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
+        match name {
+            "no-prefetch" => self.no_prefetch = true,
+            "no-pv" => self.no_pv = true,
+            "no-premap" => self.no_premap = true,
+            "thp" => self.thp = true,
+            other => return Err(format!("unexpected option {other}")),
+        }
+        Ok(())
+    }
+    fn render(&self) -> Vec<String> {
+        [
+            (self.no_prefetch, "no-prefetch"),
+            (self.no_pv, "no-pv"),
+            (self.no_premap, "no-premap"),
+            (self.thp, "thp"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_string())
+        .collect()
+    }
+    fn build(&self) -> Box<dyn Strategy> {
+        Box::new(
+            SnapBpf::new(!self.no_prefetch, !self.no_pv, !self.no_premap).with_huge_pages(self.thp),
+        )
+    }
+}
 
 /// The SnapBPF strategy and its breakdown variants.
 #[derive(Debug, Clone, Copy)]
@@ -138,10 +216,6 @@ impl Strategy for SnapBpf {
         "snapbpf"
     }
 
-    fn has_record_phase(&self) -> bool {
-        true
-    }
-
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         let mut files = vec![snapshot.memory_path()];
         if self.prefetch {
@@ -155,6 +229,27 @@ impl Strategy for SnapBpf {
             self.load_working_set(snapshot)?;
         }
         Ok(())
+    }
+
+    fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
+        let ws = self.load_working_set(snapshot)?;
+        let file_bytes = std::fs::metadata(Self::ws_path(snapshot)).map_or(0, |m| m.len());
+        Ok(format!(
+            "{} pages ({:.1} MiB) in {} ranges from {} capture(s), {file_bytes} bytes of offsets ({:.3} % of the working set), bound to this snapshot",
+            ws.total_pages(),
+            ws.total_bytes() as f64 / (1 << 20) as f64,
+            ws.ranges.len(),
+            ws.meta.captures,
+            100.0 * file_bytes as f64 / ws.total_bytes().max(1) as f64,
+        ))
+    }
+
+    fn prefetched_ranges(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Option<Result<Vec<crate::workingset::PageRange>, StrategyError>> {
+        self.prefetch
+            .then(|| self.load_working_set(snapshot).map(|ws| ws.ranges))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
