@@ -34,6 +34,8 @@ use std::os::unix::fs::MetadataExt;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use snapbpf_vmm::Populator;
+
 use crate::workingset::PageRange;
 
 const PAGE_SIZE: u64 = 4096;
@@ -589,16 +591,6 @@ mod tests {
     }
 }
 
-/// A private file mapping whose pages [`premap`] may populate: the host address of file
-/// offset 0 and the mapping's length.
-#[derive(Debug, Clone, Copy)]
-pub struct MappedFile {
-    /// Host address where file offset 0 is mapped.
-    pub base: usize,
-    /// Length of the mapping in bytes.
-    pub len: u64,
-}
-
 /// What [`premap`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PremapStats {
@@ -608,18 +600,17 @@ pub struct PremapStats {
     pub elapsed: Duration,
 }
 
-/// Maps the pages of `ranges`, in order, into `mapping`'s page tables with
-/// `MADV_POPULATE_READ`, waiting for pages still being read. Read-populating a private
-/// file mapping maps the page-cache pages themselves, read-only: nothing is copied and
-/// the pages stay shared with every other process mapping the file; a later write
-/// still copies on write.
+/// Maps the pages of `ranges` (file offset = guest-physical address), in order, into the
+/// page tables of the guest memory `mapping` populates ([`Populator::populate_read`]),
+/// waiting for pages still being read: the page-cache pages themselves are mapped,
+/// read-only and shared.
 ///
 /// This takes the page-fault work off the vCPU: on hosts where a fault taken on behalf
 /// of a guest is expensive (nested virtualization), mapping a working set in batches
 /// from a helper thread is far cheaper than one fault per page. Stops at the first error
 /// (for instance when the mapping went away: the calls then fail with `ENOMEM` and touch
 /// nothing).
-pub fn premap(mapping: MappedFile, ranges: &[PageRange], threads: usize) -> PremapStats {
+pub fn premap(mapping: Populator, ranges: &[PageRange], threads: usize) -> PremapStats {
     let start = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -633,21 +624,11 @@ pub fn premap(mapping: MappedFile, ranges: &[PageRange], threads: usize) -> Prem
                 break;
             };
             let (off, len) = (r.offset(), r.len_bytes());
-            if off >= mapping.len {
+            if off >= mapping.len() {
                 continue;
             }
-            let len = len.min(mapping.len - off);
-            // SAFETY: MADV_POPULATE_READ only faults pages in (read) within the given
-            // range of this process's address space; it never changes their contents, and
-            // on an unmapped range it fails with ENOMEM. No Rust reference covers it.
-            let rc = unsafe {
-                libc::madvise(
-                    (mapping.base + off as usize) as *mut libc::c_void,
-                    len as usize,
-                    libc::MADV_POPULATE_READ,
-                )
-            };
-            if rc != 0 {
+            let len = len.min(mapping.len() - off);
+            if mapping.populate_read(off, len).is_err() {
                 failed.store(true, Relaxed);
                 break;
             }

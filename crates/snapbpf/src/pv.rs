@@ -37,29 +37,7 @@ impl ExitHandler for FreshAnonymizer {
                     r.gpa, r.len
                 ));
             }
-            let host = mem.host_range(r.gpa, r.len).map_err(|e| e.to_string())?;
-            // SAFETY: [host, host + len) lies inside guest memory (checked by host_range),
-            // which this process owns; replacing it with a fresh anonymous mapping discards
-            // contents the guest declared dead. KVM's MMU notifier drops any stale
-            // translation of the range.
-            let mapped = unsafe {
-                libc::mmap(
-                    host.cast(),
-                    r.len as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if mapped == libc::MAP_FAILED {
-                return Err(format!(
-                    "cannot map anonymous memory over {:#x}+{:#x}: {}",
-                    r.gpa,
-                    r.len,
-                    std::io::Error::last_os_error()
-                ));
-            }
+            mem.map_anonymous(r.gpa, r.len).map_err(|e| e.to_string())?;
             self.fresh_bytes += r.len;
             self.ranges += 1;
         }

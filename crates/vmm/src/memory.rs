@@ -37,6 +37,37 @@ pub enum MemoryError {
     /// Huge pages were asked for but the system has transparent huge pages off.
     #[error("huge pages need transparent huge pages, but {THP_ENABLED} is \"never\" (set it to \"madvise\" or \"always\")")]
     HugePagesDisabled,
+    /// A new mapping could not be placed over part of guest memory.
+    #[error("cannot map {what} over guest memory {gpa:#x}+{len:#x}: {source}")]
+    Remap {
+        /// What was being mapped.
+        what: &'static str,
+        /// Start of the range.
+        gpa: u64,
+        /// Length of the range.
+        len: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A range is not page aligned.
+    #[error("guest-physical range {gpa:#x}+{len:#x} is not a non-empty run of whole pages")]
+    Unaligned {
+        /// Start of the range.
+        gpa: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// A read from guest memory did not complete in time (its page was never served).
+    #[error("reading guest memory at {gpa:#x} did not complete within {timeout:?}: nothing served its page")]
+    ReadTimeout {
+        /// Address read.
+        gpa: u64,
+        /// How long it waited.
+        timeout: std::time::Duration,
+    },
+    /// A helper thread could not be started.
+    #[error("cannot start a thread to read guest memory: {0}")]
+    Thread(std::io::Error),
     /// madvise failed.
     #[error("madvise({advice}) on guest memory failed: {source}")]
     Advise {
@@ -179,6 +210,132 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Replaces the guest-physical range `[gpa, gpa + len)` with fresh anonymous,
+    /// zero-filled memory (as Firecracker's `discard_range` does over a private file
+    /// mapping): its old contents are discarded, its next touch is a zero-page fault with
+    /// no I/O, and writes stay private to this process.
+    ///
+    /// The caller declares the range's contents dead: only the VMM thread that owns the
+    /// vCPU calls this, between guest exits. KVM's MMU notifier drops any translation of
+    /// the old pages.
+    pub fn map_anonymous(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        self.map_over(
+            gpa,
+            len,
+            "anonymous memory",
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    }
+
+    /// Maps `len` bytes of `file` from `offset` copy-on-write over the guest-physical
+    /// range `[gpa, gpa + len)`: reads then come from the file's page cache (shared with
+    /// every process that maps it), writes stay private.
+    pub fn map_file(
+        &self,
+        gpa: u64,
+        len: u64,
+        file: &File,
+        offset: u64,
+    ) -> Result<(), MemoryError> {
+        if !offset.is_multiple_of(PAGE_SIZE) || offset > i64::MAX as u64 {
+            return Err(MemoryError::Unaligned { gpa: offset, len });
+        }
+        self.map_over(
+            gpa,
+            len,
+            "a file range",
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            offset as i64,
+        )
+    }
+
+    fn map_over(
+        &self,
+        gpa: u64,
+        len: u64,
+        what: &'static str,
+        flags: libc::c_int,
+        fd: libc::c_int,
+        offset: i64,
+    ) -> Result<(), MemoryError> {
+        if len == 0 || !gpa.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(MemoryError::Unaligned { gpa, len });
+        }
+        let addr = self.host_range(gpa, len)?;
+        // SAFETY: `addr..addr + len` lies inside the mapping this value owns (checked by
+        // host_range) and is page aligned; MAP_FIXED replaces exactly those pages, so no
+        // other mapping of this process is touched, and no Rust reference points into
+        // guest memory (it is only accessed through copies). The replacement stays part
+        // of the range that `Drop` unmaps.
+        let mapped = unsafe {
+            libc::mmap(
+                addr.cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED || mapped != addr.cast() {
+            return Err(MemoryError::Remap {
+                what,
+                gpa,
+                len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A handle that populates page tables of this memory from other threads (see
+    /// [`Populator`]).
+    pub fn populator(&self) -> Populator {
+        Populator {
+            base: self.base.as_ptr() as usize,
+            len: self.len,
+        }
+    }
+
+    /// Reads the `u64` at `gpa` on a helper thread and waits at most `timeout` for it.
+    ///
+    /// For memory whose pages another party serves (a userfaultfd handler in another
+    /// process): a read of a page nobody serves blocks forever, in a way no signal or
+    /// watchdog interrupts. On time-out the mapping is leaked, because the blocked thread
+    /// still reads from it, and the memory is gone: the caller fails the restore.
+    pub fn read_u64_within(
+        self,
+        gpa: u64,
+        timeout: std::time::Duration,
+    ) -> Result<(Self, u64), MemoryError> {
+        if !gpa.is_multiple_of(8) {
+            return Err(MemoryError::Unaligned { gpa, len: 8 });
+        }
+        let addr = self.host_range(gpa, 8)? as usize;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("guest-memory-probe".into())
+            .spawn(move || {
+                // SAFETY: `addr` is 8 readable, 8-byte aligned bytes inside guest memory,
+                // which stays mapped while this thread may read it: on success the read
+                // completes before `self` is handed back, and on time-out the mapping is
+                // leaked, never unmapped.
+                let value = unsafe { std::ptr::read_volatile(addr as *const u64) };
+                let _ = tx.send(value);
+            })
+            .map_err(MemoryError::Thread)?;
+        match rx.recv_timeout(timeout) {
+            Ok(value) => Ok((self, value)),
+            Err(_) => {
+                std::mem::forget(self);
+                Err(MemoryError::ReadTimeout { gpa, timeout })
+            }
+        }
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> u64 {
         self.len
@@ -250,6 +407,56 @@ impl GuestMemory {
     /// Number of guest pages.
     pub fn pages(&self) -> u64 {
         self.len / PAGE_SIZE
+    }
+}
+
+/// Populates page-table entries of a [`GuestMemory`] from helper threads (prefetchers), in
+/// parallel with the vCPU. It only ever asks the kernel to map pages in
+/// (`MADV_POPULATE_READ`), which never changes memory contents, so it is safe to use at any
+/// time: once the memory is unmapped its calls fail with `ENOMEM` and touch nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Populator {
+    base: usize,
+    len: u64,
+}
+
+impl Populator {
+    /// Size of the memory, bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: guest memory is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Maps the pages of `[gpa, gpa + len)` (clamped to the memory) into this process's
+    /// page tables for reading, waiting for pages whose reads are in flight. On a private
+    /// file mapping this maps the page-cache pages themselves, read-only: nothing is
+    /// copied and they stay shared; a later write still copies on write.
+    pub fn populate_read(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        if gpa >= self.len {
+            return Ok(());
+        }
+        let len = len.min(self.len - gpa);
+        // SAFETY: MADV_POPULATE_READ only faults pages in, for reading, inside the range
+        // this handle was made for; it never changes their contents and fails with ENOMEM
+        // where nothing is mapped any more. No Rust reference covers guest memory.
+        let rc = unsafe {
+            libc::madvise(
+                (self.base + gpa as usize) as *mut libc::c_void,
+                len as usize,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Advise {
+                advice: "MADV_POPULATE_READ",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -230,44 +230,6 @@ impl StrategyOptions for FaasnapOptions {
     }
 }
 
-/// Maps `len` bytes over guest memory at `gpa`: from `fd` at `offset`, or anonymous.
-fn map_over(
-    memory: &GuestMemory,
-    gpa: u64,
-    len: u64,
-    fd: Option<(&File, u64)>,
-) -> Result<(), StrategyError> {
-    let addr = memory.host_range(gpa, len)?;
-    let (flags, raw, off) = match fd {
-        Some((f, off)) => (libc::MAP_PRIVATE | libc::MAP_FIXED, f.as_raw_fd(), off),
-        None => (
-            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        ),
-    };
-    // SAFETY: `addr..addr+len` lies inside the guest memory mapping we own (checked by
-    // host_range); no VM uses it yet and no Rust reference points into it, so replacing
-    // those pages with a new mapping invalidates nothing. GuestMemory's munmap on drop
-    // covers the replacement too.
-    let p = unsafe {
-        libc::mmap(
-            addr.cast(),
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            raw,
-            off as i64,
-        )
-    };
-    if p == libc::MAP_FAILED || p != addr.cast() {
-        return Err(StrategyError::io(format!(
-            "map {len:#x} bytes over guest memory at {gpa:#x}"
-        ))(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 /// Loads the parts of `ws` that are not resident, in file order, with buffered reads;
 /// only one process at a time (others skip: the page cache is shared).
 fn load_working_set(ws: &File, regions: &[Region]) -> std::io::Result<PrefetchReport> {
@@ -437,10 +399,10 @@ impl Strategy for Faasnap {
         let (ws, _) =
             super::linux::open_with_readahead_window(&ws_path, super::linux::PAPER_READAHEAD_KIB)?;
         for r in &meta.regions {
-            map_over(&memory, r.offset, r.len, Some((&ws, r.ws_offset)))?;
+            memory.map_file(r.offset, r.len, &ws, r.ws_offset)?;
         }
         for &(o, l) in &meta.zeros {
-            map_over(&memory, o, l, None)?;
+            memory.map_anonymous(o, l)?;
         }
         let regions = meta.regions.clone();
         let loader = std::thread::Builder::new()

@@ -309,36 +309,19 @@ impl Drop for HandlerWatch {
 /// otherwise block the VMM forever in its first read of guest memory, where no signal or
 /// watchdog can interrupt it.
 fn probe_handler(memory: GuestMemory, socket: &Path) -> Result<GuestMemory, StrategyError> {
-    let addr = memory.host_range(snapbpf_vmm::abi::MAILBOX_GPA, 8)? as usize;
-    let (served_tx, served) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("uffd-probe".into())
-        .spawn(move || {
-            // SAFETY: `addr` is 8 readable, 8-byte aligned bytes inside the guest memory
-            // mapping, which stays mapped for as long as this thread can be blocked on it:
-            // on success the read is done before `memory` is returned, and on timeout the
-            // mapping is leaked rather than unmapped.
-            let value = unsafe { std::ptr::read_volatile(addr as *const u64) };
-            let _ = served_tx.send(value);
-        })
-        .map_err(StrategyError::io("start the page-fault handler probe"))?;
-    match served.recv_timeout(HANDLER_SERVE_TIMEOUT) {
-        Ok(_) => Ok(memory),
-        Err(_) => {
-            // The probe thread may still wake when the handler serves or exits; keep its
-            // page mapped. The process is about to fail this restore anyway.
-            std::mem::forget(memory);
-            Err(StrategyError::Io {
-                context: format!("page-fault handler at {}", socket.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "it acknowledged the guest memory but did not serve its first page within {} s",
-                        HANDLER_SERVE_TIMEOUT.as_secs()
-                    ),
+    match memory.read_u64_within(snapbpf_vmm::abi::MAILBOX_GPA, HANDLER_SERVE_TIMEOUT) {
+        Ok((memory, _)) => Ok(memory),
+        Err(snapbpf_vmm::MemoryError::ReadTimeout { .. }) => Err(StrategyError::Io {
+            context: format!("page-fault handler at {}", socket.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "it acknowledged the guest memory but did not serve its first page within {} s",
+                    HANDLER_SERVE_TIMEOUT.as_secs()
                 ),
-            })
-        }
+            ),
+        }),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -34,7 +34,7 @@ use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, Str
 use crate::capture::PageCacheCapture;
 use crate::fsutil;
 use crate::invoke::RunOptions;
-use crate::prefetch::{self, MappedFile, PrefetchMethod, PrefetchOptions};
+use crate::prefetch::{self, PrefetchMethod, PrefetchOptions};
 use crate::pv::FreshAnonymizer;
 use crate::snapshot::Snapshot;
 use crate::workingset::{FileIdentity, WorkingSet};
@@ -267,10 +267,7 @@ impl Strategy for SnapBpf {
         // prefetched ranges, in order, into this process's page tables.
         let prefetcher = if self.prefetch {
             let ranges = self.load_working_set(snapshot)?.ranges;
-            let mapping = premap.then(|| MappedFile {
-                base: memory.host_base() as usize,
-                len: memory.len(),
-            });
+            let mapping = premap.then(|| memory.populator());
             Some(
                 std::thread::Builder::new()
                     .name("snapbpf-prefetch".into())
