@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
+use snapbpf::launch::{self, InvokeReport, InvokeRequest};
+use snapbpf::run::RunOptions;
 use snapbpf::snapshot::{self, CreateOptions, Snapshot};
 use snapbpf::strategy::StrategySpec;
 
@@ -66,7 +67,7 @@ pub enum BenchError {
         /// Concurrency.
         concurrency: u32,
         /// Cause.
-        source: invoke::InvokeError,
+        source: launch::InvokeError,
     },
     /// Drawing the charts failed (the raw results and tables are written).
     #[error("charts: {0}")]
@@ -248,11 +249,11 @@ pub struct BenchResults {
     pub samples: Vec<Sample>,
 }
 
-/// Runs the benchmark. `worker` builds the command of one VM worker process for a request
-/// (see [`snapbpf::invoke::invoke`]). `git_rev` stamps the results.
+/// Runs the benchmark. `worker` builds the command of one VM worker process (see
+/// [`snapbpf::launch::invoke`]). `git_rev` stamps the results.
 pub fn run(
     config: &BenchConfig,
-    worker: &dyn Fn(&InvokeRequest) -> Command,
+    worker: &dyn Fn() -> Command,
     git_rev: &str,
 ) -> Result<BenchResults, BenchError> {
     for f in &config.functions {
@@ -359,14 +360,13 @@ pub fn run(
                         cold,
                         concurrency,
                     };
-                    let report = invoke::invoke(&req, &|| worker(&req)).map_err(|source| {
-                        BenchError::Invoke {
+                    let report =
+                        launch::invoke(&req, worker).map_err(|source| BenchError::Invoke {
                             function: function.clone(),
                             strategy: label.clone(),
                             concurrency,
                             source,
-                        }
-                    })?;
+                        })?;
                     progress.inc();
                     if keep {
                         samples.push(Sample {
@@ -429,13 +429,13 @@ fn write_json(results: &BenchResults, path: &Path) -> Result<(), BenchError> {
         source,
     };
     let json = serde_json::to_vec_pretty(results).map_err(|e| io(e.into()))?;
-    snapbpf::fsutil::write_atomic(path, &json).map_err(io)
+    snapbpf_store::fsutil::write_atomic(path, &json).map_err(io)
 }
 
 /// Times `repeat` cold reads of `ranges` of `snapshot`'s memory file with the prefetcher.
 fn device_bound(
     snapshot: &Snapshot,
-    ranges: &[snapbpf::workingset::PageRange],
+    ranges: &[snapbpf_wss::workingset::PageRange],
     repeat: u32,
 ) -> Result<DeviceBound, BenchError> {
     let function = snapshot.meta.function.clone();
@@ -445,8 +445,8 @@ fn device_bound(
     let mut ms = Vec::new();
     let mut bytes = 0;
     for _ in 0..repeat {
-        snapbpf::fsutil::evict(&path).map_err(|e| fail(e.to_string()))?;
-        let done = snapbpf::prefetch::prefetch_until_resident(&file, ranges, DEVICE_WAIT)
+        snapbpf_store::fsutil::evict(&path).map_err(|e| fail(e.to_string()))?;
+        let done = snapbpf_wss::prefetch::prefetch_until_resident(&file, ranges, DEVICE_WAIT)
             .map_err(|e| fail(e.to_string()))?;
         if done.missing_pages > 0 {
             return Err(fail(format!(
@@ -478,7 +478,7 @@ fn allocated_bytes(path: &Path) -> u64 {
 
 /// Reuses a valid snapshot of this build at `dir`, or takes a new one.
 pub(crate) fn ensure_snapshot(function: &str, dir: &Path) -> Result<Snapshot, BenchError> {
-    if let Ok(s) = Snapshot::open(dir) {
+    if let Ok(s) = snapshot::open(dir) {
         if s.meta.function == function {
             return Ok(s);
         }
@@ -599,7 +599,7 @@ pub fn write_results_to(results: &BenchResults, out: &Path) -> Result<String, Be
     write_json(results, &out.join("results.json"))?;
     let summary = report::markdown(results);
     let md_path = out.join("summary.md");
-    snapbpf::fsutil::write_atomic(&md_path, summary.as_bytes()).map_err(io(md_path))?;
+    snapbpf_store::fsutil::write_atomic(&md_path, summary.as_bytes()).map_err(io(md_path))?;
     charts::write_all(&report::figures(results), out)?;
     Ok(summary)
 }

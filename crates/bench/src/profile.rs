@@ -6,11 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use snapbpf::invoke::{self, InvokeRequest, RunOptions};
+use snapbpf::launch::{self, InvokeRequest};
+use snapbpf::run::RunOptions;
 use snapbpf::strategy::linux::NoraOptions;
 use snapbpf::strategy::snapbpf::{SnapbpfOptions, WS_FILE};
 use snapbpf::strategy::StrategySpec;
-use snapbpf::workingset::WorkingSet;
+use snapbpf_wss::workingset::WorkingSet;
 
 use crate::{ensure_snapshot, BenchError, Summary};
 
@@ -49,7 +50,7 @@ pub fn profile(
     functions: &[String],
     input: u32,
     out: &Path,
-    worker: &dyn Fn(&InvokeRequest) -> Command,
+    worker: &dyn Fn() -> Command,
     timeout: Duration,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<FunctionProfile>, BenchError> {
@@ -74,7 +75,7 @@ pub fn profile(
                 cold: true,
                 concurrency: 1,
             };
-            invoke::invoke(&req, &|| worker(&req))
+            launch::invoke(&req, worker)
         };
         progress(&format!("{function}: cold linux-nora"));
         // What the function reads: demand paging with nothing read ahead.

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use snapbpf::invoke::{InvokeReport, MemoryReport, RunReport};
+use snapbpf::launch::{InvokeReport, MemoryReport};
+use snapbpf::run::RunReport;
 use snapbpf::strategy::{PrefetchReport, StrategySpec};
 use snapbpf_bench::report::{self, Metric};
 use snapbpf_bench::{

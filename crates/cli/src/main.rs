@@ -60,7 +60,7 @@ fn main() {
     };
     if let Err(e) = result {
         // One line: the whole cause chain, each cause once.
-        let line = snapbpf::invoke::error_chain(e.as_ref()).replace('\n', " ");
+        let line = snapbpf::error_chain(e.as_ref()).replace('\n', " ");
         eprintln!("error: {line}");
         std::process::exit(1);
     }

@@ -10,7 +10,7 @@ use common::*;
 /// Pages of `file` resident in the page cache, by mincore.
 fn resident(file: &Path) -> Vec<u64> {
     let f = std::fs::File::open(file).expect("open");
-    snapbpf::fsutil::residency(&f)
+    snapbpf_store::fsutil::residency(&f)
         .expect("mincore")
         .iter()
         .enumerate()
@@ -227,7 +227,7 @@ fn trace_and_prefetch_any_process() {
         captured, touched,
         "trace must capture exactly the touched pages"
     );
-    snapbpf::fsutil::evict(&file).expect("evict");
+    snapbpf_store::fsutil::evict(&file).expect("evict");
     let out = json(&["prefetch", "--file", f, "--ws", w]);
     assert_eq!(
         out["bytes"].as_u64(),

@@ -1,25 +1,39 @@
-//! snapbpf: fast cold starts of snapshot-restored microVM functions.
+//! snapbpf: fast cold starts of snapshot-restored microVM functions. The restore engine.
 //!
-//! - [`snapshot`]: taking a snapshot of a function and opening it again, validated.
+//! The mechanisms live in their own crates: the VMM and its guest memory
+//! (`snapbpf-vmm`), the snapshot store (`snapbpf-store`), working-set capture and
+//! prefetch (`snapbpf-wss`) and userfaultfd (`snapbpf-uffd`). This crate holds the
+//! policy over them and the runs:
+//!
+//! - [`snapshot`]: taking a snapshot of a function and opening it for this build.
 //! - [`strategy`]: restore strategies (Linux demand paging with and without readahead,
 //!   and the prefetching systems), each policy over shared mechanisms.
-//! - [`invoke`]: restoring VMs and running invocations, one or many at once, with the
-//!   measurements the evaluation reports.
-//! - [`capture`]: eBPF capture of the page-cache pages a process brings in from one file.
-//! - [`workingset`]: working sets as offset ranges, and their file format.
-//! - [`prefetch`]: reading working-set ranges ahead into the page cache.
+//! - [`run`]: one VM over memory a strategy restored: the run primitive, its helper
+//!   threads and its measurements.
+//! - [`launch`]: N VMs at once in N worker processes, and the worker protocol.
 //! - [`pv`]: the host side of online filtering of fresh guest allocations.
-//! - [`uffd`]: userfaultfd page-fault handling and Firecracker's handler handshake.
-//! - [`artifact`]: the versioned, checksummed container of strategy artifacts.
-//! - [`fsutil`]: atomic writes, file identity, page-cache residency and eviction.
+//! - [`uffd_backend`]: guest memory served through userfaultfd, in process or by an
+//!   external handler.
 
-pub mod artifact;
-pub mod capture;
-pub mod fsutil;
-pub mod invoke;
-pub mod prefetch;
+pub mod launch;
 pub mod pv;
+pub mod run;
 pub mod snapshot;
 pub mod strategy;
-pub mod uffd;
-pub mod workingset;
+pub mod uffd_backend;
+
+/// An error and its sources on one line, each cause once: how the CLI and the worker
+/// protocol print errors.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}

@@ -16,8 +16,8 @@
 //! are dead) reaches the host at the same time (before the first touch), with no snapshot
 //! scan, at the cost of one VM exit per batch instead of none.
 
-use snapbpf_vmm::abi::{FreshRange, PAGE_SIZE};
-use snapbpf_vmm::{ExitHandler, GuestMemory};
+use snapbpf_vmm::abi::FreshRange;
+use snapbpf_vmm::{ExitHandler, GuestMemory, MemoryError};
 
 /// Backs fresh guest ranges with anonymous memory.
 #[derive(Debug, Default)]
@@ -29,16 +29,15 @@ pub struct FreshAnonymizer {
 }
 
 impl ExitHandler for FreshAnonymizer {
-    fn fresh_ranges(&mut self, mem: &GuestMemory, ranges: &[FreshRange]) -> Result<(), String> {
+    fn fresh_ranges(
+        &mut self,
+        mem: &GuestMemory,
+        ranges: &[FreshRange],
+    ) -> Result<(), MemoryError> {
         for r in ranges {
-            if r.gpa % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0 || r.len == 0 {
-                return Err(format!(
-                    "hint {:#x}+{:#x} is not page aligned",
-                    r.gpa, r.len
-                ));
-            }
-            mem.map_anonymous(r.gpa, r.len).map_err(|e| e.to_string())?;
-            self.fresh_bytes += r.len;
+            // Refuses ranges that are not whole pages inside guest memory.
+            mem.map_anonymous(r.gpa, r.len)?;
+            self.fresh_bytes = self.fresh_bytes.saturating_add(r.len);
             self.ranges += 1;
         }
         Ok(())

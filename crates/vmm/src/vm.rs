@@ -90,9 +90,9 @@ pub enum RunError {
     /// The guest runtime panicked.
     #[error("guest panic: {0}")]
     GuestPanic(String),
-    /// The exit handler refused a hint.
-    #[error("fresh-allocation hint failed: {0}")]
-    Hint(String),
+    /// The exit handler could not act on a fresh-allocation hint.
+    #[error("fresh-allocation hint failed")]
+    Hint(#[source] MemoryError),
     /// Guest memory access failed while handling an exit.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -114,7 +114,8 @@ pub enum GuestEvent {
 pub trait ExitHandler {
     /// The guest is about to use these guest-physical ranges, which were free when the
     /// snapshot was taken. A filtering strategy backs them with anonymous memory.
-    fn fresh_ranges(&mut self, mem: &GuestMemory, ranges: &[FreshRange]) -> Result<(), String>;
+    fn fresh_ranges(&mut self, mem: &GuestMemory, ranges: &[FreshRange])
+        -> Result<(), MemoryError>;
 }
 
 /// An [`ExitHandler`] that ignores hints: the guest memory stays as it is.
@@ -122,7 +123,7 @@ pub trait ExitHandler {
 pub struct IgnoreHints;
 
 impl ExitHandler for IgnoreHints {
-    fn fresh_ranges(&mut self, _: &GuestMemory, _: &[FreshRange]) -> Result<(), String> {
+    fn fresh_ranges(&mut self, _: &GuestMemory, _: &[FreshRange]) -> Result<(), MemoryError> {
         Ok(())
     }
 }

@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let results = snapbpf_bench::run(
         &config,
-        &|req| super::worker_command(&exe, req),
+        &|| super::worker_command(&exe),
         env!("SNAPBPF_GIT_REV"),
     )?;
     snapbpf_bench::write_results(&results)?;

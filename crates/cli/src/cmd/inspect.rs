@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use snapbpf::snapshot::Snapshot;
 use snapbpf::strategy::{StrategySpec, REGISTRY};
-use snapbpf::workingset::WorkingSet;
+use snapbpf_wss::workingset::WorkingSet;
 
 /// Show what a snapshot directory holds, or what a working-set file records.
 #[derive(Debug, clap::Args)]
@@ -21,7 +20,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.path.is_file() {
         return working_set(&args.path, args.json);
     }
-    let snap = Snapshot::open(&args.path)?;
+    let snap = snapbpf::snapshot::open(&args.path)?;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&snap.dir)? {
         let entry = entry?;
@@ -45,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
             let described = spec
                 .build()
                 .describe_recording(&snap)
-                .map_err(|e| snapbpf::invoke::error_chain(&e));
+                .map_err(|e| snapbpf::error_chain(&e));
             (spec.name(), described)
         })
         .collect();
@@ -69,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "memory        {} MiB, sha256 {}",
         m.mem_bytes >> 20,
-        m.memory.sha256
+        m.memory.digest_hex()
     );
     println!("guest build   {}", m.guest_digest);
     println!("init          {:.1} ms", m.init_ms);

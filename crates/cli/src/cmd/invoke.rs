@@ -1,7 +1,8 @@
 //! `snapbpf invoke`: restore VMs from a snapshot under a strategy and run invocations.
 
 use anyhow::Result;
-use snapbpf::invoke::{self, InvokeReport, InvokeRequest, RunOptions};
+use snapbpf::launch::{self, InvokeReport, InvokeRequest};
+use snapbpf::run::RunOptions;
 use snapbpf::strategy::{registry, StrategySpec};
 use std::path::PathBuf;
 
@@ -90,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         concurrency: args.concurrency,
     };
     let exe = super::current_exe()?;
-    let report = invoke::invoke(&req, &|| super::worker_command(&exe, &req))?;
+    let report = launch::invoke(&req, &|| super::worker_command(&exe))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

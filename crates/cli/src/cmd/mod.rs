@@ -27,20 +27,11 @@ pub fn current_exe() -> anyhow::Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the snapbpf executable for VM workers")
 }
 
-/// The command of one VM worker process for `req` (see `snapbpf::invoke`).
-pub fn worker_command(
-    exe: &std::path::Path,
-    req: &snapbpf::invoke::InvokeRequest,
-) -> std::process::Command {
+/// The command of one VM worker process (`snapbpf __worker`, see `snapbpf::launch`): the
+/// launcher passes it everything else on its stdin.
+pub fn worker_command(exe: &std::path::Path) -> std::process::Command {
     let mut c = std::process::Command::new(exe);
-    c.arg("__worker")
-        .arg(&req.dir)
-        .arg("--spec")
-        .arg(serde_json::to_string(&req.spec).unwrap_or_default())
-        .arg("--input")
-        .arg(req.run.input.to_string())
-        .arg("--timeout-secs")
-        .arg(req.run.timeout.as_secs().max(1).to_string());
+    c.arg("__worker");
     c
 }
 

@@ -4,8 +4,8 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use snapbpf::prefetch;
-use snapbpf::workingset::{FileIdentity, WorkingSet};
+use snapbpf_wss::prefetch;
+use snapbpf_wss::workingset::{FileIdentity, WorkingSet};
 
 /// Read the ranges of a working set from FILE into the page cache, in recorded order.
 #[derive(Debug, clap::Args)]

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
             &functions,
             input,
             &args.out,
-            &|req| super::worker_command(&exe, req),
+            &|| super::worker_command(&exe),
             super::secs(args.timeout_secs),
             &|msg| eprintln!("profile: {msg}"),
         )?);
@@ -46,11 +46,11 @@ pub fn run(args: Args) -> Result<()> {
     all.sort_by(|a, b| (a.function.as_str(), a.input).cmp(&(b.function.as_str(), b.input)));
     let md = snapbpf_bench::profile::markdown(&all);
     std::fs::create_dir_all(&args.out)?;
-    snapbpf::fsutil::write_atomic(
+    snapbpf_store::fsutil::write_atomic(
         &args.out.join("profile.json"),
         &serde_json::to_vec_pretty(&all)?,
     )?;
-    snapbpf::fsutil::write_atomic(&args.out.join("profile.md"), md.as_bytes())?;
+    snapbpf_store::fsutil::write_atomic(&args.out.join("profile.md"), md.as_bytes())?;
     println!("{md}");
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use snapbpf::snapshot::Snapshot;
 
 use super::invoke::StrategyArgs;
 
@@ -27,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let snapshot = Snapshot::open(&args.dir)?;
+    let snapshot = snapbpf::snapshot::open(&args.dir)?;
     let info = super::function_input(&snapshot.meta.function, args.input)?;
     let spec = args.strategy.spec()?;
     let strategy = spec.build();

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use snapbpf::capture::PageCacheCapture;
-use snapbpf::workingset::{FileIdentity, WorkingSet};
+use snapbpf_wss::capture::PageCacheCapture;
+use snapbpf_wss::workingset::{FileIdentity, WorkingSet};
 
 /// Run COMMAND and record which pages of FILE it brings into the page cache.
 ///
@@ -32,7 +32,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if args.cold {
-        snapbpf::fsutil::evict(&args.file)?;
+        snapbpf_store::fsutil::evict(&args.file)?;
     }
     let capture = PageCacheCapture::start(&args.file)?;
     let status = Command::new(&args.command[0])

@@ -25,18 +25,19 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use snapbpf_vmm::{FaultReadahead, GuestMemory, IgnoreHints};
+use snapbpf_vmm::{FaultReadahead, GuestMemory};
 
 use super::registry::{parse_as, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
-use crate::artifact;
-use crate::fsutil::{self, FileIdentity};
+use super::{Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
 use crate::snapshot::Snapshot;
+use snapbpf_store::artifact;
+use snapbpf_store::fsutil;
+use snapbpf_store::FileIdentity;
 
 /// Working-set file: the regions' contents, concatenated.
 pub const WS_FILE: &str = "faasnap.ws";
@@ -337,7 +338,7 @@ impl Drop for Scanner {
 /// All-zero pages of `file`, by page number (read with `O_DIRECT` where possible so the scan
 /// does not fill the page cache).
 fn zero_pages(path: &Path) -> std::io::Result<Vec<bool>> {
-    let (buf, _) = crate::uffd::read_direct(path)?;
+    let (buf, _) = snapbpf_store::fsutil::read_direct(path)?;
     Ok(buf
         .as_slice()
         .chunks(PAGE as usize)
@@ -405,34 +406,16 @@ impl Strategy for Faasnap {
             memory.map_anonymous(o, l)?;
         }
         let regions = meta.regions.clone();
-        let loader = std::thread::Builder::new()
-            .name("faasnap-readahead".into())
-            .spawn(move || load_working_set(&ws, &regions))
+        let mut helpers = Helpers::none();
+        helpers
+            .spawn("faasnap-readahead", move || {
+                Ok(Some(load_working_set(&ws, &regions)?))
+            })
             .map_err(StrategyError::io("spawn the working-set loader"))?;
-        let loader = Mutex::new(Some(loader));
         Ok(Restored {
-            memory,
-            handler: Box::new(IgnoreHints),
-            pv_hints: false,
-            finish: Box::new(move || {
-                let prefetch = match loader
-                    .lock()
-                    .ok()
-                    .and_then(|mut l| l.take())
-                    .map(|j| j.join())
-                {
-                    Some(Ok(Ok(p))) => Some(p),
-                    Some(Ok(Err(e))) => {
-                        tracing::error!("faasnap working-set loader failed: {e}");
-                        None
-                    }
-                    _ => None,
-                };
-                RestoreReport {
-                    prefetch,
-                    readahead_kib: window,
-                }
-            }),
+            helpers,
+            readahead_kib: window,
+            ..Restored::plain(memory)
         })
     }
 
@@ -452,15 +435,8 @@ impl Strategy for Faasnap {
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::Off)?;
         let scanner = Scanner::start(file.try_clone().map_err(ioe("dup"))?).map_err(ioe("scan"))?;
-        let first_seen = super::run_recorded(
-            snapshot,
-            memory,
-            Box::new(IgnoreHints),
-            false,
-            &crate::invoke::RunOptions { input, timeout },
-            move || scanner.finish(),
-        )?
-        .map_err(ioe("mincore"))?;
+        super::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
+        let first_seen = scanner.finish().map_err(ioe("mincore"))?;
         let zero = zero_pages(&path).map_err(ioe("scan for zero pages of"))?;
         let is_zero = |p: u64| zero.get(p as usize).copied().unwrap_or(false);
         let pages: Vec<u64> = first_seen
@@ -529,7 +505,7 @@ impl Strategy for Faasnap {
         fsutil::write_atomic(&ws_path, &ws)
             .map_err(StrategyError::io(format!("write {}", ws_path.display())))?;
         let header = MetaHeader {
-            memory: snapshot.meta.memory.clone(),
+            memory: snapshot.meta.memory,
             page_size: PAGE,
             ws_bytes: ws.len() as u64,
             ws_pages: pages.len() as u64,

@@ -18,10 +18,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use snapbpf_vmm::{FaultReadahead, GuestMemory, IgnoreHints};
+use snapbpf_vmm::{FaultReadahead, GuestMemory};
 
 use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{RestoreReport, Restored, Strategy, StrategyError};
+use super::{Restored, Strategy, StrategyError};
 use crate::snapshot::Snapshot;
 
 /// The option that backs guest memory with huge page-cache folios (linux-ra, snapbpf).
@@ -160,13 +160,8 @@ impl Strategy for LinuxPaging {
             memory.use_huge_pages()?;
         }
         Ok(Restored {
-            memory,
-            handler: Box::new(IgnoreHints),
-            pv_hints: false,
-            finish: Box::new(move || RestoreReport {
-                readahead_kib: window,
-                ..RestoreReport::default()
-            }),
+            readahead_kib: window,
+            ..Restored::plain(memory)
         })
     }
 }

@@ -6,12 +6,11 @@
 //! adding a module here and registering it in [`registry`]; nothing else names it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use snapbpf_vmm::{ExitHandler, GuestMemory};
 
+pub use crate::run::{Helpers, PrefetchReport, Restored};
 use crate::snapshot::Snapshot;
 
 pub mod faasnap;
@@ -51,11 +50,14 @@ pub enum StrategyError {
     #[error("working-set capture: {0}")]
     Capture(String),
     /// The recorded invocation failed.
-    #[error("recorded invocation failed: {0}")]
-    Record(Box<crate::invoke::RunOneError>),
+    #[error("recorded invocation failed")]
+    Record(#[source] Box<crate::run::RunError>),
     /// A userfaultfd operation or handler handshake failed.
     #[error(transparent)]
-    Uffd(#[from] crate::uffd::UffdError),
+    Uffd(#[from] snapbpf_uffd::UffdError),
+    /// Userfaultfd-backed guest memory could not be set up or served.
+    #[error(transparent)]
+    Backend(#[from] crate::uffd_backend::BackendError),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -71,46 +73,6 @@ impl StrategyError {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
-    }
-}
-
-/// Prefetch activity of one restore.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct PrefetchReport {
-    /// Bytes requested.
-    pub bytes: u64,
-    /// Contiguous ranges requested.
-    pub ranges: u64,
-    /// Wall time of the prefetch, ms.
-    pub ms: f64,
-}
-
-/// What a strategy reports about one restore after the invocation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RestoreReport {
-    /// Prefetch done for this VM, if any.
-    pub prefetch: Option<PrefetchReport>,
-    /// Readahead window of the memory file, KiB, when the strategy sets one.
-    pub readahead_kib: Option<u64>,
-}
-
-/// Guest memory built for one VM, with what runs beside it.
-pub struct Restored {
-    /// Guest memory to give the VM.
-    pub memory: GuestMemory,
-    /// Handles the guest's hypercalls for this strategy.
-    pub handler: Box<dyn ExitHandler + Send>,
-    /// Ask the guest for fresh-allocation hints (PV filtering); `handler` acts on them.
-    pub pv_hints: bool,
-    /// Collects the strategy's report once the invocation is over (joins helper threads).
-    pub finish: Box<dyn FnOnce() -> RestoreReport + Send>,
-}
-
-impl std::fmt::Debug for Restored {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Restored")
-            .field("memory", &self.memory)
-            .finish_non_exhaustive()
     }
 }
 
@@ -155,7 +117,7 @@ pub trait Strategy: Send + Sync {
     fn prefetched_ranges(
         &self,
         _snapshot: &Snapshot,
-    ) -> Option<Result<Vec<crate::workingset::PageRange>, StrategyError>> {
+    ) -> Option<Result<Vec<snapbpf_wss::workingset::PageRange>, StrategyError>> {
         None
     }
 
@@ -203,7 +165,7 @@ pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
     meta_file: &str,
     data_file: &str,
     kind: &str,
-    memory_of: impl Fn(&H) -> &crate::fsutil::FileIdentity,
+    memory_of: impl Fn(&H) -> &snapbpf_store::FileIdentity,
 ) -> Result<Recorded<H>, StrategyError> {
     let path = snapshot.artifact_path(meta_file);
     let data_path = snapshot.artifact_path(data_file);
@@ -216,9 +178,11 @@ pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
         }
     }
     let (header, payload): (H, Vec<u8>) =
-        crate::artifact::read(&path, kind).map_err(|e| match e {
-            crate::artifact::ArtifactError::Corrupt { reason, .. } => bad_artifact(&path, reason),
-            crate::artifact::ArtifactError::Io { source, .. } => {
+        snapbpf_store::artifact::read(&path, kind).map_err(|e| match e {
+            snapbpf_store::artifact::ArtifactError::Corrupt { reason, .. } => {
+                bad_artifact(&path, reason)
+            }
+            snapbpf_store::artifact::ArtifactError::Io { source, .. } => {
                 bad_artifact(&path, source.to_string())
             }
         })?;
@@ -253,43 +217,22 @@ pub(crate) fn check_data_len(path: &Path, expected: u64, what: &str) -> Result<(
     Ok(())
 }
 
-/// Runs the invocation of a `record` phase over `memory` and returns what `collect`
-/// gathers once the vCPU has stopped (a fault log, a residency scan).
-///
-/// The shared tail of every strategy's record phase: the memory, exit handler and
-/// collector differ, the run and its error handling do not.
-pub(crate) fn run_recorded<T: Send + 'static>(
+/// Runs the invocation of a `record` phase over `restored`. The strategy's recorder (a
+/// fault log, a residency scan) runs beside it and is collected by the caller once this
+/// returns.
+pub(crate) fn run_recorded(
     snapshot: &Snapshot,
-    memory: GuestMemory,
-    handler: Box<dyn ExitHandler + Send>,
-    pv_hints: bool,
-    opts: &crate::invoke::RunOptions,
-    collect: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, StrategyError> {
-    let slot: Arc<Mutex<Option<T>>> = Arc::default();
-    let sink = slot.clone();
-    let restored = Restored {
-        memory,
-        handler,
-        pv_hints,
-        finish: Box::new(move || {
-            let collected = collect();
-            if let Ok(mut s) = sink.lock() {
-                *s = Some(collected);
-            }
-            RestoreReport::default()
-        }),
-    };
-    crate::invoke::run_restored(
+    restored: Restored,
+    input: u32,
+    timeout: Duration,
+) -> Result<(), StrategyError> {
+    crate::run::run_restored(
         snapshot,
         restored,
-        opts,
+        &crate::run::RunOptions { input, timeout },
         Instant::now(),
-        crate::invoke::major_faults(),
+        crate::run::major_faults(),
     )
-    .map_err(|e| StrategyError::Record(Box::new(e)))?;
-    let collected = slot.lock().ok().and_then(|mut s| s.take());
-    collected.ok_or_else(|| {
-        StrategyError::io("record")(std::io::Error::other("the recorder reported nothing"))
-    })
+    .map(|_| ())
+    .map_err(|e| StrategyError::Record(Box::new(e)))
 }

@@ -15,37 +15,25 @@
 //!   from the snapshot memory file. Each VM reads and holds its own copy: no sharing.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use snapbpf_vmm::{GuestMemory, IgnoreHints};
 
 use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
-use crate::artifact;
-use crate::fsutil::FileIdentity;
+use super::{PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
 use crate::snapshot::Snapshot;
-use crate::uffd::{
-    self, GuestRegionUffdMapping, HandlerAck, ServeStats, StopSignal, Uffd, UffdError, PAGE,
-};
+use crate::uffd_backend::UffdMemory;
+use snapbpf_store::artifact;
+use snapbpf_store::FileIdentity;
+use snapbpf_uffd::{self as uffd, server, GuestRegionUffdMapping, HandlerAck, Uffd, PAGE};
 
 /// Working-set file: the recorded pages' contents, in fault order.
 pub const WS_FILE: &str = "reap.ws";
 /// Trace file: the recorded pages' offsets and the binding to the snapshot.
 pub const TRACE_FILE: &str = "reap.trace";
 const TRACE_KIND: &str = "reap-trace";
-
-/// How long the VMM waits for an external handler to install its prefetch.
-pub const HANDLER_ACK_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Longest an external handler that has acknowledged may take to serve the first guest
-/// page. A working handler serves a fault in microseconds once its prefetch is done.
-pub const HANDLER_SERVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header of `reap.trace`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,8 +101,8 @@ pub fn prefetch(
 ) -> Result<HandlerAck, StrategyError> {
     let started = Instant::now();
     let path = snapshot.artifact_path(WS_FILE);
-    let (buf, direct) =
-        uffd::read_direct(&path).map_err(StrategyError::io(format!("read {}", path.display())))?;
+    let (buf, direct) = snapbpf_store::fsutil::read_direct(&path)
+        .map_err(StrategyError::io(format!("read {}", path.display())))?;
     if !direct {
         tracing::warn!(
             "{}: no O_DIRECT on this filesystem, read buffered",
@@ -201,185 +189,6 @@ pub struct Reap {
     pub handler_socket: Option<PathBuf>,
 }
 
-/// A handler thread serving one VM; stopped and joined on drop.
-struct HandlerThread {
-    stop: Arc<StopSignal>,
-    join: Option<JoinHandle<Result<ServeStats, UffdError>>>,
-}
-
-impl HandlerThread {
-    fn finish(mut self) -> Option<Result<ServeStats, UffdError>> {
-        self.stop.signal();
-        self.join.take().and_then(|j| j.join().ok())
-    }
-}
-
-impl Drop for HandlerThread {
-    fn drop(&mut self) {
-        self.stop.signal();
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
-}
-
-/// Anonymous guest memory registered with a new userfaultfd, and its one region.
-fn uffd_memory(
-    snapshot: &Snapshot,
-) -> Result<(GuestMemory, Uffd, Vec<GuestRegionUffdMapping>), StrategyError> {
-    let memory = GuestMemory::anonymous(snapshot.meta.mem_bytes)?;
-    let uffd = Uffd::new()?;
-    let base = memory.host_base() as u64;
-    uffd.register_missing(base, memory.len())?;
-    let regions = vec![GuestRegionUffdMapping {
-        base_host_virt_addr: base,
-        size: memory.len(),
-        offset: 0,
-        page_size: PAGE,
-    }];
-    Ok((memory, uffd, regions))
-}
-
-/// Starts a handler thread for one VM: optionally installs `trace`'s working set first
-/// (reporting through the returned channel), then serves faults from the memory file.
-fn spawn_handler(
-    snapshot: &Snapshot,
-    uffd: Uffd,
-    regions: Vec<GuestRegionUffdMapping>,
-    trace: Option<Trace>,
-    record: bool,
-) -> Result<
-    (
-        HandlerThread,
-        mpsc::Receiver<Result<HandlerAck, StrategyError>>,
-    ),
-    StrategyError,
-> {
-    let path = snapshot.memory_path();
-    let file = File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
-    let stop = Arc::new(StopSignal::new().map_err(StrategyError::io("eventfd"))?);
-    let (tx, rx) = mpsc::channel();
-    let snapshot = snapshot.clone();
-    let thread_stop = stop.clone();
-    let join = std::thread::Builder::new()
-        .name("reap-uffd".into())
-        .spawn(move || {
-            let ack = match &trace {
-                Some(t) => prefetch(&uffd, &regions, &snapshot, t),
-                None => Ok(HandlerAck::default()),
-            };
-            let failed = ack.is_err();
-            let _ = tx.send(ack);
-            if failed {
-                return Ok(ServeStats::default());
-            }
-            uffd::serve(&uffd, &regions, &file, thread_stop.as_fd(), record)
-        })
-        .map_err(StrategyError::io("spawn the page-fault handler thread"))?;
-    Ok((
-        HandlerThread {
-            stop,
-            join: Some(join),
-        },
-        rx,
-    ))
-}
-
-/// Watches the connection to an external handler while the VM lives; stopped on drop.
-struct HandlerWatch {
-    stop: Arc<StopSignal>,
-    join: Option<JoinHandle<()>>,
-}
-
-impl Drop for HandlerWatch {
-    fn drop(&mut self) {
-        self.stop.signal();
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
-}
-
-/// If the external handler goes away while the VM lives, nothing will ever serve the VM's
-/// missing pages: a thread blocked on one (the vCPU, or the VMM reading the mailbox) would
-/// wait forever, and dropping our descriptor would silently turn missing pages into zero
-/// pages. The only safe outcome is to end this VM process with a clear error.
-/// Faults in the guest's mailbox page from a helper thread and waits, bounded, for the
-/// external handler to serve it. A handler that acknowledges but never serves would
-/// otherwise block the VMM forever in its first read of guest memory, where no signal or
-/// watchdog can interrupt it.
-fn probe_handler(memory: GuestMemory, socket: &Path) -> Result<GuestMemory, StrategyError> {
-    match memory.read_u64_within(snapbpf_vmm::abi::MAILBOX_GPA, HANDLER_SERVE_TIMEOUT) {
-        Ok((memory, _)) => Ok(memory),
-        Err(snapbpf_vmm::MemoryError::ReadTimeout { .. }) => Err(StrategyError::Io {
-            context: format!("page-fault handler at {}", socket.display()),
-            source: std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "it acknowledged the guest memory but did not serve its first page within {} s",
-                    HANDLER_SERVE_TIMEOUT.as_secs()
-                ),
-            ),
-        }),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn watch_handler(stream: &UnixStream, socket: &Path) -> Result<HandlerWatch, StrategyError> {
-    let stream = stream
-        .try_clone()
-        .map_err(StrategyError::io("watch the page-fault handler connection"))?;
-    let stop = Arc::new(StopSignal::new().map_err(StrategyError::io("eventfd"))?);
-    let thread_stop = stop.clone();
-    let socket = socket.to_path_buf();
-    let join = std::thread::Builder::new()
-        .name("reap-uffd-watch".into())
-        .spawn(move || {
-            let mut fds = [
-                libc::pollfd {
-                    fd: stream.as_raw_fd(),
-                    events: libc::POLLIN | libc::POLLRDHUP,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: thread_stop.as_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            loop {
-                // SAFETY: `fds` is a valid array of two pollfd structs for the call.
-                let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-                if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                if fds[1].revents != 0 || rc < 0 {
-                    return;
-                }
-                if fds[0].revents != 0 {
-                    eprintln!(
-                        "error: the page-fault handler at {} disconnected while the VM was running: its memory can no longer be served",
-                        socket.display()
-                    );
-                    std::process::exit(1);
-                }
-            }
-        })
-        .map_err(StrategyError::io("spawn the handler watch thread"))?;
-    Ok(HandlerWatch {
-        stop,
-        join: Some(join),
-    })
-}
-
-fn report(ack: &HandlerAck) -> PrefetchReport {
-    PrefetchReport {
-        bytes: ack.bytes,
-        ranges: ack.ranges,
-        ms: ack.ms,
-    }
-}
-
 impl Strategy for Reap {
     fn name(&self) -> &'static str {
         "reap"
@@ -406,57 +215,25 @@ impl Strategy for Reap {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let trace = load_trace(snapshot)?;
-        let (memory, uffd, regions) = uffd_memory(snapshot)?;
+        let path = snapshot.memory_path();
+        let memory_file =
+            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+        let memory = UffdMemory::new(snapshot.meta.mem_bytes)?;
         if let Some(socket) = &self.handler_socket {
-            // Firecracker's UFFD backend: the handler process fills memory; we keep our copy
-            // of the descriptor and the connection for the VM's life.
-            let (stream, ack) =
-                uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
-            let monitor = watch_handler(&stream, socket)?;
-            let memory = probe_handler(memory, socket)?;
-            return Ok(Restored {
-                memory,
-                handler: Box::new(IgnoreHints),
-                pv_hints: false,
-                finish: Box::new(move || {
-                    drop(monitor);
-                    drop(stream);
-                    drop(uffd);
-                    RestoreReport {
-                        prefetch: Some(report(&ack)),
-                        ..RestoreReport::default()
-                    }
-                }),
-            });
+            // Firecracker's UFFD backend: the handler process fills memory.
+            return Ok(memory.serve_externally(socket, memory_file)?);
         }
-        let (thread, rx) = spawn_handler(snapshot, uffd, regions, Some(trace), false)?;
-        // REAP installs the whole working set before the vCPU runs.
-        let ack = match rx.recv() {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                let reason = match thread.finish() {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "the page-fault handler thread exited".into(),
-                };
-                return Err(StrategyError::io("prefetch")(std::io::Error::other(reason)));
-            }
-        };
-        Ok(Restored {
-            memory,
-            handler: Box::new(IgnoreHints),
-            pv_hints: false,
-            finish: Box::new(move || {
-                if let Some(Err(e)) = thread.finish() {
-                    tracing::error!("reap page-fault handler failed: {e}");
-                }
-                RestoreReport {
-                    prefetch: Some(report(&ack)),
-                    ..RestoreReport::default()
-                }
-            }),
-        })
+        // REAP installs the whole recorded working set before the vCPU runs.
+        let trace = load_trace(snapshot)?;
+        let snapshot = snapshot.clone();
+        Ok(memory.serve_in_process(memory_file, move |uffd, regions| {
+            let ack = prefetch(uffd, regions, &snapshot, &trace)?;
+            Ok(PrefetchReport {
+                bytes: ack.bytes,
+                ranges: ack.ranges,
+                ms: ack.ms,
+            })
+        })?)
     }
 
     fn record(
@@ -466,25 +243,18 @@ impl Strategy for Reap {
         timeout: Duration,
     ) -> Result<RecordReport, StrategyError> {
         let started = Instant::now();
-        let (memory, uffd, regions) = uffd_memory(snapshot)?;
-        let (thread, rx) = spawn_handler(snapshot, uffd, regions, None, true)?;
-        rx.recv()
-            .map_err(|_| StrategyError::io("record")(std::io::Error::other("handler exited")))??;
-        let stats = super::run_recorded(
-            snapshot,
-            memory,
-            Box::new(IgnoreHints),
-            false,
-            &crate::invoke::RunOptions { input, timeout },
-            move || thread.finish(),
-        )?
-        .unwrap_or_else(|| Err(UffdError::BadRegions("handler thread panicked".into())))?;
-        if stats.log.is_empty() {
+        let path = snapshot.memory_path();
+        let memory_file =
+            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+        let (memory, recorder) = UffdMemory::new(snapshot.meta.mem_bytes)?.record(memory_file)?;
+        super::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
+        let log = recorder.finish()?;
+        if log.is_empty() {
             return Err(StrategyError::io("record")(std::io::Error::other(
                 "the recorded invocation faulted no page",
             )));
         }
-        write_artifacts(snapshot, &stats.log, input, started)
+        write_artifacts(snapshot, &log, input, started)
     }
 }
 
@@ -504,10 +274,10 @@ fn write_artifacts(
             .map_err(StrategyError::io(format!("read {}", mem_path.display())))?;
     }
     let ws_path = snapshot.artifact_path(WS_FILE);
-    crate::fsutil::write_atomic(&ws_path, &ws)
+    snapbpf_store::fsutil::write_atomic(&ws_path, &ws)
         .map_err(StrategyError::io(format!("write {}", ws_path.display())))?;
     let header = TraceHeader {
-        memory: snapshot.meta.memory.clone(),
+        memory: snapshot.meta.memory,
         page_size: PAGE,
         pages: offsets.len() as u64,
         ws_bytes: ws.len() as u64,
@@ -538,14 +308,9 @@ pub enum HandlerError {
     /// The REAP artifacts exist but are unusable.
     #[error(transparent)]
     Strategy(#[from] StrategyError),
-    /// The socket could not be set up.
-    #[error("cannot listen on {path}: {source}")]
-    Listen {
-        /// Socket path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// The server failed.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
 }
 
 /// What the external handler serves.
@@ -557,105 +322,39 @@ pub enum HandlerSource {
     MemoryFile(PathBuf),
 }
 
-/// The external page-fault handler (`snapbpf uffd-handler`): listens on `socket`, and for
-/// every VMM that connects and hands over a userfaultfd (Firecracker's protocol), installs
-/// the snapshot's REAP working set if one was recorded, then serves the VM's faults from the
-/// memory file until the VMM closes the connection. Each VM is served by its own thread.
-/// Returns after `max_sessions` sessions, if given.
+/// The external page-fault handler (`snapbpf uffd-handler`): the userfaultfd handler
+/// server ([`server::listen`]) with REAP's policy: every VM it serves first gets the
+/// snapshot's recorded working set installed, if one was recorded; everything else is
+/// served on demand from the memory file. Returns after `max_sessions` sessions, if given.
 pub fn run_handler(
     socket: &Path,
     source: &HandlerSource,
     max_sessions: Option<u64>,
 ) -> Result<(), HandlerError> {
-    let (prefetch_from, mem_path) = match source {
+    let on_demand: Arc<server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
+    let (prefetch, memory) = match source {
         HandlerSource::Snapshot(dir) => {
-            let snapshot = Snapshot::open(dir)?;
-            let trace = match load_trace(&snapshot) {
-                Ok(t) => Some(t),
+            let snapshot = crate::snapshot::open(dir)?;
+            let memory = snapshot.memory_path();
+            match load_trace(&snapshot) {
+                Ok(trace) => {
+                    let install: Arc<server::Prefetch> = Arc::new(move |uffd, regions| {
+                        Ok(prefetch(uffd, regions, &snapshot, &trace)?)
+                    });
+                    (install, memory)
+                }
                 Err(StrategyError::MissingArtifact { .. }) => {
-                    eprintln!(
+                    tracing::warn!(
                         "uffd-handler: no REAP recording in {}: serving every fault on demand",
                         dir.display()
                     );
-                    None
+                    (on_demand, memory)
                 }
                 Err(e) => return Err(e.into()),
-            };
-            let mem = snapshot.memory_path();
-            (trace.map(|t| (snapshot, t)), mem)
-        }
-        HandlerSource::MemoryFile(path) => (None, path.clone()),
-    };
-    let file =
-        File::open(&mem_path).map_err(StrategyError::io(format!("open {}", mem_path.display())))?;
-    let file_len = file
-        .metadata()
-        .map_err(StrategyError::io(format!("stat {}", mem_path.display())))?
-        .len();
-    let file = Arc::new(file);
-    let _ = std::fs::remove_file(socket);
-    let listen_err = |source| HandlerError::Listen {
-        path: socket.to_path_buf(),
-        source,
-    };
-    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(listen_err)?;
-    eprintln!("uffd-handler: listening on {}", socket.display());
-    let prefetch_from = Arc::new(prefetch_from);
-    let mut sessions = Vec::new();
-    let mut count = 0u64;
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("uffd-handler: accept: {e}");
-                continue;
             }
-        };
-        count += 1;
-        let (prefetch_from, file) = (prefetch_from.clone(), file.clone());
-        sessions.push(std::thread::spawn(move || {
-            let pf = prefetch_from.as_ref().as_ref().map(|(s, t)| (s, t));
-            if let Err(e) = session(&stream, pf, &file, file_len) {
-                eprintln!("uffd-handler: session {count}: {e}");
-                let _ = uffd::acknowledge(
-                    &stream,
-                    &HandlerAck {
-                        error: Some(crate::invoke::error_chain(&e)),
-                        ..HandlerAck::default()
-                    },
-                );
-            }
-        }));
-        if max_sessions.is_some_and(|m| count >= m) {
-            break;
         }
-    }
-    for s in sessions {
-        let _ = s.join();
-    }
-    let _ = std::fs::remove_file(socket);
-    Ok(())
-}
-
-fn session(
-    stream: &std::os::unix::net::UnixStream,
-    prefetch_from: Option<(&Snapshot, &Trace)>,
-    file: &File,
-    file_len: u64,
-) -> Result<(), StrategyError> {
-    let (uffd, regions) = uffd::receive_from_vmm(stream)?;
-    uffd::check_regions(&regions, file_len)?;
-    let ack = match prefetch_from {
-        Some((snapshot, t)) => prefetch(&uffd, &regions, snapshot, t)?,
-        None => HandlerAck::default(),
+        HandlerSource::MemoryFile(path) => (on_demand, path.clone()),
     };
-    uffd::acknowledge(stream, &ack).map_err(StrategyError::io("acknowledge"))?;
-    let stats = uffd::serve(&uffd, &regions, file, stream.as_fd(), false)?;
-    tracing::info!(
-        "uffd-handler: VM done: {} bytes prefetched in {} ranges, {} faults served",
-        ack.bytes,
-        ack.ranges,
-        stats.faults
-    );
+    server::listen(socket, &memory, prefetch, max_sessions)?;
     Ok(())
 }

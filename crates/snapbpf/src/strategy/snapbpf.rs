@@ -30,14 +30,13 @@ use serde::{Deserialize, Serialize};
 
 use super::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB, THP_OPTION};
 use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{PrefetchReport, RecordReport, RestoreReport, Restored, Strategy, StrategyError};
-use crate::capture::PageCacheCapture;
-use crate::fsutil;
-use crate::invoke::RunOptions;
-use crate::prefetch::{self, PrefetchMethod, PrefetchOptions};
+use super::{Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
 use crate::pv::FreshAnonymizer;
 use crate::snapshot::Snapshot;
-use crate::workingset::{FileIdentity, WorkingSet};
+use snapbpf_store::fsutil;
+use snapbpf_wss::capture::PageCacheCapture;
+use snapbpf_wss::prefetch::{self, PrefetchMethod, PrefetchOptions};
+use snapbpf_wss::workingset::WorkingSet;
 
 /// File name of the working set in the snapshot directory.
 pub const WS_FILE: &str = "snapbpf.ws";
@@ -171,44 +170,17 @@ impl SnapBpf {
                 path,
             });
         }
-        WorkingSet::read_for(&path, &identity(snapshot)?).map_err(|e| StrategyError::BadArtifact {
+        WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| StrategyError::BadArtifact {
             path: path.clone(),
             reason: match e {
-                crate::workingset::ReadError::Stale { fields, .. } => format!(
+                snapbpf_wss::workingset::ReadError::Stale { fields, .. } => format!(
                     "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
                     fields.join(", ")
                 ),
-                other => crate::invoke::error_chain(&other),
+                other => crate::error_chain(&other),
             },
         })
     }
-}
-
-/// The working-set identity of a snapshot's memory file, from its recorded identity.
-pub fn identity(snapshot: &Snapshot) -> Result<FileIdentity, StrategyError> {
-    let m = &snapshot.meta.memory;
-    let mut digest = [0u8; 32];
-    let hex = m.sha256.as_bytes();
-    if hex.len() != 64 {
-        return Err(StrategyError::BadArtifact {
-            path: snapshot.dir.join(crate::snapshot::META_FILE),
-            reason: "memory digest is not a SHA-256".into(),
-        });
-    }
-    for (i, byte) in digest.iter_mut().enumerate() {
-        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).unwrap_or("zz");
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| StrategyError::BadArtifact {
-            path: snapshot.dir.join(crate::snapshot::META_FILE),
-            reason: "memory digest is not hex".into(),
-        })?;
-    }
-    Ok(FileIdentity {
-        size: m.size,
-        mtime_ns: m.mtime_ns as i64,
-        inode: m.inode,
-        dev: m.dev,
-        digest,
-    })
 }
 
 impl Strategy for SnapBpf {
@@ -247,7 +219,7 @@ impl Strategy for SnapBpf {
     fn prefetched_ranges(
         &self,
         snapshot: &Snapshot,
-    ) -> Option<Result<Vec<crate::workingset::PageRange>, StrategyError>> {
+    ) -> Option<Result<Vec<snapbpf_wss::workingset::PageRange>, StrategyError>> {
         self.prefetch
             .then(|| self.load_working_set(snapshot).map(|ws| ws.ranges))
     }
@@ -265,62 +237,46 @@ impl Strategy for SnapBpf {
         // Prefetch on a thread started before the VM is built: its I/O overlaps VM
         // creation and the vCPU. With pre-mapping, the same thread then maps the
         // prefetched ranges, in order, into this process's page tables.
-        let prefetcher = if self.prefetch {
+        let mut helpers = Helpers::none();
+        if self.prefetch {
             let ranges = self.load_working_set(snapshot)?.ranges;
             let mapping = premap.then(|| memory.populator());
-            Some(
-                std::thread::Builder::new()
-                    .name("snapbpf-prefetch".into())
-                    .spawn(move || {
-                        let stats = if readahead_first {
-                            prefetch::prefetch_with(
-                                &file,
-                                &ranges,
-                                &PrefetchOptions {
-                                    method: PrefetchMethod::default(),
-                                    max_request_bytes: None,
-                                },
-                            )
-                        } else {
-                            Ok(prefetch::PrefetchStats {
-                                bytes: ranges.iter().map(|r| r.len_bytes()).sum(),
-                                ranges: ranges.len() as u64,
-                                ..Default::default()
-                            })
-                        };
-                        let premapped =
-                            mapping.map(|m| prefetch::premap(m, &ranges, PREMAP_THREADS));
-                        (stats, premapped)
-                    })
-                    .map_err(StrategyError::io("start the prefetch thread"))?,
-            )
-        } else {
-            None
-        };
+            helpers
+                .spawn("snapbpf-prefetch", move || {
+                    let mut report = PrefetchReport {
+                        bytes: ranges.iter().map(|r| r.len_bytes()).sum(),
+                        ranges: ranges.len() as u64,
+                        ms: 0.0,
+                    };
+                    let mut elapsed = Duration::ZERO;
+                    if readahead_first {
+                        let stats = prefetch::prefetch_with(
+                            &file,
+                            &ranges,
+                            &PrefetchOptions {
+                                method: PrefetchMethod::default(),
+                                max_request_bytes: None,
+                            },
+                        )?;
+                        report.bytes = stats.bytes;
+                        report.ranges = stats.ranges;
+                        elapsed += stats.elapsed;
+                    }
+                    if let Some(m) = mapping {
+                        elapsed += prefetch::premap(m, &ranges, PREMAP_THREADS)?.elapsed;
+                    }
+                    report.ms = elapsed.as_secs_f64() * 1e3;
+                    Ok(Some(report))
+                })
+                .map_err(StrategyError::io("start the prefetch thread"))?;
+        }
         Ok(Restored {
             memory,
             handler: self.handler(),
             pv_hints: self.pv,
-            finish: Box::new(move || RestoreReport {
-                prefetch: prefetcher.map(|handle| {
-                    let (stats, premapped) = handle.join().unwrap_or((
-                        Err(crate::prefetch::PrefetchError::Stat(std::io::Error::other(
-                            "prefetch thread panicked",
-                        ))),
-                        None,
-                    ));
-                    let stats = stats.unwrap_or_default();
-                    PrefetchReport {
-                        bytes: stats.bytes,
-                        ranges: stats.ranges,
-                        ms: premapped
-                            .map_or(stats.elapsed, |p| stats.elapsed + p.elapsed)
-                            .as_secs_f64()
-                            * 1e3,
-                    }
-                }),
-                readahead_kib: window,
-            }),
+            helpers,
+            prefetched: None,
+            readahead_kib: window,
         })
     }
 
@@ -349,11 +305,13 @@ impl Strategy for SnapBpf {
         // data worth prefetching.
         let run = super::run_recorded(
             snapshot,
-            memory,
-            Box::new(FreshAnonymizer::default()),
-            true,
-            &RunOptions { input, timeout },
-            || (),
+            Restored {
+                handler: Box::new(FreshAnonymizer::default()),
+                pv_hints: true,
+                ..Restored::plain(memory)
+            },
+            input,
+            timeout,
         );
         let captured = capture
             .stop()
@@ -365,7 +323,7 @@ impl Strategy for SnapBpf {
                 captured.lost_events
             )));
         }
-        let id = identity(snapshot)?;
+        let id = snapshot.meta.memory;
         let mut ws = WorkingSet::from_capture(id, &captured);
         // Recording another input merges into the existing working set.
         if let Ok(existing) = WorkingSet::read_for(&ws_path, &id) {

@@ -23,7 +23,7 @@
 //! actually present before anything is allocated.
 //!
 //! ```
-//! use snapbpf::workingset::{CaptureMeta, FileIdentity, WorkingSet};
+//! use snapbpf_wss::workingset::{CaptureMeta, FileIdentity, WorkingSet};
 //! let id = FileIdentity { size: 1 << 20, mtime_ns: 1, inode: 2, dev: 3, digest: [0; 32] };
 //! // page 10 touched first, then 3 and 4, then 11.
 //! let ws = WorkingSet::from_pages(id, [(3, 20), (4, 30), (10, 5), (11, 40)], CaptureMeta::default());
@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CapturedPages;
+pub use snapbpf_store::FileIdentity;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"SNAPBPFW";
@@ -54,60 +55,9 @@ pub const MAX_HISTOGRAM: u32 = 64;
 /// Largest working-set file [`WorkingSet::read`] accepts.
 pub const MAX_FILE_BYTES: u64 = 16 + 64 + 48 + 8 * MAX_HISTOGRAM as u64 + 8 + 24 * MAX_RANGES + 4;
 
-const PAGE_SIZE: u64 = 4096;
+const PAGE_SIZE: u64 = snapbpf_store::PAGE_SIZE;
 const RANGE_BYTES: usize = 24;
 const FIXED_HEADER: usize = 16 + 64 + 48;
-
-/// Identity of the file a working set belongs to. The snapshot store fills it in
-/// (size, mtime, inode and device from `stat`, plus a content digest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub struct FileIdentity {
-    /// File size in bytes.
-    pub size: u64,
-    /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
-    /// Inode number.
-    pub inode: u64,
-    /// Device (`st_dev`).
-    pub dev: u64,
-    /// Content digest (e.g. SHA-256), or zeros if unknown.
-    pub digest: [u8; 32],
-}
-
-impl FileIdentity {
-    /// Identity from `stat` data plus a caller-computed digest.
-    pub fn from_metadata(meta: &std::fs::Metadata, digest: [u8; 32]) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            inode: meta.ino(),
-            dev: meta.dev(),
-            digest,
-        }
-    }
-
-    /// Names of the fields that differ from `other`.
-    pub fn differences(&self, other: &FileIdentity) -> Vec<&'static str> {
-        let mut d = Vec::new();
-        if self.size != other.size {
-            d.push("size");
-        }
-        if self.mtime_ns != other.mtime_ns {
-            d.push("mtime");
-        }
-        if self.inode != other.inode {
-            d.push("inode");
-        }
-        if self.dev != other.dev {
-            d.push("dev");
-        }
-        if self.digest != other.digest {
-            d.push("digest");
-        }
-        d
-    }
-}
 
 /// A run of contiguous pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

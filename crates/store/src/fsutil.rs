@@ -1,12 +1,9 @@
-//! File helpers: atomic writes, file identity, page-cache residency and eviction.
+//! File helpers: atomic writes, page-cache residency and eviction, whole-file direct reads.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename over `path`, fsync of the directory. Readers see the old file or the new one,
@@ -45,55 +42,6 @@ pub fn parent_dir(path: &Path) -> PathBuf {
 /// fsyncs a directory so a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Identity of a file an artifact is bound to: if any field changes, the artifact is
-/// stale. `sha256` is the content digest computed when the file was written; the other
-/// fields are checked on every open because they cost nothing (reading the content would
-/// pull it into the page cache and spoil a cold start).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileIdentity {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
-    /// Inode number.
-    pub inode: u64,
-    /// Device number (userspace `st_dev`).
-    pub dev: u64,
-    /// SHA-256 of the contents, hex.
-    pub sha256: String,
-}
-
-impl FileIdentity {
-    /// Reads the cheap fields from the file's metadata, with a known digest.
-    pub fn of(path: &Path, sha256: String) -> std::io::Result<Self> {
-        let m = std::fs::metadata(path)?;
-        Ok(Self {
-            size: m.size(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            inode: m.ino(),
-            dev: m.dev(),
-            sha256,
-        })
-    }
-
-    /// Compares the cheap fields with the file as it is now; returns what differs.
-    pub fn check(&self, path: &Path) -> std::io::Result<Option<String>> {
-        let now = Self::of(path, self.sha256.clone())?;
-        Ok(if now.size != self.size {
-            Some(format!(
-                "size is {} bytes, expected {}",
-                now.size, self.size
-            ))
-        } else if now.inode != self.inode || now.dev != self.dev {
-            Some("it was replaced by another file".into())
-        } else if now.mtime_ns != self.mtime_ns {
-            Some("it was modified".into())
-        } else {
-            None
-        })
-    }
 }
 
 /// Number of `path`'s pages resident in the page cache, by `mincore` over a shared
@@ -184,9 +132,9 @@ impl Drop for ResidencyMap {
     }
 }
 
-/// The system page size.
+/// The page size (x86-64 base pages), as a `usize`.
 pub fn page_size() -> usize {
-    4096
+    crate::PAGE_SIZE as usize
 }
 
 /// Errors making a file cold.
@@ -269,4 +217,100 @@ pub fn make_resident(path: &Path) -> std::io::Result<u64> {
         std::os::unix::fs::FileExt::read_at(&file, &mut buf[..page_size()], at)?;
     }
     resident_pages(&file)
+}
+
+/// Reads the whole of `path` with `O_DIRECT` into a page-aligned buffer: one `read` call for
+/// the file (more only if the kernel returns short). Falls back to a buffered read where the
+/// filesystem has no direct I/O (tmpfs). Returns the buffer and whether it was direct.
+pub fn read_direct(path: &Path) -> std::io::Result<(AlignedBuf, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (file, direct) = match File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => (f, true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut buf = AlignedBuf::new(len.div_ceil(crate::PAGE_SIZE) * crate::PAGE_SIZE)?;
+    let mut done = 0usize;
+    let want = len as usize;
+    while done < want {
+        // O_DIRECT needs block-aligned lengths: ask for the rounded-up rest.
+        let rest = &mut buf.as_mut_slice()[done..];
+        // SAFETY: reads into our own buffer slice of `rest.len()` bytes.
+        let n = unsafe { libc::read(file.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while being read",
+            ));
+        }
+        done += n as usize;
+    }
+    buf.len = want;
+    Ok((buf, direct))
+}
+
+/// A page-aligned anonymous buffer (for `O_DIRECT`).
+#[derive(Debug)]
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain memory owned by this value.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of at least `cap` bytes (one page at least).
+    pub fn new(cap: u64) -> std::io::Result<Self> {
+        let cap = cap.max(crate::PAGE_SIZE) as usize;
+        // SAFETY: a new private anonymous mapping aliasing nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, cap, len: cap })
+    }
+
+    /// The whole buffer, for filling.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `cap` bytes mapped and owned by `self`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+
+    /// The bytes read.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len <= cap` bytes mapped and owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping this value owns.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+    }
 }

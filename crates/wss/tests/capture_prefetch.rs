@@ -13,12 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use snapbpf::capture::{
+use snapbpf_wss::capture::{
     CaptureOptions, CaptureStartError, CaptureStopError, CapturedPages, PageCacheCapture,
     TraceSource,
 };
-use snapbpf::prefetch::{evict, missing_ranges, prefetch, resident_pages};
-use snapbpf::workingset::{FileIdentity, WorkingSet};
+use snapbpf_wss::prefetch::{evict, missing_ranges, prefetch, resident_pages};
+use snapbpf_wss::workingset::{FileIdentity, WorkingSet};
 
 const PAGES: u64 = 16 * 1024; // 64 MiB
 

@@ -15,8 +15,8 @@
 //! on the locked folio.
 //!
 //! ```no_run
-//! use snapbpf::prefetch::{spawn_prefetch, PrefetchMethod};
-//! use snapbpf::workingset::WorkingSet;
+//! use snapbpf_wss::prefetch::{spawn_prefetch, PrefetchMethod};
+//! use snapbpf_wss::workingset::WorkingSet;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ws = WorkingSet::read(std::path::Path::new("memory.ws"))?;
 //! let file = std::fs::File::open("memory")?;
@@ -38,7 +38,7 @@ use snapbpf_vmm::Populator;
 
 use crate::workingset::PageRange;
 
-const PAGE_SIZE: u64 = 4096;
+const PAGE_SIZE: u64 = snapbpf_store::PAGE_SIZE;
 /// Used when the device's limit cannot be read from sysfs (the kernel default).
 const FALLBACK_CHUNK: u64 = 128 << 10;
 
@@ -156,7 +156,7 @@ pub fn prefetch_until_resident(
 ) -> Result<ResidentPrefetch, PrefetchError> {
     let started = Instant::now();
     // One mapping for every poll: the wait is what is being measured.
-    let map = crate::fsutil::ResidencyMap::new(file).map_err(PrefetchError::Residency)?;
+    let map = snapbpf_store::fsutil::ResidencyMap::new(file).map_err(PrefetchError::Residency)?;
     let mut residency = vec![0u8; map.pages()];
     let stats = prefetch(file, ranges)?;
     let mut missing = ranges.to_vec();
@@ -420,12 +420,12 @@ fn uring_run(fd: i32, requests: &[(u64, u64)], qd: u32, read: bool) -> Result<()
 /// `POSIX_FADV_DONTNEED`), so that the next access reads from storage. Pages mapped by
 /// a process stay resident.
 pub fn evict(file: &File) -> std::io::Result<()> {
-    crate::fsutil::drop_cached(file)
+    snapbpf_store::fsutil::drop_cached(file)
 }
 
 /// Residency of every page of `file` in the page cache (`mincore(2)`).
 pub fn resident_pages(file: &File) -> std::io::Result<Vec<bool>> {
-    Ok(crate::fsutil::residency(file)?
+    Ok(snapbpf_store::fsutil::residency(file)?
         .into_iter()
         .map(|b| b & 1 != 0)
         .collect())
@@ -435,7 +435,7 @@ pub fn resident_pages(file: &File) -> std::io::Result<Vec<bool>> {
 /// cache. Readahead is best effort: the kernel may drop a few readahead pages (see
 /// docs/ebpf-capture.md); callers that need every page can prefetch the result again.
 pub fn missing_ranges(file: &File, ranges: &[PageRange]) -> std::io::Result<Vec<PageRange>> {
-    Ok(missing_in(&crate::fsutil::residency(file)?, ranges))
+    Ok(missing_in(&snapbpf_store::fsutil::residency(file)?, ranges))
 }
 
 /// The parts of `ranges` whose pages `residency` (one byte per page, bit 0: resident)
@@ -472,7 +472,7 @@ fn missing_in(residency: &[u8], ranges: &[PageRange]) -> Vec<PageRange> {
 
 /// Number of resident pages of `file`.
 pub fn resident_count(file: &File) -> std::io::Result<u64> {
-    crate::fsutil::resident_pages(file)
+    snapbpf_store::fsutil::resident_pages(file)
 }
 
 #[cfg(test)]
@@ -608,12 +608,17 @@ pub struct PremapStats {
 /// This takes the page-fault work off the vCPU: on hosts where a fault taken on behalf
 /// of a guest is expensive (nested virtualization), mapping a working set in batches
 /// from a helper thread is far cheaper than one fault per page. Stops at the first error
-/// (for instance when the mapping went away: the calls then fail with `ENOMEM` and touch
+/// and returns it (a read error of the file, or the mapping gone: `ENOMEM`, which touches
 /// nothing).
-pub fn premap(mapping: Populator, ranges: &[PageRange], threads: usize) -> PremapStats {
+pub fn premap(
+    mapping: Populator,
+    ranges: &[PageRange],
+    threads: usize,
+) -> Result<PremapStats, snapbpf_vmm::MemoryError> {
     let start = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
+    let first_error = std::sync::Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
     // Workers take ranges in recorded order, so the earliest-needed ones are in flight
     // first, with up to `threads` reads outstanding.
@@ -628,8 +633,11 @@ pub fn premap(mapping: Populator, ranges: &[PageRange], threads: usize) -> Prema
                 continue;
             }
             let len = len.min(mapping.len() - off);
-            if mapping.populate_read(off, len).is_err() {
+            if let Err(e) = mapping.populate_read(off, len) {
                 failed.store(true, Relaxed);
+                if let Ok(mut slot) = first_error.lock() {
+                    slot.get_or_insert(e);
+                }
                 break;
             }
             bytes.fetch_add(len, Relaxed);
@@ -641,8 +649,11 @@ pub fn premap(mapping: Populator, ranges: &[PageRange], threads: usize) -> Prema
         }
         work();
     });
-    PremapStats {
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    Ok(PremapStats {
         bytes: bytes.into_inner(),
         elapsed: start.elapsed(),
-    }
+    })
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use snapbpf::capture::{CaptureOptions, PageCacheCapture, TraceSource};
-use snapbpf::prefetch::evict;
+use snapbpf_wss::capture::{CaptureOptions, PageCacheCapture, TraceSource};
+use snapbpf_wss::prefetch::evict;
 
 const TOUCHER: &str = r#"
 import mmap, os, sys

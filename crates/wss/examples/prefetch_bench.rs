@@ -12,10 +12,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use snapbpf::prefetch::{
+use snapbpf_wss::prefetch::{
     evict, prefetch_with, readahead_limit, resident_pages, PrefetchMethod, PrefetchOptions,
 };
-use snapbpf::workingset::{CaptureMeta, FileIdentity, WorkingSet};
+use snapbpf_wss::workingset::{CaptureMeta, FileIdentity, WorkingSet};
 
 struct Lcg(u64);
 impl Lcg {

@@ -16,7 +16,7 @@
 //! (readahead during capture, large folios, tmpfs, `s_dev` encoding).
 //!
 //! ```no_run
-//! use snapbpf::capture::PageCacheCapture;
+//! use snapbpf_wss::capture::PageCacheCapture;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let capture = PageCacheCapture::start(std::path::Path::new("/var/lib/snap/memory"))?;
 //! // ... run the workload that reads or maps the file ...

@@ -1,0 +1,433 @@
+//! N VMs of one snapshot at once, in N worker processes started together ([`invoke`]),
+//! and the worker side of that protocol ([`worker_main`]).
+//!
+//! # Why one process per VM
+//! Concurrent VMs run as separate processes, as Firecracker runs one VMM process per
+//! microVM. That makes the memory accounting honest: each VM's private (anonymous) memory
+//! is its process's `RssAnon`, and the page cache shared between VMs is counted once, from
+//! the memory file's residency. Threads in one process would share one RSS.
+//!
+//! # Worker protocol (stdin/stdout lines)
+//! The launcher writes one JSON line, [`WorkerArgs`], to the worker's stdin; the worker
+//! checks it (snapshot and strategy), prints `ready` and waits for `go`, so every VM
+//! starts at once. It restores and runs, prints its [`WorkerReply`] as one JSON line, and
+//! then waits for stdin to close so the launcher can measure memory while every VM is
+//! still alive. The executable is the front-end's business (`snapbpf __worker`); the
+//! protocol is this module's.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::{self, PrefetchReport, RunError, RunOptions, RunReport};
+use crate::snapshot::OpenError;
+use crate::strategy::{StrategyError, StrategySpec};
+use snapbpf_store::fsutil;
+
+/// System memory of a run, counted once for shared page cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// `page_cache_kib` + `anon_kib`.
+    pub total_kib: u64,
+    /// Resident page cache of the snapshot's files.
+    pub page_cache_kib: u64,
+    /// Sum of the VM processes' private anonymous memory.
+    pub anon_kib: u64,
+}
+
+/// The output of `snapbpf invoke --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvokeReport {
+    /// Function name.
+    pub function: String,
+    /// Strategy label.
+    pub strategy: String,
+    /// Input number.
+    pub input: u32,
+    /// Whether the snapshot's files were evicted before the run.
+    pub cold: bool,
+    /// Number of VMs.
+    pub concurrency: u32,
+    /// One entry per VM.
+    pub runs: Vec<RunReport>,
+    /// System memory with all VMs alive after their invocation.
+    pub memory: MemoryReport,
+    /// Prefetch summed over the VMs.
+    pub prefetch: PrefetchReport,
+}
+
+/// Errors restoring and running one VM in this process.
+#[derive(Debug, thiserror::Error)]
+pub enum RunOneError {
+    /// The snapshot is unusable.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The strategy failed to restore.
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    /// The VM failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Restores one VM from `dir` with `spec` in this process and runs one invocation.
+///
+/// Timing starts at the call: opening the snapshot and reading its vCPU state are part of
+/// the restore, as they are for Firecracker.
+pub fn run_one(
+    dir: &Path,
+    spec: &StrategySpec,
+    opts: &RunOptions,
+) -> Result<RunReport, RunOneError> {
+    let strategy = spec.build();
+    let faults_before = run::major_faults();
+    let started = Instant::now();
+    let snapshot = crate::snapshot::open(dir)?;
+    let restored = strategy.restore(&snapshot)?;
+    Ok(run::run_restored(
+        &snapshot,
+        restored,
+        opts,
+        started,
+        faults_before,
+    )?)
+}
+
+/// Errors of a (possibly concurrent) invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The snapshot is unusable.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The strategy refused.
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    /// Cold state could not be prepared.
+    #[error(transparent)]
+    Evict(#[from] fsutil::EvictError),
+    /// Bad concurrency.
+    #[error("--concurrency must be between 1 and 64, got {0}")]
+    Concurrency(u32),
+    /// Input out of range.
+    #[error("function '{function}' takes inputs 0..{inputs}, got {input}")]
+    Input {
+        /// Function.
+        function: String,
+        /// Inputs it has.
+        inputs: u32,
+        /// Requested.
+        input: u32,
+    },
+    /// A worker process could not be started or talked to.
+    #[error("VM worker {index}: {reason}")]
+    Worker {
+        /// Worker number.
+        index: usize,
+        /// What went wrong.
+        reason: WorkerFailure,
+    },
+    /// Warming the cache failed.
+    #[error("cannot load {path} into the page cache: {source}")]
+    Warm {
+        /// File.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A request for [`invoke`].
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    /// Snapshot directory.
+    pub dir: PathBuf,
+    /// Strategy.
+    pub spec: StrategySpec,
+    /// Input and timeout.
+    pub run: RunOptions,
+    /// Evict the snapshot's files first; otherwise load the memory file fully (warm).
+    pub cold: bool,
+    /// Number of VMs started together.
+    pub concurrency: u32,
+}
+
+/// What went wrong with one worker process.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerFailure {
+    /// It could not be started.
+    #[error("cannot start: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Talking to it failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It exited before it said what the protocol expects.
+    #[error("exited without a report (see its error above)")]
+    Exited,
+    /// It said something the protocol does not expect.
+    #[error("expected {expected}, got '{got}'")]
+    Protocol {
+        /// What was expected.
+        expected: &'static str,
+        /// The line received.
+        got: String,
+    },
+    /// Its run failed; the worker's error chain.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the launcher tells one worker: everything it needs to restore and run one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerArgs {
+    /// Snapshot directory.
+    pub dir: PathBuf,
+    /// Strategy.
+    pub spec: StrategySpec,
+    /// Input and timeout.
+    pub run: RunOptions,
+}
+
+/// Runs `concurrency` VMs of one snapshot at once, each in a worker process made by
+/// `worker` (a command that runs [`worker_main`]), and gathers their reports and the
+/// run's system memory.
+pub fn invoke(
+    req: &InvokeRequest,
+    worker: &dyn Fn() -> Command,
+) -> Result<InvokeReport, InvokeError> {
+    if req.concurrency == 0 || req.concurrency > 64 {
+        return Err(InvokeError::Concurrency(req.concurrency));
+    }
+    let snapshot = crate::snapshot::open(&req.dir)?;
+    let info = snapbpf_functions::info(&snapshot.meta.function)
+        .ok_or_else(|| OpenError::UnknownFunction(snapshot.meta.function.clone()))?;
+    if req.run.input >= info.inputs {
+        return Err(InvokeError::Input {
+            function: info.name.into(),
+            inputs: info.inputs,
+            input: req.run.input,
+        });
+    }
+    let strategy = req.spec.build();
+    strategy.check(&snapshot)?;
+    let files = strategy.cold_files(&snapshot);
+    if req.cold {
+        for f in &files {
+            fsutil::evict(f)?;
+        }
+    } else {
+        let memory = snapshot.memory_path();
+        fsutil::make_resident(&memory).map_err(|source| InvokeError::Warm {
+            path: memory.clone(),
+            source,
+        })?;
+    }
+
+    let worker_err =
+        |index: usize| move |reason: WorkerFailure| InvokeError::Worker { index, reason };
+    let args = WorkerArgs {
+        dir: req.dir.clone(),
+        spec: req.spec.clone(),
+        run: req.run.clone(),
+    };
+    let mut args_line = serde_json::to_vec(&args).map_err(|e| {
+        worker_err(0)(WorkerFailure::Io {
+            what: "encode the worker's arguments",
+            source: e.into(),
+        })
+    })?;
+    args_line.push(b'\n');
+    let mut children: Vec<(Child, BufReader<std::process::ChildStdout>)> = Vec::new();
+    let result = (|| {
+        for index in 0..req.concurrency as usize {
+            let mut child = worker()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| worker_err(index)(WorkerFailure::Spawn(e)))?;
+            let stdout = child.stdout.take().ok_or_else(|| {
+                worker_err(index)(WorkerFailure::Io {
+                    what: "take its stdout",
+                    source: std::io::ErrorKind::BrokenPipe.into(),
+                })
+            })?;
+            send(&mut child, &args_line).map_err(worker_err(index))?;
+            children.push((child, BufReader::new(stdout)));
+        }
+        for (index, (_, out)) in children.iter_mut().enumerate() {
+            let line = read_line(out).map_err(worker_err(index))?;
+            if line != "ready" {
+                // A worker that refused its arguments says why instead.
+                return Err(worker_err(index)(match serde_json::from_str(&line) {
+                    Ok(WorkerReply::Err(e)) => WorkerFailure::Failed(e),
+                    _ => WorkerFailure::Protocol {
+                        expected: "'ready'",
+                        got: line,
+                    },
+                }));
+            }
+        }
+        // Release every VM at once.
+        for (index, (child, _)) in children.iter_mut().enumerate() {
+            send(child, b"go\n").map_err(worker_err(index))?;
+        }
+        let mut runs = Vec::new();
+        for (index, (_, out)) in children.iter_mut().enumerate() {
+            let line = read_line(out).map_err(worker_err(index))?;
+            match serde_json::from_str(&line) {
+                Ok(WorkerReply::Ok(run)) => runs.push(run),
+                Ok(WorkerReply::Err(e)) => return Err(worker_err(index)(WorkerFailure::Failed(e))),
+                Err(_) => {
+                    return Err(worker_err(index)(WorkerFailure::Protocol {
+                        expected: "a JSON report",
+                        got: line,
+                    }))
+                }
+            }
+        }
+        // Every VM is alive and idle: the memory of the run as a whole.
+        let page_cache_kib = files
+            .iter()
+            .filter_map(|f| std::fs::File::open(f).ok())
+            .filter_map(|f| fsutil::resident_pages(&f).ok())
+            .sum::<u64>()
+            * (fsutil::page_size() as u64 / 1024);
+        let anon_kib = runs.iter().map(|r| r.rss_anon_kib).sum();
+        Ok((runs, page_cache_kib, anon_kib))
+    })();
+    for (mut child, _) in children {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    let (runs, page_cache_kib, anon_kib) = result?;
+    let prefetch =
+        runs.iter()
+            .filter_map(|r| r.prefetch)
+            .fold(PrefetchReport::default(), |a, p| PrefetchReport {
+                bytes: a.bytes + p.bytes,
+                ranges: a.ranges + p.ranges,
+                ms: a.ms.max(p.ms),
+            });
+    Ok(InvokeReport {
+        function: snapshot.meta.function.clone(),
+        strategy: req.spec.label(),
+        input: req.run.input,
+        cold: req.cold,
+        concurrency: req.concurrency,
+        runs,
+        memory: MemoryReport {
+            total_kib: page_cache_kib + anon_kib,
+            page_cache_kib,
+            anon_kib,
+        },
+        prefetch,
+    })
+}
+
+/// Writes `bytes` to a worker's stdin.
+fn send(child: &mut Child, bytes: &[u8]) -> Result<(), WorkerFailure> {
+    let stdin = child.stdin.as_mut().ok_or(WorkerFailure::Io {
+        what: "write to it",
+        source: std::io::ErrorKind::BrokenPipe.into(),
+    })?;
+    stdin
+        .write_all(bytes)
+        .and_then(|_| stdin.flush())
+        .map_err(|source| WorkerFailure::Io {
+            what: "write to it",
+            source,
+        })
+}
+
+/// Longest line a worker may send (a report is a few hundred bytes).
+const MAX_LINE: u64 = 64 << 10;
+
+fn read_line(out: &mut impl BufRead) -> Result<String, WorkerFailure> {
+    let mut line = String::new();
+    match std::io::Read::take(out, MAX_LINE).read_line(&mut line) {
+        Ok(0) => Err(WorkerFailure::Exited),
+        Ok(_) => Ok(line.trim_end().to_string()),
+        Err(source) => Err(WorkerFailure::Io {
+            what: "read from it",
+            source,
+        }),
+    }
+}
+
+/// What a worker prints after its run (or instead of `ready` when it refuses its
+/// arguments).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerReply {
+    /// The run's report.
+    Ok(RunReport),
+    /// Why it failed: the error chain, one line.
+    Err(String),
+}
+
+/// Errors of the worker side of the protocol: only its own pipes; a failed run is
+/// reported to the launcher, not returned.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// stdin or stdout failed.
+    #[error("worker protocol: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The worker side of [`invoke`]: reads its [`WorkerArgs`], checks the snapshot and the
+/// strategy, waits for the go signal, runs one VM, prints its report, and waits for stdin
+/// to close.
+pub fn worker_main() -> Result<(), WorkerError> {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut stdout = std::io::stdout().lock();
+    let reply = |stdout: &mut std::io::StdoutLock<'_>, r: &WorkerReply| -> std::io::Result<()> {
+        writeln!(stdout, "{}", serde_json::to_string(r)?)?;
+        stdout.flush()
+    };
+    let mut line = String::new();
+    std::io::Read::take(&mut input, MAX_LINE).read_line(&mut line)?;
+    let args: WorkerArgs = match serde_json::from_str(line.trim_end()) {
+        Ok(a) => a,
+        Err(e) => {
+            reply(
+                &mut stdout,
+                &WorkerReply::Err(format!("bad worker arguments: {e}")),
+            )?;
+            return Ok(());
+        }
+    };
+    // Refuse a bad snapshot or artifact before the go signal, as the launcher did.
+    if let Err(e) = crate::snapshot::open(&args.dir)
+        .map_err(RunOneError::from)
+        .and_then(|s| Ok(args.spec.build().check(&s)?))
+    {
+        reply(&mut stdout, &WorkerReply::Err(crate::error_chain(&e)))?;
+        return Ok(());
+    }
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    line.clear();
+    std::io::Read::take(&mut input, MAX_LINE).read_line(&mut line)?;
+    if line.trim() != "go" {
+        return Ok(());
+    }
+    let outcome = match run_one(&args.dir, &args.spec, &args.run) {
+        Ok(r) => WorkerReply::Ok(r),
+        Err(e) => WorkerReply::Err(crate::error_chain(&e)),
+    };
+    reply(&mut stdout, &outcome)?;
+    // Stay alive (keeping guest memory mapped) until the launcher has measured memory.
+    let mut rest = Vec::new();
+    while input.read_until(b'\n', &mut rest)? > 0 {
+        rest.clear();
+    }
+    Ok(())
+}

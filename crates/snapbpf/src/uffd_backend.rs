@@ -1,0 +1,327 @@
+//! Guest memory served through userfaultfd: the memory backend of REAP (and of any
+//! strategy that installs pages itself rather than mapping the snapshot).
+//!
+//! [`UffdMemory`] is anonymous guest memory registered with a userfaultfd for
+//! missing-page faults. Who fills it is the strategy's choice:
+//! - **In process** ([`UffdMemory::serve_in_process`]): a handler thread first runs the
+//!   strategy's policy (`prefetch`: what to install before the vCPU runs), reports it, and
+//!   then serves every other fault from the snapshot's memory file until the vCPU stops.
+//!   The restore waits for the prefetch, so it is complete before the vCPU runs.
+//! - **Recording** ([`UffdMemory::record`]): every fault is served on demand and its file
+//!   offset logged, in fault order.
+//! - **An external handler** ([`UffdMemory::serve_externally`]): the descriptor and the
+//!   region list go to a handler process over Firecracker's handshake
+//!   ([`snapbpf_uffd::send_to_handler`]). Two threads guard the VM against that handler:
+//!   a probe faults in the guest's mailbox page and fails the restore if it is not served
+//!   within [`HANDLER_SERVE_TIMEOUT`]; a watch notices the handler's connection closing and
+//!   then serves the VM's remaining faults itself from the snapshot's memory file (waking
+//!   any fault the handler had taken and not served), so the vCPU never waits forever, and
+//!   the run fails once the vCPU stops: its pages no longer came from the handler it was
+//!   given.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use snapbpf_vmm::{GuestMemory, MemoryError};
+
+use crate::run::{HelperError, Helpers, PrefetchReport, Restored};
+use snapbpf_uffd::{
+    self as uffd, GuestRegionUffdMapping, HandlerAck, StopSignal, Uffd, UffdError, PAGE,
+};
+
+/// How long the VMM waits for an external handler to install its prefetch.
+pub const HANDLER_ACK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest an external handler that has acknowledged may take to serve the first guest
+/// page. A working handler serves a fault in microseconds once its prefetch is done.
+pub const HANDLER_SERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the userfaultfd memory backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A userfaultfd operation or the handshake failed.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A thread could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        /// The thread.
+        name: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The in-process handler ended before it reported its prefetch.
+    #[error("the page-fault handler thread ended before installing the working set")]
+    HandlerEnded,
+    /// The strategy's prefetch failed; nothing was served.
+    #[error("prefetch before the vCPU runs failed")]
+    Prefetch(#[source] HelperError),
+    /// The external handler acknowledged but never served the first page.
+    #[error("page-fault handler at {socket}: it acknowledged the guest memory but did not serve its first page within {} s", HANDLER_SERVE_TIMEOUT.as_secs())]
+    HandlerSilent {
+        /// Its socket.
+        socket: PathBuf,
+    },
+    /// The external handler went away while the VM ran.
+    #[error("the page-fault handler at {socket} disconnected while the VM was running; its remaining pages were served from the snapshot's memory file, so the run is void")]
+    HandlerLost {
+        /// Its socket.
+        socket: PathBuf,
+    },
+}
+
+fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> BackendError {
+    move |source| BackendError::Thread { name, source }
+}
+
+/// Anonymous guest memory registered for missing-page faults, and its one region
+/// (file offset 0 at GPA 0, as the snapshot's memory file lays guest memory out).
+#[derive(Debug)]
+pub struct UffdMemory {
+    memory: GuestMemory,
+    uffd: Uffd,
+    regions: Vec<GuestRegionUffdMapping>,
+}
+
+/// A handler thread's stop signal and join handle.
+#[derive(Debug)]
+pub struct Recorder {
+    stop: Arc<StopSignal>,
+    join: Option<std::thread::JoinHandle<Result<uffd::ServeStats, UffdError>>>,
+}
+
+impl Recorder {
+    /// Stops the handler and returns the file offsets it served, in fault order.
+    pub fn finish(mut self) -> Result<Vec<u64>, BackendError> {
+        self.stop.signal();
+        match self.join.take().map(|j| j.join()) {
+            Some(Ok(stats)) => Ok(stats?.log),
+            _ => Err(BackendError::HandlerEnded),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.signal();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl UffdMemory {
+    /// `len` bytes of anonymous guest memory registered with a new userfaultfd.
+    pub fn new(len: u64) -> Result<Self, BackendError> {
+        let memory = GuestMemory::anonymous(len)?;
+        let uffd = Uffd::new()?;
+        let base = memory.host_base() as u64;
+        uffd.register_missing(base, memory.len())?;
+        let regions = vec![GuestRegionUffdMapping {
+            base_host_virt_addr: base,
+            size: memory.len(),
+            offset: 0,
+            page_size: PAGE,
+        }];
+        Ok(Self {
+            memory,
+            uffd,
+            regions,
+        })
+    }
+
+    /// Serves the memory from a handler thread in this process: `prefetch` installs what
+    /// the strategy wants before the vCPU runs (this waits for it), then every other
+    /// fault is served from `source` (the snapshot's memory file) until the vCPU stops.
+    pub fn serve_in_process(
+        self,
+        source: File,
+        prefetch: impl FnOnce(&Uffd, &[GuestRegionUffdMapping]) -> Result<PrefetchReport, HelperError>
+            + Send
+            + 'static,
+    ) -> Result<Restored, BackendError> {
+        let Self {
+            memory,
+            uffd,
+            regions,
+        } = self;
+        let stop = Arc::new(StopSignal::new().map_err(thread_err("page-fault handler"))?);
+        let (installed_tx, installed) = mpsc::channel();
+        let mut helpers = Helpers::none();
+        let thread_stop = stop.clone();
+        helpers
+            .spawn_stoppable(
+                "uffd-handler",
+                move || stop.signal(),
+                move || {
+                    match prefetch(&uffd, &regions) {
+                        Ok(report) => {
+                            let _ = installed_tx.send(Ok(report));
+                        }
+                        Err(e) => {
+                            let _ = installed_tx.send(Err(e));
+                            return Ok(None);
+                        }
+                    }
+                    uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), false)?;
+                    Ok(None)
+                },
+            )
+            .map_err(thread_err("page-fault handler"))?;
+        let prefetched = match installed.recv() {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => return Err(BackendError::Prefetch(e)),
+            Err(_) => return Err(BackendError::HandlerEnded),
+        };
+        Ok(Restored {
+            helpers,
+            prefetched: Some(prefetched),
+            ..Restored::plain(memory)
+        })
+    }
+
+    /// Serves every fault on demand from `source` and logs its file offset: the memory
+    /// and the recorder to finish once the recorded invocation is over.
+    pub fn record(self, source: File) -> Result<(GuestMemory, Recorder), BackendError> {
+        let Self {
+            memory,
+            uffd,
+            regions,
+        } = self;
+        let stop = Arc::new(StopSignal::new().map_err(thread_err("page-fault recorder"))?);
+        let thread_stop = stop.clone();
+        let join = std::thread::Builder::new()
+            .name("uffd-recorder".into())
+            .spawn(move || uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), true))
+            .map_err(thread_err("page-fault recorder"))?;
+        Ok((
+            memory,
+            Recorder {
+                stop,
+                join: Some(join),
+            },
+        ))
+    }
+
+    /// Hands the memory to the external handler listening on `socket` (Firecracker's
+    /// handshake), waits for its acknowledgement, checks that it serves, and watches it
+    /// while the VM runs; `fallback` (the snapshot's memory file) serves the VM if the
+    /// handler goes away.
+    pub fn serve_externally(self, socket: &Path, fallback: File) -> Result<Restored, BackendError> {
+        let Self {
+            memory,
+            uffd,
+            regions,
+        } = self;
+        let (stream, ack) = uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
+        let mut helpers = Helpers::none();
+        let stop = Arc::new(StopSignal::new().map_err(thread_err("handler watch"))?);
+        let watch_stop = stop.clone();
+        let socket_path = socket.to_path_buf();
+        helpers
+            .spawn_stoppable(
+                "uffd-handler-watch",
+                move || stop.signal(),
+                move || {
+                    watch(
+                        &stream,
+                        &uffd,
+                        &regions,
+                        &fallback,
+                        &watch_stop,
+                        &socket_path,
+                    )
+                },
+            )
+            .map_err(thread_err("handler watch"))?;
+        let memory =
+            match memory.read_u64_within(snapbpf_vmm::abi::MAILBOX_GPA, HANDLER_SERVE_TIMEOUT) {
+                Ok((memory, _)) => memory,
+                Err(MemoryError::ReadTimeout { .. }) => {
+                    // The probe thread may still wait on the page, inside memory leaked for it;
+                    // stopping the watch (as `helpers` drops) touches none of it.
+                    return Err(BackendError::HandlerSilent {
+                        socket: socket.to_path_buf(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+        Ok(Restored {
+            helpers,
+            prefetched: Some(report(&ack)),
+            ..Restored::plain(memory)
+        })
+    }
+}
+
+fn report(ack: &HandlerAck) -> PrefetchReport {
+    PrefetchReport {
+        bytes: ack.bytes,
+        ranges: ack.ranges,
+        ms: ack.ms,
+    }
+}
+
+/// Waits for `stop` or for the handler's connection to close. If it closes first, serves
+/// the VM's faults from `fallback` until `stop` and then fails: the run is void.
+fn watch(
+    stream: &UnixStream,
+    uffd: &Uffd,
+    regions: &[GuestRegionUffdMapping],
+    fallback: &File,
+    stop: &StopSignal,
+    socket: &Path,
+) -> Result<Option<PrefetchReport>, HelperError> {
+    let mut fds = [
+        libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd structs for the call's duration.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(Box::new(UffdError::Ioctl {
+                op: "poll",
+                source: err,
+            }));
+        }
+        if fds[1].revents != 0 {
+            return Ok(None);
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+    }
+    tracing::error!(
+        "the page-fault handler at {} disconnected while the VM was running; serving its pages from the snapshot's memory file",
+        socket.display()
+    );
+    // A fault the handler read but never served has no event left: wake its thread so
+    // it faults again and this loop sees it.
+    for r in regions {
+        uffd.wake(r.base_host_virt_addr, r.size)?;
+    }
+    uffd::serve(uffd, regions, fallback, stop.as_fd(), false)?;
+    Err(Box::new(BackendError::HandlerLost {
+        socket: socket.to_path_buf(),
+    }))
+}

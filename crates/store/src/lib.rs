@@ -1,0 +1,22 @@
+//! The snapshot store: how snapbpf keeps snapshots and what is bound to them.
+//!
+//! - [`snapshot`]: the snapshot directory (`memory`, `vcpu`, `snapshot.json`), written
+//!   atomically and opened only after validation.
+//! - [`identity`]: the one identity type that binds artifacts to a snapshot's memory file.
+//! - [`artifact`]: the one versioned, checksummed container for strategies' saved state.
+//! - [`fsutil`]: atomic writes, page-cache residency and eviction, whole-file direct reads.
+//!
+//! It depends on the VMM (for the vCPU state format) and nothing above it, so the
+//! evaluation harness and every mechanism crate can use it.
+
+pub mod artifact;
+pub mod fsutil;
+pub mod identity;
+pub mod snapshot;
+
+pub use identity::FileIdentity;
+pub use snapshot::{OpenError, Snapshot, SnapshotMeta};
+
+/// The one page size of snapshots, working sets and artifacts (x86-64 base pages): the
+/// guest ABI's.
+pub const PAGE_SIZE: u64 = snapbpf_vmm::abi::PAGE_SIZE;

@@ -1,0 +1,346 @@
+//! The snapshot directory: writing it atomically and opening it, validated.
+//!
+//! ```text
+//! <dir>/memory         raw guest memory, file offset = guest-physical address
+//! <dir>/vcpu           vCPU registers (snapbpf_vmm::vcpu_state format: magic, version, CRC)
+//! <dir>/snapshot.json  metadata: function, sizes, guest build, identity of `memory`
+//! ```
+//! The directory is built under a temporary name beside the target and renamed into place,
+//! so a crash never leaves a half-written snapshot under the requested name.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use snapbpf_vmm::{VcpuState, VcpuStateError};
+
+use crate::fsutil;
+use crate::identity::FileIdentity;
+
+/// Name of the guest memory file in a snapshot directory.
+pub const MEMORY_FILE: &str = "memory";
+/// Name of the vCPU state file.
+pub const VCPU_FILE: &str = "vcpu";
+/// Name of the metadata file.
+pub const META_FILE: &str = "snapshot.json";
+/// Value of `format` in `snapshot.json`.
+pub const META_FORMAT: &str = "snapbpf-snapshot";
+/// Version of the snapshot directory format.
+pub const META_VERSION: u32 = 1;
+
+/// `snapshot.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Always [`META_FORMAT`].
+    pub format: String,
+    /// [`META_VERSION`] when written.
+    pub version: u32,
+    /// Function name.
+    pub function: String,
+    /// Index of the function in the guest's suite.
+    pub function_index: u32,
+    /// Bytes of guest memory (= size of `memory`).
+    pub mem_bytes: u64,
+    /// Guest ABI version.
+    pub abi_version: u32,
+    /// Digest of the guest image the snapshot was taken with (hex).
+    pub guest_digest: String,
+    /// Identity of `memory`; strategy artifacts are bound to it.
+    pub memory: FileIdentity,
+    /// CRC32 of the `vcpu` file.
+    pub vcpu_crc32: u32,
+    /// Time the init phase took in the fresh VM, ms.
+    pub init_ms: f64,
+    /// Creation time, seconds since the epoch.
+    pub created_unix: u64,
+    /// Version of snapbpf that wrote it.
+    pub snapbpf_version: String,
+}
+
+/// Errors writing a snapshot directory.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Target exists.
+    #[error("{0} already exists (pass --force to replace it)")]
+    Exists(PathBuf),
+    /// Writing files failed.
+    #[error("cannot write snapshot to {path}: {source}")]
+    Io {
+        /// The path being written.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The snapshot written cannot be opened again.
+    #[error("the snapshot written to {path} does not open")]
+    Reopen {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<OpenError>,
+    },
+}
+
+/// What a snapshot holds, as the VMM hands it over to be written.
+#[derive(Debug)]
+pub struct SnapshotContents<'a> {
+    /// Function name.
+    pub function: &'a str,
+    /// Index of the function in the guest's suite.
+    pub function_index: u32,
+    /// Guest memory, from GPA 0.
+    pub memory: &'a [u8],
+    /// vCPU state at the snapshot point.
+    pub vcpu: &'a VcpuState,
+    /// Guest ABI version.
+    pub abi_version: u32,
+    /// Digest of the guest image (hex).
+    pub guest_digest: &'a str,
+    /// Time the init phase took, ms.
+    pub init_ms: f64,
+}
+
+/// Errors opening a snapshot directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Not a directory / missing.
+    #[error(
+        "{0} is not a snapshot directory (no snapshot.json; create one with `snapbpf snapshot`)"
+    )]
+    NotSnapshot(PathBuf),
+    /// I/O error reading a file.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// snapshot.json does not parse.
+    #[error("{path} is corrupt: {reason}")]
+    CorruptMeta {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another format or version.
+    #[error("{path} is a snapshot of format '{format}' version {version}; this snapbpf reads '{META_FORMAT}' version {META_VERSION} (re-create it)")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Format found.
+        format: String,
+        /// Version found.
+        version: u32,
+    },
+    /// Guest image differs.
+    #[error("snapshot was taken with another guest build (digest {found}, this build has {expected}); re-create it with `snapbpf snapshot`")]
+    GuestMismatch {
+        /// Digest in the snapshot.
+        found: String,
+        /// Digest of this build's guest.
+        expected: String,
+    },
+    /// Function no longer exists.
+    #[error("snapshot is of function '{0}', which this build does not have")]
+    UnknownFunction(String),
+    /// memory file changed.
+    #[error("{path} does not match the snapshot: {reason}")]
+    MemoryMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// vcpu file bad.
+    #[error("{path}: {source}")]
+    Vcpu {
+        /// The file.
+        path: PathBuf,
+        /// Decode error.
+        source: VcpuStateError,
+    },
+    /// vcpu file differs from the one the metadata names.
+    #[error("{0} does not belong to this snapshot (CRC differs from snapshot.json)")]
+    VcpuMismatch(PathBuf),
+}
+
+/// An opened, validated snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its metadata.
+    pub meta: SnapshotMeta,
+    /// The vCPU state to resume.
+    pub vcpu: VcpuState,
+}
+
+impl Snapshot {
+    /// Path of the memory file.
+    pub fn memory_path(&self) -> PathBuf {
+        self.dir.join(MEMORY_FILE)
+    }
+
+    /// Path of a strategy artifact in the snapshot directory.
+    pub fn artifact_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Opens and validates `dir`: metadata format, guest build (its digest must be
+    /// `guest_digest`), the memory file's size and identity, and the vCPU file's checksum.
+    /// Does not read `memory` (that would warm it).
+    pub fn open(dir: &Path, guest_digest: &str) -> Result<Self, OpenError> {
+        let meta_path = dir.join(META_FILE);
+        if !meta_path.is_file() {
+            return Err(OpenError::NotSnapshot(dir.to_path_buf()));
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        let raw = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| OpenError::CorruptMeta {
+                path: meta_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("");
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if format != META_FORMAT || version != META_VERSION {
+            return Err(OpenError::Version {
+                path: meta_path,
+                format: format.to_string(),
+                version,
+            });
+        }
+        let meta: SnapshotMeta =
+            serde_json::from_value(value).map_err(|e| OpenError::CorruptMeta {
+                path: meta_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if meta.guest_digest != guest_digest {
+            return Err(OpenError::GuestMismatch {
+                found: meta.guest_digest,
+                expected: guest_digest.to_string(),
+            });
+        }
+        if snapbpf_functions::index_of(&meta.function) != Some(meta.function_index) {
+            return Err(OpenError::UnknownFunction(meta.function));
+        }
+        let memory = dir.join(MEMORY_FILE);
+        let mismatch = |reason: String| OpenError::MemoryMismatch {
+            path: memory.clone(),
+            reason,
+        };
+        if meta.memory.size != meta.mem_bytes {
+            return Err(mismatch("snapshot.json sizes disagree".into()));
+        }
+        snapbpf_vmm::memory::check_size(meta.mem_bytes).map_err(|e| mismatch(e.to_string()))?;
+        match meta.memory.check(&memory) {
+            Ok(None) => {}
+            Ok(Some(reason)) => return Err(mismatch(reason)),
+            Err(e) => return Err(io(&memory)(e)),
+        }
+        let vcpu_path = dir.join(VCPU_FILE);
+        let vcpu_bytes = std::fs::read(&vcpu_path).map_err(io(&vcpu_path))?;
+        let vcpu = VcpuState::from_bytes(&vcpu_bytes).map_err(|source| OpenError::Vcpu {
+            path: vcpu_path.clone(),
+            source,
+        })?;
+        if crc32fast::hash(&vcpu_bytes) != meta.vcpu_crc32 {
+            return Err(OpenError::VcpuMismatch(vcpu_path));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            meta,
+            vcpu,
+        })
+    }
+}
+
+/// Writes `contents` as a snapshot directory at `out`, atomically: it is built under a
+/// temporary name beside `out`, every file synced, and renamed into place; with `force`,
+/// an existing `out` is replaced (moved aside first, so the rename stays atomic). Opens
+/// the result again to check it.
+pub fn write(
+    out: &Path,
+    contents: &SnapshotContents<'_>,
+    force: bool,
+) -> Result<Snapshot, WriteError> {
+    if out.exists() && !force {
+        return Err(WriteError::Exists(out.to_path_buf()));
+    }
+    let parent = fsutil::parent_dir(out);
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError::Io { path, source }
+    };
+    let result = (|| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let memory_path = tmp.join(MEMORY_FILE);
+        let digest = write_memory(&memory_path, contents.memory).map_err(io(&memory_path))?;
+        let vcpu_path = tmp.join(VCPU_FILE);
+        let vcpu_bytes = contents.vcpu.to_bytes();
+        fsutil::write_atomic(&vcpu_path, &vcpu_bytes).map_err(io(&vcpu_path))?;
+        let meta = SnapshotMeta {
+            format: META_FORMAT.into(),
+            version: META_VERSION,
+            function: contents.function.into(),
+            function_index: contents.function_index,
+            mem_bytes: contents.memory.len() as u64,
+            abi_version: contents.abi_version,
+            guest_digest: contents.guest_digest.into(),
+            memory: FileIdentity::of(&memory_path, digest).map_err(io(&memory_path))?,
+            vcpu_crc32: crc32fast::hash(&vcpu_bytes),
+            init_ms: contents.init_ms,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            snapbpf_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| io(&tmp)(e.into()))?;
+        let meta_path = tmp.join(META_FILE);
+        fsutil::write_atomic(&meta_path, &json).map_err(io(&meta_path))?;
+        if out.exists() {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(out, &old).map_err(io(out))?;
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        fsutil::sync_dir(&parent).map_err(io(&parent))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Snapshot::open(out, contents.guest_digest).map_err(|source| WriteError::Reopen {
+        path: out.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// Writes guest memory densely (no holes: a hole would make "reading" free pages cost no
+/// I/O, unlike a real snapshot) and returns its SHA-256.
+fn write_memory(path: &Path, mem: &[u8]) -> std::io::Result<[u8; 32]> {
+    let mut file = File::create(path)?;
+    let mut hasher = Sha256::new();
+    for chunk in mem.chunks(8 << 20) {
+        hasher.update(chunk);
+        file.write_all(chunk)?;
+    }
+    file.sync_all()?;
+    Ok(hasher.finalize().into())
+}

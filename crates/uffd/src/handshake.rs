@@ -1,0 +1,297 @@
+//! Firecracker's handshake: how a VMM hands its userfaultfd and its guest memory regions to
+//! a page-fault handler process.
+//!
+//! The handler listens on a Unix stream socket. The VMM creates the userfaultfd,
+//! registers guest memory for missing-page faults, connects, and sends one message whose
+//! payload is a JSON array of [`GuestRegionUffdMapping`] and whose ancillary data carries
+//! the descriptor (`SCM_RIGHTS`); see Firecracker's
+//! `docs/snapshotting/handling-page-faults-on-snapshot-resume.md`.
+//!
+//! snapbpf's extension: after installing anything it prefetches, our handler writes one
+//! JSON line ([`HandlerAck`]) back on the socket, which our VMM waits for so the prefetch
+//! completes before the vCPU runs; and the VMM keeps the socket open for the VM's life, so
+//! the handler ends the session when it closes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Uffd, UffdError, PAGE};
+
+/// One guest memory region a handler serves, as Firecracker describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRegionUffdMapping {
+    /// Host virtual address of the region's start in the VMM.
+    pub base_host_virt_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset of the region in the snapshot memory file.
+    pub offset: u64,
+    /// Page size backing the region, bytes.
+    pub page_size: u64,
+}
+
+impl GuestRegionUffdMapping {
+    /// Host address of `file_offset`, if this region maps it.
+    pub fn host_addr(&self, file_offset: u64) -> Option<u64> {
+        (file_offset >= self.offset && file_offset < self.offset + self.size)
+            .then(|| self.base_host_virt_addr + (file_offset - self.offset))
+    }
+
+    /// File offset of `addr`, if this region holds it.
+    pub fn file_offset(&self, addr: u64) -> Option<u64> {
+        (addr >= self.base_host_virt_addr && addr < self.base_host_virt_addr + self.size)
+            .then(|| self.offset + (addr - self.base_host_virt_addr))
+    }
+}
+
+/// Checks regions received from a VMM against the memory file they are served from.
+pub fn check_regions(regions: &[GuestRegionUffdMapping], file_len: u64) -> Result<(), UffdError> {
+    if regions.is_empty() {
+        return Err(UffdError::BadRegions("no regions".into()));
+    }
+    for r in regions {
+        if r.page_size != PAGE {
+            return Err(UffdError::BadRegions(format!(
+                "page size {} (only {PAGE}-byte pages are served)",
+                r.page_size
+            )));
+        }
+        let aligned = |v: u64| v.is_multiple_of(PAGE);
+        if !aligned(r.base_host_virt_addr) || !aligned(r.size) || !aligned(r.offset) {
+            return Err(UffdError::BadRegions(format!("{r:?} is not page-aligned")));
+        }
+        if r.offset
+            .checked_add(r.size)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(UffdError::BadRegions(format!(
+                "{r:?} reaches past the end of the {file_len}-byte memory file"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What a handler reports after it installed its prefetch (the snapbpf extension).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandlerAck {
+    /// Bytes installed before serving faults.
+    pub bytes: u64,
+    /// `UFFDIO_COPY` calls (contiguous runs) they took.
+    pub ranges: u64,
+    /// Time of reading and installing them, ms.
+    pub ms: f64,
+    /// Set when the handler failed to prefetch; it then refuses the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The VMM side of the handshake: connects to the handler at `socket`, sends `regions` and
+/// the descriptor, and waits (up to `timeout`) for the handler's [`HandlerAck`]. The returned
+/// stream must stay open while the VM runs.
+pub fn send_to_handler(
+    socket: &Path,
+    uffd: &Uffd,
+    regions: &[GuestRegionUffdMapping],
+    timeout: Duration,
+) -> Result<(UnixStream, HandlerAck), UffdError> {
+    let sock_err = |reason: String| UffdError::Socket {
+        path: socket.to_path_buf(),
+        reason,
+    };
+    let stream = UnixStream::connect(socket).map_err(|e| sock_err(format!("connect: {e}")))?;
+    let body = serde_json::to_vec(regions).map_err(|e| sock_err(e.to_string()))?;
+    send_fd(&stream, &body, uffd.as_fd().as_raw_fd())
+        .map_err(|e| sock_err(format!("send: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| sock_err(e.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| sock_err(format!("no acknowledgement from the handler: {e}")))?;
+    if line.is_empty() {
+        return Err(sock_err(
+            "the handler closed the connection without acknowledging".into(),
+        ));
+    }
+    let ack: HandlerAck = serde_json::from_str(line.trim())
+        .map_err(|e| sock_err(format!("bad acknowledgement '{}': {e}", line.trim())))?;
+    if let Some(e) = &ack.error {
+        return Err(sock_err(format!("the handler refused the VM: {e}")));
+    }
+    Ok((stream, ack))
+}
+
+/// The handler side of the handshake: receives the regions and the descriptor.
+pub fn receive_from_vmm(
+    stream: &UnixStream,
+) -> Result<(Uffd, Vec<GuestRegionUffdMapping>), UffdError> {
+    let err = |reason: String| UffdError::Socket {
+        path: PathBuf::from("<connection>"),
+        reason,
+    };
+    // Zero-length datagrams are legal: retry a few times, as Firecracker's handlers do.
+    for _ in 0..5 {
+        let (body, fd) = recv_fd(stream).map_err(|e| err(format!("receive: {e}")))?;
+        let Some(fd) = fd else {
+            if body.is_empty() {
+                continue;
+            }
+            return Err(err("message carries no userfaultfd".into()));
+        };
+        let regions: Vec<GuestRegionUffdMapping> = serde_json::from_slice(&body)
+            .map_err(|e| UffdError::BadRegions(format!("bad JSON: {e}")))?;
+        return Ok((Uffd::from_fd(fd), regions));
+    }
+    Err(err("no message with a userfaultfd".into()))
+}
+
+/// Writes the handler's acknowledgement line.
+pub fn acknowledge(mut stream: &UnixStream, ack: &HandlerAck) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(ack)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// Room for one descriptor's control message (`CMSG_SPACE(sizeof(int))` is 24 on x86-64).
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+fn send_fd(stream: &UnixStream, body: &[u8], fd: i32) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: body.as_ptr() as *mut libc::c_void,
+        iov_len: body.len(),
+    };
+    let mut cmsg = CmsgBuf([0; 64]);
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    // SAFETY: msghdr is plain data; zeroed is a valid value that we fill below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `msg` points at a control buffer of `space` bytes (≤ 64, aligned), so the
+    // first header exists and lies inside it.
+    let hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if hdr.is_null() {
+        return Err(std::io::Error::other("no room for the control message"));
+    }
+    // SAFETY: pure computation.
+    let cmsg_len = unsafe { libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) } as usize;
+    // SAFETY: `hdr` points into `cmsg`, valid and aligned for a cmsghdr (checked above).
+    let hdr = unsafe { &mut *hdr };
+    hdr.cmsg_level = libc::SOL_SOCKET;
+    hdr.cmsg_type = libc::SCM_RIGHTS;
+    hdr.cmsg_len = cmsg_len;
+    // SAFETY: CMSG_DATA of a header inside our buffer points at its payload, which has room
+    // for an int (CMSG_SPACE above).
+    let data = unsafe { libc::CMSG_DATA(hdr) };
+    // SAFETY: `data` points at 4 writable bytes inside `cmsg`.
+    unsafe { std::ptr::write_unaligned(data.cast::<i32>(), fd) };
+    // SAFETY: `msg` and everything it points to live across the call.
+    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n as usize != body.len() {
+        return Err(std::io::Error::other("short send"));
+    }
+    Ok(())
+}
+
+fn recv_fd(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut body = vec![0u8; 64 << 10];
+    let mut iov = libc::iovec {
+        iov_base: body.as_mut_ptr().cast(),
+        iov_len: body.len(),
+    };
+    let mut cmsg = CmsgBuf([0; 64]);
+    // SAFETY: msghdr is plain data; zeroed is a valid value that we fill below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.0.len();
+    // SAFETY: `msg` points at our buffers, valid for writing for the call's duration.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    body.truncate(n as usize);
+    let mut fd = None;
+    // SAFETY: the kernel filled `msg_control`; CMSG_FIRSTHDR/NXTHDR walk it within
+    // `msg_controllen`.
+    let mut hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !hdr.is_null() {
+        // SAFETY: `hdr` is a header inside the control buffer (CMSG_* bounds it).
+        let h = unsafe { &*hdr };
+        let (level, kind, len) = (h.cmsg_level, h.cmsg_type, h.cmsg_len);
+        // SAFETY: pure computation.
+        let want = unsafe { libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) } as usize;
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS && len >= want {
+            // SAFETY: an SCM_RIGHTS message of at least one int carries a descriptor that is
+            // now ours.
+            let data = unsafe { libc::CMSG_DATA(hdr) };
+            // SAFETY: `data` points at the int payload inside the control buffer.
+            let raw = unsafe { std::ptr::read_unaligned(data.cast::<i32>()) };
+            // SAFETY: the kernel installed `raw` in our table for us to own.
+            fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+        // SAFETY: walks to the next header within the buffer, or null.
+        hdr = unsafe { libc::CMSG_NXTHDR(&msg, hdr) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::other("control message truncated"));
+    }
+    Ok((body, fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StopSignal;
+
+    /// The handshake carries the region list and a working descriptor; bad regions are
+    /// refused.
+    #[test]
+    fn handshake_passes_regions_and_descriptor() {
+        let (vmm, handler) = UnixStream::pair().expect("socketpair");
+        let stop = StopSignal::new().expect("eventfd");
+        let regions = vec![GuestRegionUffdMapping {
+            base_host_virt_addr: 0x7f00_0000_0000,
+            size: 1 << 20,
+            offset: 0,
+            page_size: PAGE,
+        }];
+        let body = serde_json::to_vec(&regions).expect("json");
+        send_fd(&vmm, &body, stop.as_fd().as_raw_fd()).expect("send");
+        let (fd, got) = receive_from_vmm(&handler).expect("receive");
+        assert_eq!(got, regions);
+        // The received descriptor is the same eventfd: signalling through it is seen here.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a local array to the received eventfd.
+        let wrote = unsafe { libc::write(fd.as_fd().as_raw_fd(), one.as_ptr().cast(), 8) };
+        assert_eq!(wrote, 8);
+        let mut pfd = libc::pollfd {
+            fd: stop.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 1000) }, 1);
+        check_regions(&regions, 1 << 20).expect("fits");
+        assert!(check_regions(&regions, 4096).is_err(), "past the end");
+        let mut huge = regions.clone();
+        huge[0].page_size = 2 << 20;
+        assert!(check_regions(&huge, 1 << 20).is_err(), "huge pages");
+        assert!(check_regions(&[], 1 << 20).is_err(), "empty");
+        acknowledge(&handler, &HandlerAck::default()).expect("ack");
+    }
+}

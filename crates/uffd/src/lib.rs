@@ -1,0 +1,26 @@
+//! userfaultfd for guest memory: the kernel ABI, Firecracker's handler handshake, the
+//! runtime that serves faults, and a handler server.
+//!
+//! - [`abi`]: the descriptor ([`Uffd`]) and the hand-written kernel structures.
+//! - [`handshake`]: handing the descriptor and the region list from a VMM to a handler.
+//! - [`serve`]: serving faults from a file, installing prefetched pages, stopping.
+//! - [`server`]: a handler process's listening loop, one session per VMM; what a session
+//!   installs is the caller's policy.
+//!
+//! Mechanism only: which pages to install before a VM runs (REAP's working set, Sabre's
+//! decompressed partitions) is the restore strategy's choice.
+
+pub mod abi;
+pub mod handshake;
+pub mod serve;
+pub mod server;
+
+pub use abi::{Uffd, UffdError};
+pub use handshake::{
+    acknowledge, check_regions, receive_from_vmm, send_to_handler, GuestRegionUffdMapping,
+    HandlerAck,
+};
+pub use serve::{install, ms_since, serve, ServeStats, StopSignal};
+
+/// Page size the handler serves: the guest's.
+pub const PAGE: u64 = snapbpf_guest_abi::PAGE_SIZE;

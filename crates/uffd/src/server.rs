@@ -1,0 +1,215 @@
+//! A page-fault handler process: listens on a Unix socket and serves every VMM that hands
+//! it a userfaultfd (Firecracker's handshake), each on its own thread.
+//!
+//! One session: receive the descriptor and the regions, check them against the memory
+//! file, run the caller's `prefetch` (what to install before the VM's vCPU runs; nothing
+//! for a plain on-demand handler), acknowledge, then serve the VM's faults from the file
+//! until the VMM closes the connection. A failing session tells its VMM why in the
+//! acknowledgement and is logged; the server goes on.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::{acknowledge, check_regions, receive_from_vmm, serve, GuestRegionUffdMapping};
+use crate::{HandlerAck, Uffd, UffdError};
+
+/// Most VMs one handler serves at once; a further VMM waits in the listen backlog.
+pub const MAX_CONCURRENT_SESSIONS: usize = 64;
+
+/// The error a session's prefetch ends with, kept whole.
+pub type PrefetchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a session installs before the VM runs: gets the descriptor and the VM's regions,
+/// returns what it installed.
+pub type Prefetch =
+    dyn Fn(&Uffd, &[GuestRegionUffdMapping]) -> Result<HandlerAck, PrefetchError> + Send + Sync;
+
+/// Errors of the handler server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The memory file could not be opened.
+    #[error("cannot open the memory file {path}: {source}")]
+    Source {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("{0} exists and is not a socket: refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The socket could not be set up.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// Socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Errors of one session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The handshake or serving failed.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    /// The prefetch failed; the VM is refused.
+    #[error("prefetch failed")]
+    Prefetch(#[source] PrefetchError),
+    /// The acknowledgement could not be sent.
+    #[error("cannot acknowledge: {0}")]
+    Acknowledge(std::io::Error),
+}
+
+/// Listens on `socket` and serves VMs from the memory file `memory` with `prefetch`,
+/// until `max_sessions` sessions have been accepted (forever when `None`), then waits for
+/// the running ones. A stale socket at `socket` is replaced; anything else there is not.
+pub fn listen(
+    socket: &Path,
+    memory: &Path,
+    prefetch: Arc<Prefetch>,
+    max_sessions: Option<u64>,
+) -> Result<(), ServerError> {
+    let file = File::open(memory).map_err(|source| ServerError::Source {
+        path: memory.to_path_buf(),
+        source,
+    })?;
+    let file_len = file
+        .metadata()
+        .map_err(|source| ServerError::Source {
+            path: memory.to_path_buf(),
+            source,
+        })?
+        .len();
+    let file = Arc::new(file);
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            let _ = std::fs::remove_file(socket);
+        }
+        Ok(_) => return Err(ServerError::NotASocket(socket.to_path_buf())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(socket).map_err(|source| ServerError::Listen {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    tracing::info!("uffd-handler: listening on {}", socket.display());
+    let slots = Arc::new(Slots::new(MAX_CONCURRENT_SESSIONS));
+    let mut sessions = Vec::new();
+    let mut count = 0u64;
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("uffd-handler: accept: {e}");
+                continue;
+            }
+        };
+        count += 1;
+        slots.acquire();
+        let (file, prefetch, session_slots) = (file.clone(), prefetch.clone(), slots.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("uffd-session-{count}"))
+            .spawn(move || {
+                match session(&stream, &file, file_len, prefetch.as_ref()) {
+                    Ok(faults) => {
+                        tracing::info!("uffd-handler: session {count} done: {faults} faults served")
+                    }
+                    Err(e) => {
+                        tracing::error!("uffd-handler: session {count}: {e}");
+                        let _ = acknowledge(
+                            &stream,
+                            &HandlerAck {
+                                error: Some(chain(&e)),
+                                ..HandlerAck::default()
+                            },
+                        );
+                    }
+                }
+                session_slots.release();
+            });
+        match spawned {
+            Ok(handle) => sessions.push(handle),
+            Err(e) => {
+                tracing::error!("uffd-handler: cannot start a session thread: {e}");
+                slots.release();
+            }
+        }
+        if max_sessions.is_some_and(|m| count >= m) {
+            break;
+        }
+    }
+    for s in sessions {
+        let _ = s.join();
+    }
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}
+
+/// One VM: handshake, prefetch, acknowledge, serve until the VMM hangs up. Returns the
+/// faults served on demand.
+fn session(
+    stream: &UnixStream,
+    file: &File,
+    file_len: u64,
+    prefetch: &Prefetch,
+) -> Result<u64, SessionError> {
+    let (uffd, regions) = receive_from_vmm(stream)?;
+    check_regions(&regions, file_len)?;
+    let ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
+    acknowledge(stream, &ack).map_err(SessionError::Acknowledge)?;
+    let stats = serve(&uffd, &regions, file, stream.as_fd(), false)?;
+    Ok(stats.faults)
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// A counting semaphore bounding the sessions served at once.
+struct Slots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Self {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) {
+        let Ok(mut free) = self.free.lock() else {
+            return;
+        };
+        while *free == 0 {
+            free = match self.freed.wait(free) {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+        }
+        *free -= 1;
+    }
+
+    fn release(&self) {
+        if let Ok(mut free) = self.free.lock() {
+            *free += 1;
+            self.freed.notify_one();
+        }
+    }
+}
