@@ -1,10 +1,11 @@
 //! Reading the results of earlier versions: their strategy specs were one flat record of
-//! every strategy's flags (`{"name": "snapbpf", "thp": true, ...}`); today's are tagged by
-//! strategy. Old records are turned into today's through the registry's option parser, so
-//! a flag the strategy does not take is refused as it would be on the command line.
+//! every strategy's flags (`{"name": "snapbpf", "thp": true, ...}`). They become entries
+//! whose spec and label are spelled as the flags say (`snapbpf:thp`, `snapbpf --thp`):
+//! enough to redraw their tables and charts, which only compare labels.
 
 use serde::{Deserialize, Deserializer};
-use snapbpf::strategy::StrategySpec;
+
+use crate::StrategyEntry;
 
 /// The flat spec of results written before the strategy registry.
 #[derive(Debug, Deserialize)]
@@ -24,38 +25,49 @@ struct FlatSpec {
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum AnySpec {
-    Tagged(StrategySpec),
+enum AnyEntry {
+    Entry(StrategyEntry),
     Flat(FlatSpec),
 }
 
-impl AnySpec {
-    fn into_spec(self) -> Result<StrategySpec, String> {
-        let flat = match self {
-            AnySpec::Tagged(spec) => return Ok(spec),
-            AnySpec::Flat(flat) => flat,
+impl From<AnyEntry> for StrategyEntry {
+    fn from(any: AnyEntry) -> Self {
+        let flat = match any {
+            AnyEntry::Entry(entry) => return entry,
+            AnyEntry::Flat(flat) => flat,
         };
-        let mut options: Vec<(String, Option<String>)> = [
+        let options: Vec<&str> = [
             (flat.no_prefetch, "no-prefetch"),
             (flat.no_pv, "no-pv"),
             (flat.no_premap, "no-premap"),
             (flat.thp, "thp"),
+            (flat.uffd_handler.is_some(), "uffd-handler"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
-        .map(|(_, o)| (o.to_string(), None))
+        .map(|(_, o)| o)
         .collect();
-        if let Some(socket) = flat.uffd_handler {
-            options.push(("uffd-handler".into(), Some(socket)));
+        let mut spec = flat.name.clone();
+        let mut label = flat.name.clone();
+        for o in options {
+            spec.push(':');
+            spec.push_str(o);
+            label.push_str(" --");
+            label.push_str(o);
         }
-        StrategySpec::with_options(&flat.name, &options).map_err(|e| e.to_string())
+        StrategyEntry {
+            spec,
+            label,
+            name: flat.name,
+            record: false,
+        }
     }
 }
 
-/// Deserialises a list of specs in today's or the flat form.
-pub(crate) fn specs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StrategySpec>, D::Error> {
-    Vec::<AnySpec>::deserialize(d)?
+/// Deserialises a list of strategy entries in today's or the flat form.
+pub(crate) fn entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StrategyEntry>, D::Error> {
+    Ok(Vec::<AnyEntry>::deserialize(d)?
         .into_iter()
-        .map(|s| s.into_spec().map_err(serde::de::Error::custom))
-        .collect()
+        .map(StrategyEntry::from)
+        .collect())
 }

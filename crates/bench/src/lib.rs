@@ -12,23 +12,78 @@
 //! samples into tables ([`report`]) and charts ([`charts`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use snapbpf::launch::{self, InvokeReport, InvokeRequest};
-use snapbpf::run::RunOptions;
-use snapbpf::snapshot::{self, CreateOptions, Snapshot};
-use snapbpf::strategy::StrategySpec;
+pub use snapbpf_run::InvokeReport;
 
 pub mod charts;
 mod compat;
-pub mod profile;
 mod progress;
 pub mod report;
 pub mod stats;
 
 pub use stats::Summary;
+
+/// An engine's error, kept whole (its source chain is printed by the CLI).
+pub type EngineError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the harness needs from a restore engine. The harness itself knows no strategy,
+/// runs no VM and links no BPF: `snapbpf bench` implements this over the snapbpf engine.
+pub trait Engine {
+    /// The strategy a spec (`NAME[:OPTION...]`) names, with its canonical spelling and
+    /// label; refuses specs the engine does not know.
+    fn strategy(&self, spec: &str) -> Result<StrategyEntry, EngineError>;
+    /// A valid snapshot of `function` at `dir`, reusing one that is there.
+    fn snapshot(&self, function: &str, dir: &Path) -> Result<SnapshotFacts, EngineError>;
+    /// Runs `strategy`'s record phase on the snapshot at `dir`.
+    fn record(
+        &self,
+        dir: &Path,
+        strategy: &StrategyEntry,
+        input: u32,
+        timeout: Duration,
+    ) -> Result<RecordFacts, EngineError>;
+    /// Restores and runs `concurrency` VMs of the snapshot at `dir` at once.
+    fn invoke(&self, dir: &Path, cell: &Cell) -> Result<InvokeReport, EngineError>;
+    /// How long the device takes to deliver the ranges `strategy` prefetches from the
+    /// memory file of the snapshot at `dir`, `repeat` times cold (`None`: it prefetches
+    /// nothing from the memory file).
+    fn device_time(
+        &self,
+        dir: &Path,
+        strategy: &StrategyEntry,
+        repeat: u32,
+    ) -> Option<Result<DeviceBound, EngineError>>;
+}
+
+/// One strategy of a run, as the engine describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategyEntry {
+    /// Canonical spec, `NAME[:OPTION...]`: what the engine is asked to run.
+    pub spec: String,
+    /// Label in tables and charts (`snapbpf --thp`).
+    pub label: String,
+    /// The strategy's name (its variants share the record phase).
+    pub name: String,
+    /// Whether it has a record phase.
+    pub record: bool,
+}
+
+/// One measured invocation's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// Strategy.
+    pub strategy: StrategyEntry,
+    /// VMs at once.
+    pub concurrency: u32,
+    /// Cold (the snapshot's files evicted first) or warm.
+    pub cold: bool,
+    /// Input number.
+    pub input: u32,
+    /// Longest one invocation may run.
+    pub timeout: Duration,
+}
 
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
@@ -39,26 +94,48 @@ pub enum BenchError {
     /// Bad option.
     #[error("{0}")]
     Config(String),
+    /// A strategy spec was refused.
+    #[error("strategy '{spec}'")]
+    Strategy {
+        /// The spec.
+        spec: String,
+        /// Cause.
+        #[source]
+        source: EngineError,
+    },
     /// Taking a snapshot failed.
-    #[error("snapshot of {function}: {source}")]
+    #[error("snapshot of {function}")]
     Snapshot {
         /// Function.
         function: String,
         /// Cause.
-        source: snapshot::SnapshotError,
+        #[source]
+        source: EngineError,
     },
     /// Recording failed.
-    #[error("record {strategy} for {function}: {source}")]
+    #[error("record {strategy} for {function}")]
     Record {
         /// Function.
         function: String,
         /// Strategy.
         strategy: String,
         /// Cause.
-        source: snapbpf::strategy::StrategyError,
+        #[source]
+        source: EngineError,
+    },
+    /// Measuring the device time failed.
+    #[error("{function}: device time of {strategy}'s prefetch")]
+    Device {
+        /// Function.
+        function: String,
+        /// Strategy.
+        strategy: String,
+        /// Cause.
+        #[source]
+        source: EngineError,
     },
     /// An invocation failed.
-    #[error("{function} under {strategy} (concurrency {concurrency}): {source}")]
+    #[error("{function} under {strategy} (concurrency {concurrency})")]
     Invoke {
         /// Function.
         function: String,
@@ -67,7 +144,8 @@ pub enum BenchError {
         /// Concurrency.
         concurrency: u32,
         /// Cause.
-        source: launch::InvokeError,
+        #[source]
+        source: EngineError,
     },
     /// Drawing the charts failed (the raw results and tables are written).
     #[error("charts: {0}")]
@@ -88,12 +166,12 @@ pub struct BenchConfig {
     /// Functions to measure.
     pub functions: Vec<String>,
     /// Strategies compared at every concurrency level (Figures 3a–3c).
-    #[serde(deserialize_with = "compat::specs")]
-    pub strategies: Vec<StrategySpec>,
+    #[serde(deserialize_with = "compat::entries")]
+    pub strategies: Vec<StrategyEntry>,
     /// Strategies of the breakdown (Figure 4), measured with one VM; those also in
     /// `strategies` are measured once.
-    #[serde(default, deserialize_with = "compat::specs")]
-    pub breakdown: Vec<StrategySpec>,
+    #[serde(default, deserialize_with = "compat::entries")]
+    pub breakdown: Vec<StrategyEntry>,
     /// Concurrency levels.
     pub concurrency: Vec<u32>,
     /// Measured cold samples per (function, strategy, concurrency).
@@ -108,21 +186,14 @@ pub struct BenchConfig {
     pub out: PathBuf,
     /// Longest one invocation may run.
     pub timeout: Duration,
-    /// Label of the strategy speedups are relative to (the paper's Linux-RA).
-    #[serde(default = "default_baseline")]
+    /// Label of the strategy speedups are relative to (the paper's Linux-RA). Results
+    /// written before it was recorded have it empty; the front-end fills it in.
+    #[serde(default)]
     pub baseline: String,
     /// Label of the system under evaluation: memory is compared to it, and the device
-    /// bound is measured with the ranges it prefetches.
-    #[serde(default = "default_subject")]
+    /// bound is measured with the ranges it prefetches (empty as `baseline`).
+    #[serde(default)]
     pub subject: String,
-}
-
-fn default_baseline() -> String {
-    snapbpf::strategy::registry::baseline().label()
-}
-
-fn default_subject() -> String {
-    snapbpf::strategy::registry::subject().label()
 }
 
 /// One measured invocation (all VMs of one run).
@@ -161,8 +232,8 @@ impl BenchConfig {
     /// Every strategy to measure with the concurrency levels it is measured at, in run
     /// order: the comparison strategies at every level, then the breakdown variants that
     /// are not among them with one VM.
-    pub fn plan(&self) -> Vec<(StrategySpec, Vec<u32>)> {
-        let mut plan: Vec<(StrategySpec, Vec<u32>)> = self
+    pub fn plan(&self) -> Vec<(StrategyEntry, Vec<u32>)> {
+        let mut plan: Vec<(StrategyEntry, Vec<u32>)> = self
             .strategies
             .iter()
             .map(|s| (s.clone(), self.concurrency.clone()))
@@ -249,11 +320,10 @@ pub struct BenchResults {
     pub samples: Vec<Sample>,
 }
 
-/// Runs the benchmark. `worker` builds the command of one VM worker process (see
-/// [`snapbpf::launch::invoke`]). `git_rev` stamps the results.
+/// Runs the benchmark on `engine`. `git_rev` stamps the results.
 pub fn run(
     config: &BenchConfig,
-    worker: &dyn Fn() -> Command,
+    engine: &dyn Engine,
     git_rev: &str,
 ) -> Result<BenchResults, BenchError> {
     for f in &config.functions {
@@ -292,81 +362,63 @@ pub fn run(
     let mut samples = Vec::new();
     for function in &config.functions {
         progress.stage(&format!("{function}: snapshot"));
-        let snapshot = ensure_snapshot(function, &snap_dir.join(function))?;
-        snapshots.push(SnapshotFacts {
-            function: function.clone(),
-            mem_bytes: snapshot.meta.mem_bytes,
-            disk_bytes: allocated_bytes(&snapshot.memory_path()),
-            init_ms: snapshot.meta.init_ms,
-        });
+        let dir = snap_dir.join(function);
+        let facts = engine
+            .snapshot(function, &dir)
+            .map_err(|source| BenchError::Snapshot {
+                function: function.clone(),
+                source,
+            })?;
+        snapshots.push(facts);
         // Record every strategy once per function, in this run, so its cost is measured;
         // variants of one strategy share its artifacts.
         let mut recorded: Vec<&str> = Vec::new();
-        for (spec, _) in &plan {
-            if recorded.contains(&spec.name()) || !spec.info().record {
+        for (entry, _) in &plan {
+            if recorded.contains(&entry.name.as_str()) || !entry.record {
                 continue;
             }
-            recorded.push(spec.name());
-            progress.stage(&format!("{function}: record {}", spec.name()));
-            match spec.build().record(&snapshot, config.input, config.timeout) {
-                Ok(report) => records.push(RecordFacts {
+            recorded.push(&entry.name);
+            progress.stage(&format!("{function}: record {}", entry.name));
+            let facts = engine
+                .record(&dir, entry, config.input, config.timeout)
+                .map_err(|source| BenchError::Record {
                     function: function.clone(),
-                    strategy: spec.name().to_string(),
-                    ms: report.ms,
-                    ws_pages: report.pages,
-                    artifacts: report
-                        .artifacts
-                        .iter()
-                        .map(|(path, bytes)| {
-                            let name = path.file_name().map_or_else(
-                                || path.display().to_string(),
-                                |n| n.to_string_lossy().into_owned(),
-                            );
-                            (name, *bytes)
-                        })
-                        .collect(),
-                }),
-                Err(source) => {
-                    return Err(BenchError::Record {
-                        function: function.clone(),
-                        strategy: spec.name().to_string(),
-                        source,
-                    })
-                }
-            }
+                    strategy: entry.name.clone(),
+                    source,
+                })?;
+            records.push(facts);
         }
         // The device bound: the ranges the system under evaluation prefetches.
-        let prefetched = plan
-            .iter()
-            .filter(|(spec, _)| spec.label() == config.subject)
-            .find_map(|(spec, _)| spec.build().prefetched_ranges(&snapshot));
-        if let Some(ranges) = prefetched {
-            progress.stage(&format!("{function}: device time for the working set"));
-            let ranges =
-                ranges.map_err(|e| BenchError::Config(format!("{function}: device bound: {e}")))?;
-            device_bounds.push(device_bound(&snapshot, &ranges, config.repeat)?);
+        if let Some((subject, _)) = plan.iter().find(|(e, _)| e.label == config.subject) {
+            if let Some(bound) = engine.device_time(&dir, subject, config.repeat) {
+                progress.stage(&format!("{function}: device time for the working set"));
+                device_bounds.push(bound.map_err(|source| BenchError::Device {
+                    function: function.clone(),
+                    strategy: subject.label.clone(),
+                    source,
+                })?);
+            }
         }
-        for (spec, levels) in &plan {
-            let label = spec.label();
+        for (entry, levels) in &plan {
+            let label = &entry.label;
             let mut measure = |concurrency: u32, cold: bool, runs: u32, keep: bool| {
+                let cell = Cell {
+                    strategy: entry.clone(),
+                    concurrency,
+                    cold,
+                    input: config.input,
+                    timeout: config.timeout,
+                };
                 for _ in 0..runs {
-                    let req = InvokeRequest {
-                        dir: snapshot.dir.clone(),
-                        spec: spec.clone(),
-                        run: RunOptions {
-                            input: config.input,
-                            timeout: config.timeout,
-                        },
-                        cold,
-                        concurrency,
-                    };
                     let report =
-                        launch::invoke(&req, worker).map_err(|source| BenchError::Invoke {
-                            function: function.clone(),
-                            strategy: label.clone(),
-                            concurrency,
-                            source,
-                        })?;
+                        engine
+                            .invoke(&dir, &cell)
+                            .map_err(|source| BenchError::Invoke {
+                                function: function.clone(),
+                                strategy: label.clone(),
+                                concurrency,
+                                source,
+                            })?;
                     progress.inc();
                     if keep {
                         samples.push(Sample {
@@ -430,72 +482,6 @@ fn write_json(results: &BenchResults, path: &Path) -> Result<(), BenchError> {
     };
     let json = serde_json::to_vec_pretty(results).map_err(|e| io(e.into()))?;
     snapbpf_store::fsutil::write_atomic(path, &json).map_err(io)
-}
-
-/// Times `repeat` cold reads of `ranges` of `snapshot`'s memory file with the prefetcher.
-fn device_bound(
-    snapshot: &Snapshot,
-    ranges: &[snapbpf_wss::workingset::PageRange],
-    repeat: u32,
-) -> Result<DeviceBound, BenchError> {
-    let function = snapshot.meta.function.clone();
-    let fail = |what: String| BenchError::Config(format!("{function}: device bound: {what}"));
-    let path = snapshot.memory_path();
-    let file = std::fs::File::open(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    let mut ms = Vec::new();
-    let mut bytes = 0;
-    for _ in 0..repeat {
-        snapbpf_store::fsutil::evict(&path).map_err(|e| fail(e.to_string()))?;
-        let done = snapbpf_wss::prefetch::prefetch_until_resident(&file, ranges, DEVICE_WAIT)
-            .map_err(|e| fail(e.to_string()))?;
-        if done.missing_pages > 0 {
-            return Err(fail(format!(
-                "{} pages were still not resident after {:?}",
-                done.missing_pages, DEVICE_WAIT
-            )));
-        }
-        bytes = done.stats.bytes;
-        ms.push(done.resident_after.as_secs_f64() * 1e3);
-    }
-    Ok(DeviceBound {
-        function: snapshot.meta.function.clone(),
-        bytes,
-        ranges: ranges.len() as u64,
-        ms,
-    })
-}
-
-/// Longest the device may take to deliver a working set.
-const DEVICE_WAIT: Duration = Duration::from_secs(60);
-
-/// Bytes of disk blocks allocated to `path` (0 when it cannot be read).
-fn allocated_bytes(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
-}
-
-/// Reuses a valid snapshot of this build at `dir`, or takes a new one.
-pub(crate) fn ensure_snapshot(function: &str, dir: &Path) -> Result<Snapshot, BenchError> {
-    if let Ok(s) = snapshot::open(dir) {
-        if s.meta.function == function {
-            return Ok(s);
-        }
-    }
-    let err = |source| BenchError::Snapshot {
-        function: function.into(),
-        source,
-    };
-    snapshot::create(
-        function,
-        dir,
-        &CreateOptions {
-            force: true,
-            ..CreateOptions::default()
-        },
-    )
-    .map_err(err)
 }
 
 fn first_line(path: &str) -> Option<String> {

@@ -153,9 +153,9 @@ fn speedup(r: &BenchResults, function: &str, strategy: &str) -> Option<Summary> 
 pub fn figures(results: &BenchResults) -> Vec<Figure> {
     let config = &results.config;
     let functions = config.functions.clone();
-    let plan_labels: Vec<String> = config.plan().iter().map(|(s, _)| s.label()).collect();
-    let compared: Vec<String> = config.strategies.iter().map(|s| s.label()).collect();
-    let breakdown: Vec<String> = config.breakdown.iter().map(|s| s.label()).collect();
+    let plan_labels: Vec<String> = config.plan().iter().map(|(s, _)| s.label.clone()).collect();
+    let compared: Vec<String> = config.strategies.iter().map(|s| s.label.clone()).collect();
+    let breakdown: Vec<String> = config.breakdown.iter().map(|s| s.label.clone()).collect();
     let figure = |id, title: String, metric, concurrency, strategies: &[String]| {
         let cells = strategies
             .iter()
@@ -369,7 +369,7 @@ fn warm_table(md: &mut String, results: &BenchResults) {
         .config
         .plan()
         .iter()
-        .map(|(s, _)| s.label())
+        .map(|(s, _)| s.label.clone())
         .collect();
     let _ = writeln!(md, "## Warm end-to-end latency, one VM (the floor)\n");
     let _ = writeln!(
@@ -503,7 +503,7 @@ fn cells_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for function in &results.config.functions {
         for (spec, levels) in results.config.plan() {
-            let label = spec.label();
+            let label = spec.label.clone();
             for n in levels {
                 let cold = select(results, function, &label, n, true);
                 let med = |v: Vec<f64>| {

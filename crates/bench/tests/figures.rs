@@ -3,21 +3,25 @@
 
 use std::time::Duration;
 
-use snapbpf::launch::{InvokeReport, MemoryReport};
-use snapbpf::run::RunReport;
-use snapbpf::strategy::{PrefetchReport, StrategySpec};
 use snapbpf_bench::report::{self, Metric};
 use snapbpf_bench::{
     BenchConfig, BenchResults, DeviceBound, RecordFacts, Sample, SnapshotFacts, Stamp,
+    StrategyEntry,
 };
+use snapbpf_run::{InvokeReport, MemoryReport, PrefetchReport, RunReport};
 
-fn spec(name: &str, variant: &str) -> StrategySpec {
-    let text = if variant.is_empty() {
-        name.to_string()
+fn spec(name: &str, variant: &str) -> StrategyEntry {
+    let (spec, label) = if variant.is_empty() {
+        (name.to_string(), name.to_string())
     } else {
-        format!("{name}:{variant}")
+        (format!("{name}:{variant}"), format!("{name} --{variant}"))
     };
-    StrategySpec::parse(&text).expect("a registered strategy")
+    StrategyEntry {
+        spec,
+        label,
+        name: name.into(),
+        record: name != "linux-ra",
+    }
 }
 
 fn config(concurrency: Vec<u32>) -> BenchConfig {
@@ -137,8 +141,10 @@ fn results(concurrency: Vec<u32>) -> BenchResults {
 #[test]
 fn plan_measures_shared_strategies_once() {
     let plan = config(vec![10]).plan();
-    let labels: Vec<(String, Vec<u32>)> =
-        plan.iter().map(|(s, l)| (s.label(), l.clone())).collect();
+    let labels: Vec<(String, Vec<u32>)> = plan
+        .iter()
+        .map(|(s, l)| (s.label.clone(), l.clone()))
+        .collect();
     assert_eq!(
         labels,
         vec![
@@ -249,4 +255,150 @@ fn charts_are_whole_svg_and_png_files() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+/// An engine that runs nothing: it answers from the cell and counts the calls, so the
+/// harness's orchestration (what is recorded, measured and written) can be checked
+/// without KVM.
+#[derive(Default)]
+struct Scripted {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl snapbpf_bench::Engine for Scripted {
+    fn strategy(&self, spec: &str) -> Result<StrategyEntry, snapbpf_bench::EngineError> {
+        let (name, variant) = spec.split_once(':').unwrap_or((spec, ""));
+        Ok(self::spec(name, variant))
+    }
+    fn snapshot(
+        &self,
+        function: &str,
+        _: &std::path::Path,
+    ) -> Result<SnapshotFacts, snapbpf_bench::EngineError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("snapshot {function}"));
+        Ok(SnapshotFacts {
+            function: function.into(),
+            mem_bytes: 1 << 20,
+            disk_bytes: 1 << 20,
+            init_ms: 1.0,
+        })
+    }
+    fn record(
+        &self,
+        _: &std::path::Path,
+        strategy: &StrategyEntry,
+        _: u32,
+        _: Duration,
+    ) -> Result<RecordFacts, snapbpf_bench::EngineError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("record {}", strategy.name));
+        Ok(RecordFacts {
+            function: "pyaes".into(),
+            strategy: strategy.name.clone(),
+            ms: 1.0,
+            ws_pages: 1,
+            artifacts: vec![],
+        })
+    }
+    fn invoke(
+        &self,
+        _: &std::path::Path,
+        cell: &snapbpf_bench::Cell,
+    ) -> Result<InvokeReport, snapbpf_bench::EngineError> {
+        self.calls.lock().unwrap().push(format!(
+            "invoke {} x{} {}",
+            cell.strategy.label,
+            cell.concurrency,
+            if cell.cold { "cold" } else { "warm" }
+        ));
+        let vms = vec![10.0; cell.concurrency as usize];
+        Ok(sample("pyaes", &cell.strategy.label, &vms, cell.cold, 1).report)
+    }
+    fn device_time(
+        &self,
+        _: &std::path::Path,
+        strategy: &StrategyEntry,
+        repeat: u32,
+    ) -> Option<Result<DeviceBound, snapbpf_bench::EngineError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("device {}", strategy.label));
+        Some(Ok(DeviceBound {
+            function: "pyaes".into(),
+            bytes: 4096,
+            ranges: 1,
+            ms: vec![1.0; repeat as usize],
+        }))
+    }
+}
+
+#[test]
+fn a_run_records_each_strategy_once_and_measures_every_cell() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut c = config(vec![1, 10]);
+    c.functions = vec!["pyaes".into()];
+    c.repeat = 2;
+    c.warmup = 1;
+    c.out = out.path().to_path_buf();
+    let engine = Scripted::default();
+    let results = snapbpf_bench::run(&c, &engine, "test").expect("run");
+    let calls = engine.calls.lock().unwrap().clone();
+    let count = |prefix: &str| calls.iter().filter(|c| c.starts_with(prefix)).count();
+    // reap and snapbpf record (the snapbpf variant shares snapbpf's), linux-ra does not.
+    assert_eq!(count("record "), 2, "{calls:?}");
+    assert_eq!(count("record snapbpf"), 1, "{calls:?}");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("device"))
+            .collect::<Vec<_>>(),
+        ["device snapbpf"]
+    );
+    // Compared strategies: (1 warm-up + 2 samples) at x1 and x10, plus warm samples;
+    // the breakdown-only variant: x1 only.
+    assert_eq!(count("invoke reap x10 cold"), 3, "{calls:?}");
+    assert_eq!(count("invoke snapbpf --no-prefetch x10"), 0, "{calls:?}");
+    assert_eq!(
+        count("invoke snapbpf --no-prefetch x1 cold"),
+        3,
+        "{calls:?}"
+    );
+    let kept = results
+        .samples
+        .iter()
+        .filter(|s| s.strategy == "reap" && s.cold)
+        .count();
+    assert_eq!(kept, 4, "warm-ups are not kept");
+    assert!(out.path().join("results.json").is_file());
+    assert!(!out.path().join(snapbpf_bench::PARTIAL_RESULTS).exists());
+}
+
+/// Results written before the registry (flat specs, no baseline or subject) still load.
+#[test]
+fn results_of_earlier_versions_load() {
+    let mut v = serde_json::to_value(results(vec![1])).expect("json");
+    v["config"]["strategies"] = serde_json::json!([
+        {"name": "linux-ra", "no_prefetch": false, "no_pv": false, "no_premap": false, "thp": false},
+        {"name": "snapbpf", "thp": true}
+    ]);
+    v["config"]
+        .as_object_mut()
+        .expect("object")
+        .remove("baseline");
+    let old: BenchResults = serde_json::from_value(v).expect("old results load");
+    let labels: Vec<&str> = old
+        .config
+        .strategies
+        .iter()
+        .map(|s| s.label.as_str())
+        .collect();
+    assert_eq!(labels, ["linux-ra", "snapbpf --thp"]);
+    assert_eq!(old.config.strategies[1].spec, "snapbpf:thp");
+    assert_eq!(old.config.baseline, "");
 }

@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod engine;
 
 /// Fast cold starts for snapshot-restored microVM functions (SnapBPF, HotStorage '25).
 #[derive(Debug, Parser)]

@@ -8,16 +8,20 @@
 //! - [`snapshot`]: taking a snapshot of a function and opening it for this build.
 //! - [`strategy`]: restore strategies (Linux demand paging with and without readahead,
 //!   and the prefetching systems), each policy over shared mechanisms.
-//! - [`run`]: one VM over memory a strategy restored: the run primitive, its helper
-//!   threads and its measurements.
+//! - [`run`] (the `snapbpf-run` crate): one VM over memory a strategy restored: the run
+//!   primitive, its helper threads and its measurements.
 //! - [`launch`]: N VMs at once in N worker processes, and the worker protocol.
+//! - [`measure`]: bounds beside the runs (the device time of a strategy's prefetch).
+//! - [`profile`]: each function's measured memory behaviour (`snapbpf profile`).
 //! - [`pv`]: the host side of online filtering of fresh guest allocations.
 //! - [`uffd_backend`]: guest memory served through userfaultfd, in process or by an
 //!   external handler.
 
 pub mod launch;
+pub mod measure;
+pub mod profile;
+pub use snapbpf_run as run;
 pub mod pv;
-pub mod run;
 pub mod snapshot;
 pub mod strategy;
 pub mod uffd_backend;

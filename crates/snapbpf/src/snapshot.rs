@@ -58,6 +58,24 @@ pub fn open(dir: &Path) -> Result<Snapshot, OpenError> {
     Snapshot::open(dir, &guest_digest_hex())
 }
 
+/// Reuses a valid snapshot of `function` for this build at `dir`, or takes a new one
+/// there (replacing whatever is not one).
+pub fn ensure(function: &str, dir: &Path) -> Result<Snapshot, SnapshotError> {
+    if let Ok(s) = open(dir) {
+        if s.meta.function == function {
+            return Ok(s);
+        }
+    }
+    create(
+        function,
+        dir,
+        &CreateOptions {
+            force: true,
+            ..CreateOptions::default()
+        },
+    )
+}
+
 /// Options for [`create`].
 #[derive(Debug, Clone)]
 pub struct CreateOptions {

@@ -3,7 +3,7 @@
 //!
 //! - [`abi`]: the descriptor ([`Uffd`]) and the hand-written kernel structures.
 //! - [`handshake`]: handing the descriptor and the region list from a VMM to a handler.
-//! - [`serve`]: serving faults from a file, installing prefetched pages, stopping.
+//! - [`mod@serve`]: serving faults from a file, installing prefetched pages, stopping.
 //! - [`server`]: a handler process's listening loop, one session per VMM; what a session
 //!   installs is the caller's policy.
 //!

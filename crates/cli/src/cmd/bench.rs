@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use snapbpf::strategy::{registry, StrategySpec};
-use snapbpf_bench::BenchConfig;
+use snapbpf_bench::{BenchConfig, StrategyEntry};
+
+use crate::engine::{entry, SnapbpfEngine};
 
 /// Run the evaluation: every figure of the SnapBPF paper in one run.
 ///
@@ -58,15 +60,23 @@ pub struct Args {
 /// Functions of the quick subset, where the suite has them.
 const QUICK_FUNCTIONS: &[&str] = &["pyaes", "image", "graph_bfs"];
 
-fn parse_all<'a>(list: impl IntoIterator<Item = &'a str>) -> Result<Vec<StrategySpec>> {
+fn parse_all<'a>(list: impl IntoIterator<Item = &'a str>) -> Result<Vec<StrategyEntry>> {
     list.into_iter()
-        .map(|s| StrategySpec::parse(s).map_err(Into::into))
+        .map(|s| Ok(entry(&StrategySpec::parse(s)?)))
         .collect()
 }
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.replot {
-        let results = snapbpf_bench::read_results(path)?;
+        let mut results = snapbpf_bench::read_results(path)?;
+        // Results from before the run recorded its baseline and subject compared to the
+        // paper's, as every run did then.
+        if results.config.baseline.is_empty() {
+            results.config.baseline = registry::baseline().label();
+        }
+        if results.config.subject.is_empty() {
+            results.config.subject = registry::subject().label();
+        }
         let out = args.out.clone().unwrap_or_else(|| {
             path.parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -137,11 +147,7 @@ pub fn run(args: Args) -> Result<()> {
         config.repeat,
         config.out.display()
     );
-    let results = snapbpf_bench::run(
-        &config,
-        &|| super::worker_command(&exe),
-        env!("SNAPBPF_GIT_REV"),
-    )?;
+    let results = snapbpf_bench::run(&config, &SnapbpfEngine { exe }, env!("SNAPBPF_GIT_REV"))?;
     snapbpf_bench::write_results(&results)?;
     println!("{}", snapbpf_bench::report::console(&results));
     eprintln!(

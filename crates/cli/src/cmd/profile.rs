@@ -34,7 +34,7 @@ pub fn run(args: Args) -> Result<()> {
     let exe = super::current_exe()?;
     let mut all = Vec::new();
     for &input in &args.inputs {
-        all.extend(snapbpf_bench::profile::profile(
+        all.extend(snapbpf::profile::profile(
             &functions,
             input,
             &args.out,
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
         )?);
     }
     all.sort_by(|a, b| (a.function.as_str(), a.input).cmp(&(b.function.as_str(), b.input)));
-    let md = snapbpf_bench::profile::markdown(&all);
+    let md = snapbpf::profile::markdown(&all);
     std::fs::create_dir_all(&args.out)?;
     snapbpf_store::fsutil::write_atomic(
         &args.out.join("profile.json"),

@@ -10,7 +10,7 @@
 //!   [`MERGE_GAP_PAGES`] other pages are coalesced into regions (as FaaSnap does, to keep
 //!   the number of mappings manageable, at the cost of a larger file). `faasnap.ws` holds the
 //!   regions' contents, in the order their first page was fetched; `faasnap.meta` (an
-//!   [`crate::artifact`] bound to the memory file's identity) lists the regions and the
+//!   [`snapbpf_store::artifact`] bound to the memory file's identity) lists the regions and the
 //!   zero regions that lie outside them.
 //! - **Restore**: the snapshot is mapped `MAP_PRIVATE` (Linux's 128 KiB read-around, as
 //!   `linux-ra`), each working-set region of `faasnap.ws` is mapped `MAP_FIXED | MAP_PRIVATE`

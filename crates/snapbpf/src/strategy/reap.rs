@@ -7,7 +7,7 @@
 //!   served on demand from the snapshot memory file (`pread` + `UFFDIO_COPY`), and the file
 //!   offset of each page is logged in fault order. Then the working-set file `reap.ws` holds
 //!   those pages' contents, contiguous, in fault order, and the trace `reap.trace` their
-//!   offsets (an [`crate::artifact`] bound to the snapshot's memory identity, with the
+//!   offsets (an [`snapbpf_store::artifact`] bound to the snapshot's memory identity, with the
 //!   working set's size and CRC32).
 //! - **Restore**: the handler reads the whole working-set file with one `O_DIRECT` read into
 //!   an aligned buffer and installs it with `UFFDIO_COPY` (one call per run of pages

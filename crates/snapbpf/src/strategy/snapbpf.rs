@@ -2,11 +2,11 @@
 //!
 //! **Record.** One invocation runs from a cold page cache with fault readahead off
 //! (`MADV_RANDOM`, as the paper disables readahead while capturing) under the eBPF
-//! page-cache capture ([`crate::capture`]), which keeps only the offsets of the snapshot
+//! page-cache capture ([`snapbpf_wss::capture`]), which keeps only the offsets of the snapshot
 //! pages the VM brings in and their first-access times. Fresh allocations are filtered
 //! during the recording too (whichever variant records), so they never enter the working
 //! set. The offsets become
-//! contiguous ranges sorted by earliest access ([`crate::workingset`]) in a small file
+//! contiguous ranges sorted by earliest access ([`snapbpf_wss::workingset`]) in a small file
 //! beside the snapshot, bound to the memory file's identity. Recording again (another
 //! input) merges into it: union of pages, ordered by earliest access.
 //!

@@ -6,14 +6,60 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use snapbpf::launch::{self, InvokeRequest};
-use snapbpf::run::RunOptions;
-use snapbpf::strategy::linux::NoraOptions;
-use snapbpf::strategy::snapbpf::{SnapbpfOptions, WS_FILE};
-use snapbpf::strategy::StrategySpec;
 use snapbpf_wss::workingset::WorkingSet;
 
-use crate::{ensure_snapshot, BenchError, Summary};
+use crate::launch::{self, InvokeRequest};
+use crate::run::RunOptions;
+use crate::strategy::linux::NoraOptions;
+use crate::strategy::snapbpf::{SnapbpfOptions, WS_FILE};
+use crate::strategy::StrategySpec;
+
+use crate::launch::InvokeError;
+use crate::snapshot::SnapshotError;
+use crate::strategy::StrategyError;
+
+/// Errors profiling a function.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The snapshot could not be taken.
+    #[error("{function}: snapshot")]
+    Snapshot {
+        /// Function.
+        function: String,
+        /// Cause.
+        #[source]
+        source: SnapshotError,
+    },
+    /// An invocation failed.
+    #[error("{function} under {strategy}")]
+    Invoke {
+        /// Function.
+        function: String,
+        /// Strategy label.
+        strategy: String,
+        /// Cause.
+        #[source]
+        source: InvokeError,
+    },
+    /// Recording the working set failed.
+    #[error("{function}: record")]
+    Record {
+        /// Function.
+        function: String,
+        /// Cause.
+        #[source]
+        source: StrategyError,
+    },
+    /// The recorded working set cannot be read.
+    #[error("{function}: working set")]
+    WorkingSet {
+        /// Function.
+        function: String,
+        /// Cause.
+        #[source]
+        source: snapbpf_wss::workingset::ReadError,
+    },
+}
 
 /// Measured memory behaviour of one function and input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,17 +99,20 @@ pub fn profile(
     worker: &dyn Fn() -> Command,
     timeout: Duration,
     progress: &dyn Fn(&str),
-) -> Result<Vec<FunctionProfile>, BenchError> {
+) -> Result<Vec<FunctionProfile>, ProfileError> {
     let mut profiles = Vec::new();
     for function in functions {
         progress(&format!("{function}: snapshot"));
-        let snapshot = ensure_snapshot(function, &out.join("snapshots").join(function))?;
+        let snapshot = crate::snapshot::ensure(function, &out.join("snapshots").join(function))
+            .map_err(|source| ProfileError::Snapshot {
+                function: function.clone(),
+                source,
+            })?;
         let invoke_err = |strategy: &str| {
             let (function, strategy) = (function.clone(), strategy.to_string());
-            move |source| BenchError::Invoke {
+            move |source| ProfileError::Invoke {
                 function,
                 strategy,
-                concurrency: 1,
                 source,
             }
         };
@@ -96,16 +145,18 @@ pub fn profile(
         capture
             .build()
             .record(&snapshot, input, timeout)
-            .map_err(|source| BenchError::Record {
+            .map_err(|source| ProfileError::Record {
                 function: function.clone(),
-                strategy: capture.name().into(),
                 source,
             })?;
-        let ws = WorkingSet::read(&ws_path).map_err(|e| BenchError::Config(e.to_string()))?;
+        let ws = WorkingSet::read(&ws_path).map_err(|source| ProfileError::WorkingSet {
+            function: function.clone(),
+            source,
+        })?;
         progress(&format!("{function}: warm exec"));
         let boot =
-            snapbpf::snapshot::fresh_boot(function, input, 4, None, timeout).map_err(|source| {
-                BenchError::Snapshot {
+            crate::snapshot::fresh_boot(function, input, 4, None, timeout).map_err(|source| {
+                ProfileError::Snapshot {
                     function: function.clone(),
                     source,
                 }
@@ -123,11 +174,21 @@ pub fn profile(
             hint_exits: p.hint_exits,
             working_set_bytes: ws.total_bytes(),
             working_set_file_bytes: std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0),
-            warm_exec_ms: Summary::of(&warm).map(|s| s.median).unwrap_or(0.0),
+            warm_exec_ms: median(&warm),
             checksum: n.checksum.clone(),
         });
     }
     Ok(profiles)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The profile as a Markdown table.

@@ -1,7 +1,7 @@
 //! One VM: run one invocation over guest memory a strategy restored, and measure it.
 //!
 //! This is the run primitive every restore and every record phase uses. It knows the VMM
-//! and the snapshot, not the strategies: a strategy hands it a [`Restored`] (the guest
+//! and the snapshot store, not the strategies (it is a crate of its own so it cannot): a strategy hands it a [`Restored`] (the guest
 //! memory, the exit handler for the guest's hints, and the helper threads it started
 //! beside the vCPU), and gets back a [`RunReport`].
 //!
@@ -19,7 +19,10 @@ use snapbpf_vmm::{
     CreateError, ExitHandler, GuestEvent, GuestMemory, MemoryError, MicroVm, StateError,
 };
 
-use crate::snapshot::Snapshot;
+use snapbpf_store::Snapshot;
+
+pub mod report;
+pub use report::{InvokeReport, MemoryReport};
 
 /// Prefetch activity of one restore.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

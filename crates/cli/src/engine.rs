@@ -1,0 +1,123 @@
+//! The snapbpf engine as the evaluation harness sees it: [`snapbpf_bench::Engine`] over
+//! the library's calls. The harness crate knows no strategy and links no BPF; this glue
+//! is where the two meet.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use snapbpf::launch::{self, InvokeReport, InvokeRequest};
+use snapbpf::run::RunOptions;
+use snapbpf::strategy::StrategySpec;
+use snapbpf_bench::{
+    Cell, DeviceBound, Engine, EngineError, RecordFacts, SnapshotFacts, StrategyEntry,
+};
+
+/// The engine, running VM workers as `exe __worker`.
+#[derive(Debug)]
+pub struct SnapbpfEngine {
+    /// This executable.
+    pub exe: PathBuf,
+}
+
+/// The harness's description of `spec`.
+pub fn entry(spec: &StrategySpec) -> StrategyEntry {
+    StrategyEntry {
+        spec: spec.to_arg(),
+        label: spec.label(),
+        name: spec.name().to_string(),
+        record: spec.info().record,
+    }
+}
+
+fn spec_of(entry: &StrategyEntry) -> Result<StrategySpec, EngineError> {
+    Ok(StrategySpec::parse(&entry.spec)?)
+}
+
+impl Engine for SnapbpfEngine {
+    fn strategy(&self, spec: &str) -> Result<StrategyEntry, EngineError> {
+        Ok(entry(&StrategySpec::parse(spec)?))
+    }
+
+    fn snapshot(&self, function: &str, dir: &Path) -> Result<SnapshotFacts, EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        let snapshot = snapbpf::snapshot::ensure(function, dir)?;
+        Ok(SnapshotFacts {
+            function: function.to_string(),
+            mem_bytes: snapshot.meta.mem_bytes,
+            disk_bytes: std::fs::metadata(snapshot.memory_path()).map_or(0, |m| m.blocks() * 512),
+            init_ms: snapshot.meta.init_ms,
+        })
+    }
+
+    fn record(
+        &self,
+        dir: &Path,
+        strategy: &StrategyEntry,
+        input: u32,
+        timeout: Duration,
+    ) -> Result<RecordFacts, EngineError> {
+        let snapshot = snapbpf::snapshot::open(dir)?;
+        let report = spec_of(strategy)?
+            .build()
+            .record(&snapshot, input, timeout)?;
+        Ok(RecordFacts {
+            function: snapshot.meta.function.clone(),
+            strategy: strategy.name.clone(),
+            ms: report.ms,
+            ws_pages: report.pages,
+            artifacts: report
+                .artifacts
+                .iter()
+                .map(|(path, bytes)| {
+                    let name = path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    );
+                    (name, *bytes)
+                })
+                .collect(),
+        })
+    }
+
+    fn invoke(&self, dir: &Path, cell: &Cell) -> Result<InvokeReport, EngineError> {
+        let req = InvokeRequest {
+            dir: dir.to_path_buf(),
+            spec: spec_of(&cell.strategy)?,
+            run: RunOptions {
+                input: cell.input,
+                timeout: cell.timeout,
+            },
+            cold: cell.cold,
+            concurrency: cell.concurrency,
+        };
+        Ok(launch::invoke(&req, &|| {
+            crate::cmd::worker_command(&self.exe)
+        })?)
+    }
+
+    fn device_time(
+        &self,
+        dir: &Path,
+        strategy: &StrategyEntry,
+        repeat: u32,
+    ) -> Option<Result<DeviceBound, EngineError>> {
+        let (snapshot, spec) = match snapbpf::snapshot::open(dir)
+            .map_err(EngineError::from)
+            .and_then(|s| Ok((s, spec_of(strategy)?)))
+        {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        let measured = snapbpf::measure::device_time(&snapshot, &spec, repeat)?;
+        Some(
+            measured
+                .map(|d| DeviceBound {
+                    function: snapshot.meta.function.clone(),
+                    bytes: d.bytes,
+                    ranges: d.ranges,
+                    ms: d.ms,
+                })
+                .map_err(EngineError::from),
+        )
+    }
+}
