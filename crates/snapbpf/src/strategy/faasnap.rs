@@ -429,8 +429,7 @@ impl Strategy for Faasnap {
         let path = snapshot.memory_path();
         let ioe = |what: &str| StrategyError::io(format!("{what} {}", path.display()));
         // A cold cache and no readahead: the page cache then holds exactly the fetched pages.
-        fsutil::evict(&path)
-            .map_err(|e| StrategyError::io("record")(std::io::Error::other(e.to_string())))?;
+        fsutil::evict(&path)?;
         let file = File::open(&path).map_err(ioe("open"))?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::Off)?;
@@ -514,10 +513,8 @@ impl Strategy for Faasnap {
             input,
         };
         let meta_path = snapshot.artifact_path(META_FILE);
-        let meta_bytes = artifact::write(&meta_path, META_KIND, &header, &encode(&regions, &zeros))
-            .map_err(|e| {
-                StrategyError::io("write metadata")(std::io::Error::other(e.to_string()))
-            })?;
+        let meta_bytes =
+            artifact::write(&meta_path, META_KIND, &header, &encode(&regions, &zeros))?;
         Ok(RecordReport {
             artifacts: vec![(ws_path, ws.len() as u64), (meta_path, meta_bytes)],
             ms: started.elapsed().as_secs_f64() * 1e3,

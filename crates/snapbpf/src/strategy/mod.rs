@@ -46,9 +46,33 @@ pub enum StrategyError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] snapbpf_vmm::MemoryError),
-    /// The eBPF capture failed or was incomplete.
-    #[error("working-set capture: {0}")]
-    Capture(String),
+    /// The eBPF capture could not start.
+    #[error("working-set capture")]
+    CaptureStart(#[from] snapbpf_wss::capture::CaptureStartError),
+    /// The eBPF capture failed when stopped.
+    #[error("working-set capture")]
+    CaptureStop(#[from] snapbpf_wss::capture::CaptureStopError),
+    /// The capture lost events: the working set would be incomplete.
+    #[error("working-set capture: the ring buffer overflowed: {lost} page events were lost, the working set would be incomplete")]
+    CaptureLost {
+        /// Events lost.
+        lost: u64,
+    },
+    /// A working set cannot be read.
+    #[error(transparent)]
+    WorkingSet(#[from] snapbpf_wss::workingset::ReadError),
+    /// Working sets could not be merged.
+    #[error("merging the working sets")]
+    Merge(#[from] snapbpf_wss::workingset::MergeError),
+    /// A working set could not be written.
+    #[error(transparent)]
+    WriteWorkingSet(#[from] snapbpf_wss::workingset::WriteError),
+    /// An artifact container could not be read or written.
+    #[error(transparent)]
+    Artifact(#[from] snapbpf_store::artifact::ArtifactError),
+    /// The snapshot could not be made cold.
+    #[error(transparent)]
+    Evict(#[from] snapbpf_store::fsutil::EvictError),
     /// The recorded invocation failed.
     #[error("recorded invocation failed")]
     Record(#[source] Box<crate::run::RunError>),
@@ -177,15 +201,7 @@ pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
             });
         }
     }
-    let (header, payload): (H, Vec<u8>) =
-        snapbpf_store::artifact::read(&path, kind).map_err(|e| match e {
-            snapbpf_store::artifact::ArtifactError::Corrupt { reason, .. } => {
-                bad_artifact(&path, reason)
-            }
-            snapbpf_store::artifact::ArtifactError::Io { source, .. } => {
-                bad_artifact(&path, source.to_string())
-            }
-        })?;
+    let (header, payload): (H, Vec<u8>) = snapbpf_store::artifact::read(&path, kind)?;
     if memory_of(&header) != &snapshot.meta.memory {
         return Err(bad_artifact(
             &path,
@@ -204,7 +220,7 @@ pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
 /// (`what`) describes.
 pub(crate) fn check_data_len(path: &Path, expected: u64, what: &str) -> Result<(), StrategyError> {
     let len = std::fs::metadata(path)
-        .map_err(|e| bad_artifact(path, e.to_string()))?
+        .map_err(StrategyError::io(format!("stat {}", path.display())))?
         .len();
     if len != expected {
         return Err(bad_artifact(

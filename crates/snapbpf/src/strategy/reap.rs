@@ -290,8 +290,7 @@ fn write_artifacts(
         TRACE_KIND,
         &header,
         &artifact::u64_bytes(offsets),
-    )
-    .map_err(|e| StrategyError::io("write trace")(std::io::Error::other(e.to_string())))?;
+    )?;
     Ok(RecordReport {
         artifacts: vec![(ws_path, ws.len() as u64), (trace_path, trace_bytes)],
         ms: uffd::ms_since(started),

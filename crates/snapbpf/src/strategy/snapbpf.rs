@@ -170,15 +170,15 @@ impl SnapBpf {
                 path,
             });
         }
-        WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| StrategyError::BadArtifact {
-            path: path.clone(),
-            reason: match e {
-                snapbpf_wss::workingset::ReadError::Stale { fields, .. } => format!(
+        WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| match e {
+            snapbpf_wss::workingset::ReadError::Stale { fields, .. } => StrategyError::BadArtifact {
+                path: path.clone(),
+                reason: format!(
                     "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
                     fields.join(", ")
                 ),
-                other => crate::error_chain(&other),
             },
+            other => other.into(),
         })
     }
 }
@@ -289,12 +289,8 @@ impl Strategy for SnapBpf {
         let path = snapshot.memory_path();
         let ws_path = Self::ws_path(snapshot);
         let started = Instant::now();
-        fsutil::evict(&path).map_err(|e| StrategyError::Io {
-            context: "make the snapshot cold for recording".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let capture =
-            PageCacheCapture::start(&path).map_err(|e| StrategyError::Capture(e.to_string()))?;
+        fsutil::evict(&path)?;
+        let capture = PageCacheCapture::start(&path)?;
         // Readahead off while capturing, so only the pages the guest touches come in.
         let file =
             File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
@@ -313,25 +309,20 @@ impl Strategy for SnapBpf {
             input,
             timeout,
         );
-        let captured = capture
-            .stop()
-            .map_err(|e| StrategyError::Capture(e.to_string()))?;
+        let captured = capture.stop()?;
         run?;
         if captured.lost_events > 0 {
-            return Err(StrategyError::Capture(format!(
-                "the ring buffer overflowed: {} page events were lost, the working set would be incomplete",
-                captured.lost_events
-            )));
+            return Err(StrategyError::CaptureLost {
+                lost: captured.lost_events,
+            });
         }
         let id = snapshot.meta.memory;
         let mut ws = WorkingSet::from_capture(id, &captured);
         // Recording another input merges into the existing working set.
         if let Ok(existing) = WorkingSet::read_for(&ws_path, &id) {
-            ws = WorkingSet::merge(&[existing, ws])
-                .map_err(|e| StrategyError::Capture(e.to_string()))?;
+            ws = WorkingSet::merge(&[existing, ws])?;
         }
-        ws.write_atomic(&ws_path)
-            .map_err(|e| StrategyError::io(format!("write {}", ws_path.display()))(e.source))?;
+        ws.write_atomic(&ws_path)?;
         let size = std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0);
         Ok(RecordReport {
             artifacts: vec![(ws_path, size)],
