@@ -1,5 +1,6 @@
 //! The microVM: one KVM VM with one memory slot and one vCPU, and its run loop.
 
+use std::io::Write;
 use std::sync::mpsc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -368,7 +369,8 @@ impl MicroVm {
                 HC_DONE => return Ok(GuestEvent::Done { checksum: value }),
                 HC_CONSOLE => {
                     let msg = self.console_message(value)?;
-                    eprintln!("[guest] {}", msg.trim_end());
+                    // Best effort: a closed stderr must not end the VM (eprintln would panic).
+                    let _ = writeln!(std::io::stderr(), "[guest] {}", msg.trim_end());
                 }
                 HC_PANIC => return Err(RunError::GuestPanic(self.console_message(value)?)),
                 HC_FRESH_HINTS => {

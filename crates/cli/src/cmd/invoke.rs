@@ -34,8 +34,8 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct StrategyArgs {
     /// Restore strategy, `NAME[:OPTION[:OPTION=VALUE]...]` (`snapbpf strategies` lists
-    /// them and their options).
-    #[arg(long, default_value = "linux-ra")]
+    /// them and their options) [default: the registry's baseline, linux-ra].
+    #[arg(long, default_value_t = registry::baseline().to_arg(), hide_default_value = true)]
     pub strategy: String,
     /// Strategy option `no-prefetch`.
     #[arg(long)]

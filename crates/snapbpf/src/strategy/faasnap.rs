@@ -220,12 +220,6 @@ pub struct FaasnapOptions {}
 
 impl StrategyOptions for FaasnapOptions {
     const INFO: &'static StrategyInfo = &INFO;
-    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
-        Err(format!("unexpected option {name}"))
-    }
-    fn render(&self) -> Vec<String> {
-        Vec::new()
-    }
     fn build(&self) -> Box<dyn Strategy> {
         Box::new(Faasnap)
     }

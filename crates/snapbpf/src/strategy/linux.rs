@@ -57,12 +57,6 @@ pub struct NoraOptions {}
 
 impl StrategyOptions for NoraOptions {
     const INFO: &'static StrategyInfo = &NORA_INFO;
-    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
-        Err(format!("unexpected option {name}"))
-    }
-    fn render(&self) -> Vec<String> {
-        Vec::new()
-    }
     fn build(&self) -> Box<dyn Strategy> {
         Box::new(LinuxPaging::no_readahead())
     }

@@ -50,10 +50,15 @@ pub trait StrategyOptions: Default {
     /// The strategy's registry row.
     const INFO: &'static StrategyInfo;
     /// Sets option `name` (one of the strategy's [`StrategyInfo::options`]) to `value`.
-    fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), String>;
+    /// A strategy without options keeps the default, which is never called.
+    fn set(&mut self, name: &str, _value: Option<&str>) -> Result<(), String> {
+        Err(format!("unexpected option {name}"))
+    }
     /// The options that differ from the default, as `name` or `name=value`, in the
     /// order the strategy declares them.
-    fn render(&self) -> Vec<String>;
+    fn render(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Builds the strategy these options configure.
     fn build(&self) -> Box<dyn Strategy>;
 }
