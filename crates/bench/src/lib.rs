@@ -44,6 +44,14 @@ pub trait Engine {
         input: u32,
         timeout: Duration,
     ) -> Result<RecordFacts, EngineError>;
+    /// The checksum `function` returns for `input` in a freshly booted VM (no snapshot):
+    /// the reference every sample is checked against.
+    fn reference(
+        &self,
+        function: &str,
+        input: u32,
+        timeout: Duration,
+    ) -> Result<String, EngineError>;
     /// Restores and runs `concurrency` VMs of the snapshot at `dir` at once.
     fn invoke(&self, dir: &Path, cell: &Cell) -> Result<InvokeReport, EngineError>;
     /// How long the device takes to deliver the ranges `strategy` prefetches from the
@@ -146,6 +154,26 @@ pub enum BenchError {
         /// Cause.
         #[source]
         source: EngineError,
+    },
+    /// Computing a function's reference checksum failed.
+    #[error("reference checksum of {function}")]
+    Reference {
+        /// Function.
+        function: String,
+        /// Cause.
+        #[source]
+        source: EngineError,
+    },
+    /// Samples returned a checksum other than the reference: their runs are void and
+    /// listed under `wrong` in the results.
+    #[error("{count} VM run(s) returned a wrong checksum (first: {first}); they were left out of every figure and are listed under \"wrong\" in {path}")]
+    WrongAnswers {
+        /// VM runs with a wrong checksum.
+        count: usize,
+        /// The first of them, described.
+        first: String,
+        /// The results file that lists them.
+        path: PathBuf,
     },
     /// Drawing the charts failed (the raw results and tables are written).
     #[error("charts: {0}")]
@@ -316,8 +344,60 @@ pub struct BenchResults {
     /// Device time for SnapBPF's working set, per function (when snapbpf is measured).
     #[serde(default)]
     pub device_bounds: Vec<DeviceBound>,
-    /// Every sample, warm-ups excluded.
+    /// Every sample, warm-ups excluded, whose every VM returned the reference checksum.
     pub samples: Vec<Sample>,
+    /// Reference checksums (fresh boots), per function, for the run's input.
+    #[serde(default)]
+    pub references: Vec<Reference>,
+    /// VM runs, warm-ups included, that returned another checksum: never a data point.
+    #[serde(default)]
+    pub wrong: Vec<WrongAnswer>,
+}
+
+/// The checksum a function returns in a freshly booted VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Function.
+    pub function: String,
+    /// Input.
+    pub input: u32,
+    /// Checksum, hex.
+    pub checksum: String,
+}
+
+/// A VM run whose checksum differs from its function's reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrongAnswer {
+    /// Function.
+    pub function: String,
+    /// Strategy label.
+    pub strategy: String,
+    /// VMs at once.
+    pub concurrency: u32,
+    /// Cold or warm.
+    pub cold: bool,
+    /// Which VM of the sample.
+    pub vm: usize,
+    /// What it returned.
+    pub checksum: String,
+    /// The reference.
+    pub expected: String,
+}
+
+impl std::fmt::Display for WrongAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} under {} ({} VM(s), {}), VM {}: checksum {}, the fresh boot's is {}",
+            self.function,
+            self.strategy,
+            self.concurrency,
+            if self.cold { "cold" } else { "warm" },
+            self.vm,
+            self.checksum,
+            self.expected
+        )
+    }
 }
 
 /// Runs the benchmark on `engine`. `git_rev` stamps the results.
@@ -360,7 +440,21 @@ pub fn run(
     let mut records = Vec::new();
     let mut device_bounds = Vec::new();
     let mut samples = Vec::new();
+    let mut references = Vec::new();
+    let mut wrong: Vec<WrongAnswer> = Vec::new();
     for function in &config.functions {
+        progress.stage(&format!("{function}: reference checksum (fresh boot)"));
+        let expected = engine
+            .reference(function, config.input, config.timeout)
+            .map_err(|source| BenchError::Reference {
+                function: function.clone(),
+                source,
+            })?;
+        references.push(Reference {
+            function: function.clone(),
+            input: config.input,
+            checksum: expected.clone(),
+        });
         progress.stage(&format!("{function}: snapshot"));
         let dir = snap_dir.join(function);
         let facts = engine
@@ -420,6 +514,28 @@ pub fn run(
                                 source,
                             })?;
                     progress.inc();
+                    let bad: Vec<WrongAnswer> = report
+                        .runs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.checksum != expected)
+                        .map(|(vm, r)| WrongAnswer {
+                            function: function.clone(),
+                            strategy: label.clone(),
+                            concurrency,
+                            cold,
+                            vm,
+                            checksum: r.checksum.clone(),
+                            expected: expected.clone(),
+                        })
+                        .collect();
+                    if !bad.is_empty() {
+                        for w in &bad {
+                            progress.error(&format!("WRONG ANSWER, sample void: {w}"));
+                        }
+                        wrong.extend(bad);
+                        continue;
+                    }
                     if keep {
                         samples.push(Sample {
                             function: function.clone(),
@@ -453,6 +569,8 @@ pub fn run(
             records: records.clone(),
             device_bounds: device_bounds.clone(),
             samples: samples.clone(),
+            references: references.clone(),
+            wrong: wrong.clone(),
         };
         write_json(&so_far, &config.out.join(PARTIAL_RESULTS))?;
     }
@@ -464,9 +582,19 @@ pub fn run(
         records,
         device_bounds,
         samples,
+        references,
+        wrong,
     };
-    write_json(&results, &config.out.join("results.json"))?;
+    let path = config.out.join("results.json");
+    write_json(&results, &path)?;
     let _ = std::fs::remove_file(config.out.join(PARTIAL_RESULTS));
+    if let Some(first) = results.wrong.first() {
+        return Err(BenchError::WrongAnswers {
+            count: results.wrong.len(),
+            first: first.to_string(),
+            path,
+        });
+    }
     Ok(results)
 }
 

@@ -4,7 +4,7 @@
 //! runs end up (CI logs, `nohup`, `tee`); there each stage prints a line with the elapsed
 //! time, the invocations done and an estimate of the time left.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -52,7 +52,8 @@ impl Progress {
                     .checked_div(done)
                     .map(|left| format!(", ~{} left", clock(left)))
                     .unwrap_or_default();
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "[{}] {done}/{} invocations{eta}: {what}",
                     clock(elapsed),
                     self.total
@@ -73,12 +74,26 @@ impl Progress {
     pub(crate) fn finish(&self) {
         match &self.bar {
             Some(bar) => bar.finish_and_clear(),
-            None => eprintln!(
-                "[{}] {}/{} invocations: done",
-                clock(self.started.elapsed().as_secs()),
-                self.done.load(Ordering::Relaxed),
-                self.total
-            ),
+            None => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "[{}] {}/{} invocations: done",
+                    clock(self.started.elapsed().as_secs()),
+                    self.done.load(Ordering::Relaxed),
+                    self.total
+                );
+            }
+        }
+    }
+
+    /// Reports something that went wrong, above the bar when there is one. Writing to a
+    /// closed stderr is not an error here (no panic).
+    pub(crate) fn error(&self, what: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("error: {what}")),
+            None => {
+                let _ = writeln!(std::io::stderr(), "error: {what}");
+            }
         }
     }
 }

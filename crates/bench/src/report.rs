@@ -493,6 +493,33 @@ fn bounds_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(md);
 }
 
+/// VM runs that returned a checksum other than the fresh boot's: void, and said first.
+fn wrong_table(md: &mut String, results: &BenchResults) {
+    if results.wrong.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## WRONG ANSWERS: {} VM run(s) returned another checksum than a fresh boot\n\n\
+         These runs are left out of every figure below; the cells they belong to hold only \
+         the samples that were right.\n",
+        results.wrong.len()
+    );
+    let _ = writeln!(
+        md,
+        "| function | strategy | VMs | cold | VM | checksum | fresh boot |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for w in &results.wrong {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            w.function, w.strategy, w.concurrency, w.cold, w.vm, w.checksum, w.expected
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// Every measured cell with its faults and memory, for the record.
 fn cells_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(md, "## Every cell\n");
@@ -562,6 +589,7 @@ pub fn markdown(results: &BenchResults) -> String {
         results.config.warm_repeat,
         results.config.input
     );
+    wrong_table(&mut md, results);
     for fig in figures(results) {
         figure_table(&mut md, &fig);
     }

@@ -135,6 +135,8 @@ fn results(concurrency: Vec<u32>) -> BenchResults {
             ms: vec![30.0, 20.0, 25.0],
         }],
         samples,
+        references: vec![],
+        wrong: vec![],
     }
 }
 
@@ -263,6 +265,8 @@ fn charts_are_whole_svg_and_png_files() {
 #[derive(Default)]
 struct Scripted {
     calls: std::sync::Mutex<Vec<String>>,
+    /// A label whose 10-VM runs return a wrong checksum from their second VM.
+    wrong_under: Option<&'static str>,
 }
 
 impl snapbpf_bench::Engine for Scripted {
@@ -305,6 +309,14 @@ impl snapbpf_bench::Engine for Scripted {
             artifacts: vec![],
         })
     }
+    fn reference(
+        &self,
+        _: &str,
+        _: u32,
+        _: Duration,
+    ) -> Result<String, snapbpf_bench::EngineError> {
+        Ok("0".into())
+    }
     fn invoke(
         &self,
         _: &std::path::Path,
@@ -317,7 +329,11 @@ impl snapbpf_bench::Engine for Scripted {
             if cell.cold { "cold" } else { "warm" }
         ));
         let vms = vec![10.0; cell.concurrency as usize];
-        Ok(sample("pyaes", &cell.strategy.label, &vms, cell.cold, 1).report)
+        let mut report = sample("pyaes", &cell.strategy.label, &vms, cell.cold, 1).report;
+        if self.wrong_under == Some(cell.strategy.label.as_str()) && cell.concurrency == 10 {
+            report.runs[1].checksum = "bad".into();
+        }
+        Ok(report)
     }
     fn device_time(
         &self,
@@ -377,6 +393,36 @@ fn a_run_records_each_strategy_once_and_measures_every_cell() {
     assert_eq!(kept, 4, "warm-ups are not kept");
     assert!(out.path().join("results.json").is_file());
     assert!(!out.path().join(snapbpf_bench::PARTIAL_RESULTS).exists());
+}
+
+/// A VM that returns another checksum than the fresh boot voids its sample: the run
+/// fails loudly, the sample is in no figure, and results.json lists it.
+#[test]
+fn wrong_checksums_are_never_data_points() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut c = config(vec![1, 10]);
+    c.functions = vec!["pyaes".into()];
+    c.repeat = 2;
+    c.warmup = 0;
+    c.out = out.path().to_path_buf();
+    let engine = Scripted {
+        wrong_under: Some("reap"),
+        ..Scripted::default()
+    };
+    let e = snapbpf_bench::run(&c, &engine, "test").expect_err("wrong answers fail the run");
+    assert!(
+        e.to_string().starts_with("2 VM run(s) returned a wrong checksum (first: pyaes under reap (10 VM(s), cold), VM 1: checksum bad, the fresh boot's is 0)"),
+        "{e}"
+    );
+    let written = snapbpf_bench::read_results(&out.path().join("results.json")).expect("results");
+    assert_eq!(written.wrong.len(), 2);
+    assert!(written
+        .samples
+        .iter()
+        .all(|s| !(s.strategy == "reap" && s.concurrency == 10)));
+    assert_eq!(written.references[0].checksum, "0");
+    let md = snapbpf_bench::report::markdown(&written);
+    assert!(md.contains("## WRONG ANSWERS: 2 VM run(s)"), "{md}");
 }
 
 /// Results written before the registry (flat specs, no baseline or subject) still load.

@@ -79,6 +79,20 @@ impl Engine for SnapbpfEngine {
         })
     }
 
+    fn reference(
+        &self,
+        function: &str,
+        input: u32,
+        timeout: Duration,
+    ) -> Result<String, EngineError> {
+        let boot = snapbpf::snapshot::fresh_boot(function, input, 1, None, timeout)?;
+        let (checksum, _) = boot
+            .invocations
+            .first()
+            .ok_or("the fresh boot ran no invocation")?;
+        Ok(format!("{checksum:016x}"))
+    }
+
     fn invoke(&self, dir: &Path, cell: &Cell) -> Result<InvokeReport, EngineError> {
         let req = InvokeRequest {
             dir: dir.to_path_buf(),
