@@ -242,6 +242,37 @@ fn broken_snapshots_are_refused() {
         &|d| std::fs::write(d.join("vcpu"), b"ELF binary, not a vcpu file at all....").expect("w"),
         "bad magic",
     );
+    // Special files would make a reader wait forever (a FIFO, /dev/zero): refused at once.
+    case(
+        "vcpu-to-dev-zero",
+        &|d| {
+            std::fs::remove_file(d.join("vcpu")).expect("rm");
+            std::os::unix::fs::symlink("/dev/zero", d.join("vcpu")).expect("symlink");
+        },
+        "vcpu: it is a symbolic link; snapbpf reads only regular files",
+    );
+    case(
+        "vcpu-fifo",
+        &|d| {
+            std::fs::remove_file(d.join("vcpu")).expect("rm");
+            let c = std::ffi::CString::new(d.join("vcpu").as_os_str().as_encoded_bytes())
+                .expect("path");
+            // SAFETY: mkfifo reads a NUL-terminated path we own.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        },
+        "vcpu: it is a FIFO; snapbpf reads only regular files",
+    );
+    case(
+        "huge-json",
+        &|d| {
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(d.join("snapshot.json"))
+                .expect("open");
+            f.set_len(4 << 20).expect("grow");
+        },
+        "more than the 1048576 bytes",
+    );
 }
 
 #[test]

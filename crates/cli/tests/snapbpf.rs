@@ -192,6 +192,14 @@ fn bad_working_sets_are_refused() {
         &["invoke", s, "--strategy", "snapbpf"],
         "not a snapbpf working-set file (starts with \"not a wo\"",
     );
+    // A working set that is a link to a device would be read forever: refused at once.
+    std::fs::remove_file(&ws).expect("rm");
+    std::os::unix::fs::symlink("/dev/zero", &ws).expect("symlink");
+    fails(
+        &["invoke", s, "--strategy", "snapbpf"],
+        "it is a symbolic link; snapbpf reads only regular files",
+    );
+    std::fs::remove_file(&ws).expect("rm");
     // Stale: a new snapshot of the same function does not accept the old working set.
     ok(&["snapshot", "pyaes", "--out", s, "--force"]);
     std::fs::write(&ws, &good).expect("write");

@@ -92,19 +92,14 @@ pub fn read<H: DeserializeOwned>(path: &Path, kind: &str) -> Result<(H, Vec<u8>)
         path: path.to_path_buf(),
         reason,
     };
-    let len = std::fs::metadata(path)
-        .map_err(|source| ArtifactError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    if len > MAX_PAYLOAD + u64::from(MAX_HEADER) + 64 {
-        return Err(corrupt(format!("{len} bytes is too large for an artifact")));
-    }
-    let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::fsutil::read_regular(path, MAX_PAYLOAD + u64::from(MAX_HEADER) + 64)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::InvalidData => corrupt(source.to_string()),
+            _ => ArtifactError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
     if bytes.len() < FIXED + 8 + 4 {
         return Err(corrupt("truncated (shorter than the fixed header)".into()));
     }

@@ -31,6 +31,72 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Opens `path` for reading only if it is a regular file itself: not a symbolic link
+/// (`O_NOFOLLOW`), nor a FIFO, device, socket or directory (checked on the opened
+/// descriptor; `O_NONBLOCK` keeps the open of a FIFO from waiting for a writer). A reader
+/// of `/dev/zero` or of a FIFO would otherwise never finish.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    open_regular_with(path, 0)
+}
+
+fn open_regular_with(path: &Path, extra_flags: libc::c_int) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | extra_flags)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "it is a symbolic link; snapbpf reads only regular files",
+            ),
+            _ => e,
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {what}; snapbpf reads only regular files"),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads all of the regular file `path` (see [`open_regular`]), refusing one larger than
+/// `max` bytes before reading anything.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than the {max} bytes such a file may have"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // The file may grow while it is read: read no more than the cap allows.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it grew past {max} bytes while being read"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The directory containing `path` (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -219,18 +285,14 @@ pub fn make_resident(path: &Path) -> std::io::Result<u64> {
     resident_pages(&file)
 }
 
-/// Reads the whole of `path` with `O_DIRECT` into a page-aligned buffer: one `read` call for
+/// Reads the whole of the regular file `path` (see [`open_regular`]) with `O_DIRECT` into a
+/// page-aligned buffer: one `read` call for
 /// the file (more only if the kernel returns short). Falls back to a buffered read where the
 /// filesystem has no direct I/O (tmpfs). Returns the buffer and whether it was direct.
 pub fn read_direct(path: &Path) -> std::io::Result<(AlignedBuf, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let (file, direct) = match File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+    let (file, direct) = match open_regular_with(path, libc::O_DIRECT) {
         Ok(f) => (f, true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open_regular(path)?, false),
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
@@ -312,5 +374,38 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping this value owns.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"0123456789").expect("write");
+        assert_eq!(read_regular(&file, 10).expect("read"), b"0123456789");
+        let e = read_regular(&file, 9).expect_err("over the cap");
+        assert!(e.to_string().contains("more than the 9 bytes"), "{e}");
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+        let e = read_regular(&link, 1 << 20).expect_err("a symlink");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = read_direct(&link).expect_err("a symlink, direct");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo reads a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let e = read_regular(&fifo, 1 << 20).expect_err("a FIFO, without waiting for a writer");
+        assert!(e.to_string().contains("a FIFO"), "{e}");
+
+        let e = read_regular(Path::new("/dev/zero"), 1 << 20).expect_err("a device");
+        assert!(e.to_string().contains("a device"), "{e}");
+        assert!(read_regular(dir.path(), 1 << 20).is_err(), "a directory");
     }
 }

@@ -30,6 +30,11 @@ pub const META_FORMAT: &str = "snapbpf-snapshot";
 /// Version of the snapshot directory format.
 pub const META_VERSION: u32 = 1;
 
+/// Largest `snapshot.json` accepted (a real one is under 1 KiB).
+pub const MAX_META_BYTES: u64 = 1 << 20;
+/// Largest `vcpu` file accepted (a real one is a few KiB).
+pub const MAX_VCPU_BYTES: u64 = 1 << 20;
+
 /// `snapshot.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotMeta {
@@ -203,7 +208,7 @@ impl Snapshot {
             let path = path.to_path_buf();
             move |source| OpenError::Io { path, source }
         };
-        let raw = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+        let raw = fsutil::read_regular(&meta_path, MAX_META_BYTES).map_err(io(&meta_path))?;
         let value: serde_json::Value =
             serde_json::from_slice(&raw).map_err(|e| OpenError::CorruptMeta {
                 path: meta_path.clone(),
@@ -247,7 +252,8 @@ impl Snapshot {
             Err(e) => return Err(io(&memory)(e)),
         }
         let vcpu_path = dir.join(VCPU_FILE);
-        let vcpu_bytes = std::fs::read(&vcpu_path).map_err(io(&vcpu_path))?;
+        let vcpu_bytes =
+            fsutil::read_regular(&vcpu_path, MAX_VCPU_BYTES).map_err(io(&vcpu_path))?;
         let vcpu = VcpuState::from_bytes(&vcpu_bytes).map_err(|source| OpenError::Vcpu {
             path: vcpu_path.clone(),
             source,

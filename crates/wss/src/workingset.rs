@@ -520,7 +520,9 @@ impl WorkingSet {
             path: path.to_owned(),
             source,
         };
-        let size = std::fs::metadata(path).map_err(io)?.len();
+        // A regular file only (no symlink, FIFO or device), size-checked before reading.
+        let file = snapbpf_store::fsutil::open_regular(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
         if size > MAX_FILE_BYTES {
             return Err(ReadError::TooBig {
                 path: path.to_owned(),
@@ -528,7 +530,12 @@ impl WorkingSet {
                 max: MAX_FILE_BYTES,
             });
         }
-        let data = std::fs::read(path).map_err(io)?;
+        let mut data = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
+            &mut data,
+        )
+        .map_err(io)?;
         Self::from_bytes(&data).map_err(|source| ReadError::Decode {
             path: path.to_owned(),
             source,
