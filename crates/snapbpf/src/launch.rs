@@ -8,9 +8,10 @@
 //! the memory file's residency. Threads in one process would share one RSS.
 //!
 //! # Worker protocol (stdin/stdout lines)
-//! The launcher writes one JSON line, [`WorkerArgs`], to the worker's stdin; the worker
-//! checks it (snapshot and strategy), prints `ready` and waits for `go`, so every VM
-//! starts at once. It restores and runs, prints its [`WorkerReply`] as one JSON line, and
+//! The launcher writes one JSON line, [`WorkerArgs`], to the worker's stdin (it has
+//! already checked the snapshot and the strategy's artifacts); the worker parses it,
+//! prints `ready` and waits for `go`, so every VM starts at once. It reads nothing else
+//! before `go`: a cold start stays cold. It restores and runs, prints its [`WorkerReply`] as one JSON line, and
 //! then waits for stdin to close so the launcher can measure memory while every VM is
 //! still alive. The executable is the front-end's business (`snapbpf __worker`); the
 //! protocol is this module's.
@@ -350,8 +351,7 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
-/// The worker side of [`invoke`]: reads its [`WorkerArgs`], checks the snapshot and the
-/// strategy, waits for the go signal, runs one VM, prints its report, and waits for stdin
+/// The worker side of [`invoke`]: reads its [`WorkerArgs`], waits for the go signal, runs one VM, prints its report, and waits for stdin
 /// to close.
 pub fn worker_main() -> Result<(), WorkerError> {
     let stdin = std::io::stdin();
@@ -373,14 +373,6 @@ pub fn worker_main() -> Result<(), WorkerError> {
             return Ok(());
         }
     };
-    // Refuse a bad snapshot or artifact before the go signal, as the launcher did.
-    if let Err(e) = crate::snapshot::open(&args.dir)
-        .map_err(RunOneError::from)
-        .and_then(|s| Ok(args.spec.build().check(&s)?))
-    {
-        reply(&mut stdout, &WorkerReply::Err(crate::error_chain(&e)))?;
-        return Ok(());
-    }
     writeln!(stdout, "ready")?;
     stdout.flush()?;
     line.clear();
