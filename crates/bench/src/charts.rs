@@ -136,14 +136,32 @@ pub fn write_all(figures: &[Figure], dir: &Path) -> Result<Vec<PathBuf>, ChartEr
     Ok(written)
 }
 
-/// Value range of the axis: from below the smallest whisker to above the largest.
+/// Largest value an axis reaches: beyond it (a corrupt or absurd results file) bars are
+/// clipped, so an axis always has a finite number of ticks.
+const AXIS_MAX: f64 = 1e12;
+
+/// Value range of the axis: from below the smallest whisker to above the largest, finite
+/// and ordered whatever the values are.
 fn value_range(fig: &Figure) -> (f64, f64) {
+    let finite = |v: f64| v.is_finite() && v > 0.0;
     let all: Vec<_> = fig.cells.iter().flatten().flatten().collect();
-    let lo = all.iter().map(|s| s.min).fold(f64::INFINITY, f64::min);
-    let hi = all.iter().map(|s| s.max).fold(0.0, f64::max);
+    let lo = all
+        .iter()
+        .map(|s| s.min)
+        .filter(|v| finite(*v))
+        .fold(AXIS_MAX, f64::min);
+    let hi = all
+        .iter()
+        .map(|s| s.max)
+        .filter(|v| finite(*v))
+        .fold(0.0, f64::max)
+        .min(AXIS_MAX);
     match fig.metric {
         Metric::Speedup => (0.0, (hi * 1.1).max(1.2)),
-        _ => ((lo * 0.5).max(1e-3), hi * 2.5),
+        _ => {
+            let lo = (lo * 0.5).clamp(1e-3, AXIS_MAX);
+            (lo, (hi * 2.5).clamp(lo * 10.0, AXIS_MAX * 10.0))
+        }
     }
 }
 

@@ -703,14 +703,20 @@ pub fn utc_now() -> String {
 /// a failure drawing charts loses no measurement (`snapbpf bench --replot` redraws them).
 pub fn write_results(results: &BenchResults) -> Result<String, BenchError> {
     let out = &results.config.out;
-    write_results_to(results, out)
+    std::fs::create_dir_all(out).map_err(|source| BenchError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    write_json(results, &out.join("results.json"))?;
+    redraw(results, out)
 }
 
-/// [`write_results`] into `out` instead of the directory the run was configured with.
-pub fn write_results_to(results: &BenchResults, out: &Path) -> Result<String, BenchError> {
+/// Writes the tables (`summary.md`) and the charts of `results` into `out`, and nothing
+/// else: `--replot` never writes a `results.json`, so it cannot overwrite the run it
+/// reads (or another one) with what it read.
+pub fn redraw(results: &BenchResults, out: &Path) -> Result<String, BenchError> {
     let io = |path: PathBuf| move |source| BenchError::Io { path, source };
     std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
-    write_json(results, &out.join("results.json"))?;
     let summary = report::markdown(results);
     let md_path = out.join("summary.md");
     snapbpf_store::fsutil::write_atomic(&md_path, summary.as_bytes()).map_err(io(md_path))?;
@@ -718,9 +724,13 @@ pub fn write_results_to(results: &BenchResults, out: &Path) -> Result<String, Be
     Ok(summary)
 }
 
-/// Reads the raw results a run wrote (`results.json`).
+/// Largest `results.json` read back (a full run's is a few MiB).
+pub const MAX_RESULTS_BYTES: u64 = 256 << 20;
+
+/// Reads the raw results a run wrote (`results.json`): a regular file of at most
+/// [`MAX_RESULTS_BYTES`].
 pub fn read_results(path: &Path) -> Result<BenchResults, BenchError> {
-    let bytes = std::fs::read(path)
+    let bytes = snapbpf_store::fsutil::read_regular(path, MAX_RESULTS_BYTES)
         .map_err(|e| BenchError::Config(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         BenchError::Config(format!(

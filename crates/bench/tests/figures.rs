@@ -448,3 +448,27 @@ fn results_of_earlier_versions_load() {
     assert_eq!(old.config.strategies[1].spec, "snapbpf:thp");
     assert_eq!(old.config.baseline, "");
 }
+
+/// A results file with absurd values (1.7e308 ms: the axis end would overflow to infinity) still draws, with finite axes, at once.
+#[test]
+fn absurd_values_draw_finite_charts() {
+    let mut r = results(vec![1]);
+    for s in r.samples.iter_mut().take(3) {
+        for run in &mut s.report.runs {
+            run.e2e_ms = 1.7e308;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = std::time::Instant::now();
+    match snapbpf_bench::charts::write_all(&report::figures(&r), dir.path()) {
+        Ok(_) => {}
+        Err(snapbpf_bench::charts::ChartError::Font(_))
+            if std::env::var("CI").as_deref() != Ok("true") => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "drawing took {:?}",
+        started.elapsed()
+    );
+}

@@ -112,6 +112,27 @@ fn argument_errors() {
         &["bench", "--replot", "/etc/hostname"],
         "is not the results.json of a snapbpf bench run",
     );
+    fails(&["bench", "--replot", "/dev/zero"], "it is a device");
+}
+
+/// `--replot` of an interrupted run's partial results redraws tables and charts beside
+/// it and leaves the directory's `results.json` (another, complete run) as it was.
+#[test]
+fn replot_never_overwrites_results() {
+    let dir = scratch();
+    let committed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/full/results.json");
+    let partial = dir.path().join("results.partial.json");
+    std::fs::copy(&committed, &partial).expect("copy");
+    let other = dir.path().join("results.json");
+    std::fs::write(&other, b"the previous complete run").expect("write");
+    ok(&["bench", "--replot", partial.to_str().expect("UTF-8")]);
+    assert_eq!(
+        std::fs::read(&other).expect("read"),
+        b"the previous complete run"
+    );
+    assert!(dir.path().join("summary.md").is_file());
+    assert!(dir.path().join("fig3a.svg").is_file());
 }
 
 #[test]

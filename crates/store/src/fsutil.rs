@@ -8,18 +8,17 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename over `path`, fsync of the directory. Readers see the old file or the new one,
 /// never a partial one.
+///
+/// The temporary file is created exclusively (`O_EXCL`, which also never follows a
+/// symbolic link) under a name no other writer uses, so a link planted at a predictable
+/// name cannot redirect the write, and two writers never share a temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let (mut f, tmp) = create_exclusive(&dir, &name.to_string_lossy())?;
     let result = (|| {
-        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -29,6 +28,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates a new file `.NAME.tmp-PID-N` in `dir` that did not exist before, trying other
+/// `N` where one does.
+pub fn create_exclusive(dir: &Path, name: &str) -> std::io::Result<(File, PathBuf)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..1024 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary file name")))
 }
 
 /// Opens `path` for reading only if it is a regular file itself: not a symbolic link
@@ -380,6 +397,29 @@ impl Drop for AlignedBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_do_not_follow_planted_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").expect("write");
+        // Links at every temporary name this process could pick next.
+        for n in 0..128 {
+            let name = format!(".out.tmp-{}-{n}", std::process::id());
+            let _ = std::os::unix::fs::symlink(&victim, dir.path().join(name));
+        }
+        let out = dir.path().join("out");
+        write_atomic(&out, b"new contents").expect("write");
+        assert_eq!(std::fs::read(&out).expect("read"), b"new contents");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+        assert!(
+            !std::fs::symlink_metadata(&out)
+                .expect("stat")
+                .file_type()
+                .is_symlink(),
+            "the result is a file of its own"
+        );
+    }
 
     #[test]
     fn only_regular_files_are_read() {

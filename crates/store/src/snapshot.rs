@@ -293,7 +293,8 @@ pub fn write(
     };
     let result = (|| {
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        // `create_dir`, not `create_dir_all`: it fails on anything already there.
+        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
         let memory_path = tmp.join(MEMORY_FILE);
         let digest = write_memory(&memory_path, contents.memory).map_err(io(&memory_path))?;
         let vcpu_path = tmp.join(VCPU_FILE);
@@ -319,12 +320,17 @@ pub fn write(
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| io(&tmp)(e.into()))?;
         let meta_path = tmp.join(META_FILE);
         fsutil::write_atomic(&meta_path, &json).map_err(io(&meta_path))?;
-        if out.exists() {
+        if force && out.exists() {
             let old = parent.join(format!(".{name}.old-{}", std::process::id()));
             std::fs::rename(out, &old).map_err(io(out))?;
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
         }
-        std::fs::rename(&tmp, out).map_err(io(out))?;
+        // Never over something that appeared meanwhile (rename(2) would replace an empty
+        // directory): without --force that is an error, with it a retry is the caller's.
+        rename_noreplace(&tmp, out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => WriteError::Exists(out.to_path_buf()),
+            _ => io(out)(e),
+        })?;
         fsutil::sync_dir(&parent).map_err(io(&parent))?;
         Ok(())
     })();
@@ -349,4 +355,28 @@ fn write_memory(path: &Path, mem: &[u8]) -> std::io::Result<[u8; 32]> {
     }
     file.sync_all()?;
     Ok(hasher.finalize().into())
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 reads two NUL-terminated paths that live across the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
                 .unwrap_or(std::path::Path::new("."))
                 .to_path_buf()
         });
-        snapbpf_bench::write_results_to(&results, &out)?;
+        snapbpf_bench::redraw(&results, &out)?;
         println!("{}", snapbpf_bench::report::console(&results));
         eprintln!("tables and charts redrawn in {}", out.display());
         return Ok(());
