@@ -88,6 +88,10 @@ const _: () = assert!(UFFDIO_REGISTER == 0xc020_aa00);
 const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
 
+/// `UFFDIO_COPY` retries on `EAGAIN` before it fails: with backoff capped at 1 ms, about
+/// ten seconds of an address space that never settles.
+const COPY_EAGAIN_RETRIES: u32 = 10_000;
+
 /// Errors of userfaultfd operations and of the handler handshake.
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
@@ -123,6 +127,9 @@ pub enum UffdError {
         /// What went wrong.
         reason: String,
     },
+    /// The descriptor passed is not a userfaultfd.
+    #[error("the descriptor passed is not a userfaultfd ({0})")]
+    NotUserfaultfd(String),
     /// The regions sent with the descriptor are unusable.
     #[error("bad guest memory regions from the VMM: {0}")]
     BadRegions(String),
@@ -219,6 +226,7 @@ impl Uffd {
         let len = src.len() as u64;
         let mut done = 0u64;
         let mut installed = 0u64;
+        let mut retries = 0u32;
         while done < len {
             let mut c = UffdioCopy {
                 dst: dst + done,
@@ -247,7 +255,18 @@ impl Uffd {
                     self.wake(dst + done, PAGE)?;
                     done += PAGE;
                 }
-                libc::EAGAIN => continue,
+                libc::EAGAIN => {
+                    // The address space is changing under the copy (an unmap, a remap or
+                    // a fork in progress): back off instead of spinning, and give up once
+                    // it never settles rather than wait forever.
+                    retries += 1;
+                    if retries > COPY_EAGAIN_RETRIES {
+                        return Err(ioctl_err("UFFDIO_COPY (address space never settled)")(err));
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(
+                        (10u64 << retries.min(7)).min(1000),
+                    ));
+                }
                 _ => return Err(ioctl_err("UFFDIO_COPY")(err)),
             }
         }
