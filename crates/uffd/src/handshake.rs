@@ -37,15 +37,20 @@ pub struct GuestRegionUffdMapping {
 
 impl GuestRegionUffdMapping {
     /// Host address of `file_offset`, if this region maps it.
+    /// (The peer chose every field: no sum may overflow.)
     pub fn host_addr(&self, file_offset: u64) -> Option<u64> {
-        (file_offset >= self.offset && file_offset < self.offset + self.size)
-            .then(|| self.base_host_virt_addr + (file_offset - self.offset))
+        let within = file_offset.checked_sub(self.offset)?;
+        (within < self.size)
+            .then(|| self.base_host_virt_addr.checked_add(within))
+            .flatten()
     }
 
     /// File offset of `addr`, if this region holds it.
     pub fn file_offset(&self, addr: u64) -> Option<u64> {
-        (addr >= self.base_host_virt_addr && addr < self.base_host_virt_addr + self.size)
-            .then(|| self.offset + (addr - self.base_host_virt_addr))
+        let within = addr.checked_sub(self.base_host_virt_addr)?;
+        (within < self.size)
+            .then(|| self.offset.checked_add(within))
+            .flatten()
     }
 }
 
@@ -64,6 +69,11 @@ pub fn check_regions(regions: &[GuestRegionUffdMapping], file_len: u64) -> Resul
         let aligned = |v: u64| v.is_multiple_of(PAGE);
         if !aligned(r.base_host_virt_addr) || !aligned(r.size) || !aligned(r.offset) {
             return Err(UffdError::BadRegions(format!("{r:?} is not page-aligned")));
+        }
+        if r.base_host_virt_addr.checked_add(r.size).is_none() {
+            return Err(UffdError::BadRegions(format!(
+                "{r:?} wraps around the address space"
+            )));
         }
         if r.offset
             .checked_add(r.size)
@@ -317,6 +327,26 @@ mod tests {
         huge[0].page_size = 2 << 20;
         assert!(check_regions(&huge, 1 << 20).is_err(), "huge pages");
         assert!(check_regions(&[], 1 << 20).is_err(), "empty");
+        let mut wrapping = regions.clone();
+        wrapping[0].base_host_virt_addr = !(PAGE - 1);
+        assert!(check_regions(&wrapping, 1 << 20).is_err(), "wraps");
+        // Lookups never overflow, whatever the peer sent.
+        let high_base = GuestRegionUffdMapping {
+            base_host_virt_addr: u64::MAX - PAGE + 1,
+            size: u64::MAX,
+            offset: 0,
+            page_size: PAGE,
+        };
+        assert_eq!(high_base.host_addr(2 * PAGE), None);
+        let high_offset = GuestRegionUffdMapping {
+            base_host_virt_addr: 0,
+            size: u64::MAX,
+            offset: u64::MAX - 10,
+            page_size: PAGE,
+        };
+        assert_eq!(high_offset.file_offset(PAGE), None);
+        assert_eq!(regions[0].host_addr(4096), Some(0x7f00_0000_1000));
+        assert_eq!(regions[0].file_offset(0x7f00_0000_1000), Some(4096));
         acknowledge(&handler, &HandlerAck::default()).expect("ack");
     }
 }

@@ -376,10 +376,14 @@ impl MicroVm {
                 HC_FRESH_HINTS => {
                     let ranges = self.read_hints(value)?;
                     self.stats.hint_exits += 1;
-                    self.stats.hinted_bytes += ranges.iter().map(|r| r.len).sum::<u64>();
+                    // The guest chooses the lengths: count only what the handler accepted,
+                    // and never overflow.
                     handler
                         .fresh_ranges(&self.mem, &ranges)
                         .map_err(RunError::Hint)?;
+                    self.stats.hinted_bytes = ranges
+                        .iter()
+                        .fold(self.stats.hinted_bytes, |sum, r| sum.saturating_add(r.len));
                 }
                 _ => {
                     return Err(RunError::UnknownMmio {
