@@ -185,20 +185,63 @@ fn bad_artifacts_are_refused() {
         restore(ws);
         // Sound again.
         json(&["invoke", snap, "--strategy", strategy]);
+        // Same size, one byte changed: the content is bound, not only the length.
+        flip_byte(&snap_path.join(ws), 4096 * 3 + 1);
+        fails(
+            &["invoke", snap, "--strategy", strategy, "--cold"],
+            if strategy == "reap" {
+                "CRC32"
+            } else {
+                "has changed: its SHA-256 is"
+            },
+        );
+        restore(ws);
+        // Mixed recordings: the data of one record with the metadata of another (what an
+        // interrupted or concurrent record would leave).
+        record(snap, strategy, 1);
+        restore(meta);
+        let same = std::fs::read(snap_path.join(ws)).expect("read")
+            == std::fs::read(keep.join(ws)).expect("read");
+        if same {
+            // Two recordings with the same data (REAP's fault order is deterministic):
+            // the mix is a valid recording.
+            json(&["invoke", snap, "--strategy", strategy, "--cold"]);
+        } else {
+            fails(
+                &["invoke", snap, "--strategy", strategy, "--cold"],
+                if strategy == "reap" {
+                    "from another recording"
+                } else {
+                    "damaged or from another recording"
+                },
+            );
+        }
+        restore(ws);
+        json(&["invoke", snap, "--strategy", strategy]);
     }
     // REAP checks the working set's contents when it reads them.
     flip_byte(&snap_path.join("reap.ws"), 12345);
     fails(&["invoke", snap, "--strategy", "reap"], "CRC32");
     std::fs::copy(keep.join("reap.ws"), snap_path.join("reap.ws")).expect("restore");
 
-    // Stale: a new snapshot of the same function, with the old recordings put back.
+    // Identity is content: a new snapshot of the same function with byte-identical
+    // memory (the guest is deterministic) keeps its recordings valid.
     ok(&["snapshot", "pyaes", "--out", snap, "--force"]);
     for (strategy, ws, meta) in artifacts {
         for f in [ws, meta] {
             std::fs::copy(keep.join(f), snap_path.join(f)).expect("put back");
         }
+        json(&["invoke", snap, "--strategy", strategy, "--cold"]);
+    }
+    // Stale: recordings put beside another snapshot's memory.
+    let other_path = snapshot(dir.path(), "image");
+    let other = other_path.to_str().expect("UTF-8 path");
+    for (strategy, ws, meta) in artifacts {
+        for f in [ws, meta] {
+            std::fs::copy(keep.join(f), other_path.join(f)).expect("put beside");
+        }
         fails(
-            &["invoke", snap, "--strategy", strategy, "--cold"],
+            &["invoke", other, "--strategy", strategy, "--cold"],
             "recorded for another version of the snapshot's memory file",
         );
     }

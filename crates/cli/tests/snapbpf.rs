@@ -200,10 +200,22 @@ fn bad_working_sets_are_refused() {
         "it is a symbolic link; snapbpf reads only regular files",
     );
     std::fs::remove_file(&ws).expect("rm");
-    // Stale: a new snapshot of the same function does not accept the old working set.
+    // A new snapshot with byte-identical memory keeps the working set (identity is
+    // content); another snapshot's memory does not accept it.
     ok(&["snapshot", "pyaes", "--out", s, "--force"]);
     std::fs::write(&ws, &good).expect("write");
-    fails(&["invoke", s, "--strategy", "snapbpf"], "stale");
+    ok(&["invoke", s, "--strategy", "snapbpf"]);
+    let other = snapshot(dir.path(), "image");
+    std::fs::write(other.join("snapbpf.ws"), &good).expect("write");
+    fails(
+        &[
+            "invoke",
+            other.to_str().expect("UTF-8"),
+            "--strategy",
+            "snapbpf",
+        ],
+        "stale",
+    );
     fails(&["record", s, "--strategy", "linux-ra"], "no record phase");
 }
 

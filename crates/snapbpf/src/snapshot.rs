@@ -58,6 +58,12 @@ pub fn open(dir: &Path) -> Result<Snapshot, OpenError> {
     Snapshot::open(dir, &guest_digest_hex())
 }
 
+/// Opens the snapshot at `dir` for this build's guest without checking the memory file's
+/// content (see [`Snapshot::open_metadata`]).
+pub fn open_metadata(dir: &Path) -> Result<Snapshot, OpenError> {
+    Snapshot::open_metadata(dir, &guest_digest_hex())
+}
+
 /// Reuses a valid snapshot of `function` for this build at `dir`, or takes a new one
 /// there (replacing whatever is not one).
 pub fn ensure(function: &str, dir: &Path) -> Result<Snapshot, SnapshotError> {

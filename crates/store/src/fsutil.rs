@@ -56,7 +56,7 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     open_regular_with(path, 0)
 }
 
-fn open_regular_with(path: &Path, extra_flags: libc::c_int) -> std::io::Result<File> {
+pub(crate) fn open_regular_with(path: &Path, extra_flags: libc::c_int) -> std::io::Result<File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = OpenOptions::new()
         .read(true)

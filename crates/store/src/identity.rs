@@ -1,45 +1,32 @@
 //! The identity of a file that artifacts are bound to: one type for the snapshot's
 //! metadata, strategy artifacts and working sets.
-
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+//!
+//! Identity is content: a copy of a file (another path, filesystem or host) is the same
+//! file, an edit that puts the mtime back is not. Checking it cheaply is
+//! [`crate::verify`]'s job.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-/// Identity of a file: if any field changes, what was bound to it is stale. `digest` is
-/// the content's SHA-256, computed when the file was written; the other fields are
-/// checked on every open because they cost nothing (reading the content would pull it
-/// into the page cache and spoil a cold start).
+/// Identity of a file's content: if either field differs, what was bound to it is stale.
+/// JSON also accepts (and ignores) the `mtime_ns`, `inode` and `dev` fields that snapbpf
+/// 0.1 recorded, so snapshots written by it still open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct FileIdentity {
     /// Size in bytes.
     pub size: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i64,
-    /// Inode number.
-    pub inode: u64,
-    /// Device number (userspace `st_dev`).
-    pub dev: u64,
     /// SHA-256 of the contents (zeros when unknown), hex in JSON.
     #[serde(rename = "sha256", with = "hex_digest")]
     pub digest: [u8; 32],
 }
 
 impl FileIdentity {
-    /// Identity from `stat` data plus a digest the caller computed.
-    pub fn from_metadata(meta: &std::fs::Metadata, digest: [u8; 32]) -> Self {
+    /// Identity of `bytes`.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
         Self {
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            inode: meta.ino(),
-            dev: meta.dev(),
-            digest,
+            size: bytes.len() as u64,
+            digest: Sha256::digest(bytes).into(),
         }
-    }
-
-    /// Identity of the file at `path` as it is now, with a known digest.
-    pub fn of(path: &Path, digest: [u8; 32]) -> std::io::Result<Self> {
-        Ok(Self::from_metadata(&std::fs::metadata(path)?, digest))
     }
 
     /// The digest as lower-case hex.
@@ -53,37 +40,10 @@ impl FileIdentity {
         if self.size != other.size {
             d.push("size");
         }
-        if self.mtime_ns != other.mtime_ns {
-            d.push("mtime");
-        }
-        if self.inode != other.inode {
-            d.push("inode");
-        }
-        if self.dev != other.dev {
-            d.push("dev");
-        }
         if self.digest != other.digest {
             d.push("digest");
         }
         d
-    }
-
-    /// Compares the cheap fields with the file at `path` as it is now; returns what
-    /// differs, in words.
-    pub fn check(&self, path: &Path) -> std::io::Result<Option<String>> {
-        let now = Self::of(path, self.digest)?;
-        Ok(if now.size != self.size {
-            Some(format!(
-                "size is {} bytes, expected {}",
-                now.size, self.size
-            ))
-        } else if now.inode != self.inode || now.dev != self.dev {
-            Some("it was replaced by another file".into())
-        } else if now.mtime_ns != self.mtime_ns {
-            Some("it was modified".into())
-        } else {
-            None
-        })
     }
 }
 
@@ -128,9 +88,6 @@ mod tests {
     fn json_keeps_the_digest_as_hex() {
         let id = FileIdentity {
             size: 1,
-            mtime_ns: 2,
-            inode: 3,
-            dev: 4,
             digest: [0xab; 32],
         };
         let json = serde_json::to_string(&id).expect("json");
@@ -140,5 +97,11 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<FileIdentity>(&json).ok(), Some(id));
         assert!(serde_json::from_str::<FileIdentity>(&json.replace("abab", "zz")).is_err());
+        // What snapbpf 0.1 wrote.
+        let old = format!(
+            r#"{{"size":1,"mtime_ns":2,"inode":3,"dev":4,"sha256":"{}"}}"#,
+            "ab".repeat(32)
+        );
+        assert_eq!(serde_json::from_str::<FileIdentity>(&old).ok(), Some(id));
     }
 }

@@ -3,6 +3,8 @@
 //! - [`snapshot`]: the snapshot directory (`memory`, `vcpu`, `snapshot.json`), written
 //!   atomically and opened only after validation.
 //! - [`identity`]: the one identity type that binds artifacts to a snapshot's memory file.
+//! - [`verify`]: checks a file against its identity, hashing only when a cheap key says
+//!   it may have changed (first use, a copy, an edit).
 //! - [`artifact`]: the one versioned, checksummed container for strategies' saved state.
 //! - [`fsutil`]: atomic writes, page-cache residency and eviction, whole-file direct reads.
 //!
@@ -13,6 +15,7 @@ pub mod artifact;
 pub mod fsutil;
 pub mod identity;
 pub mod snapshot;
+pub mod verify;
 
 pub use identity::FileIdentity;
 pub use snapshot::{OpenError, Snapshot, SnapshotMeta};

@@ -18,6 +18,7 @@ use snapbpf_vmm::{VcpuState, VcpuStateError};
 
 use crate::fsutil;
 use crate::identity::FileIdentity;
+use crate::verify::{self, VerifyError};
 
 /// Name of the guest memory file in a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
@@ -161,6 +162,9 @@ pub enum OpenError {
         /// What differs.
         reason: String,
     },
+    /// The memory file is not the one snapshot.json names.
+    #[error("the snapshot's memory file is not the one it was taken with")]
+    Memory(#[source] Box<VerifyError>),
     /// vcpu file bad.
     #[error("{path}: {source}")]
     Vcpu {
@@ -197,9 +201,19 @@ impl Snapshot {
     }
 
     /// Opens and validates `dir`: metadata format, guest build (its digest must be
-    /// `guest_digest`), the memory file's size and identity, and the vCPU file's checksum.
-    /// Does not read `memory` (that would warm it).
+    /// `guest_digest`), the memory file's content and the vCPU file's checksum. The memory
+    /// file is hashed only when [`crate::verify`] cannot vouch for it (the first open of a
+    /// copy), with direct reads that leave the page cache as it was.
     pub fn open(dir: &Path, guest_digest: &str) -> Result<Self, OpenError> {
+        let snapshot = Self::open_metadata(dir, guest_digest)?;
+        verify::check(&snapshot.memory_path(), &snapshot.meta.memory)
+            .map_err(|e| OpenError::Memory(Box::new(e)))?;
+        Ok(snapshot)
+    }
+
+    /// [`Snapshot::open`] without the memory file's content check (its size is checked):
+    /// for `snapbpf verify`, which hashes it itself, whatever any cache says.
+    pub fn open_metadata(dir: &Path, guest_digest: &str) -> Result<Self, OpenError> {
         let meta_path = dir.join(META_FILE);
         if !meta_path.is_file() {
             return Err(OpenError::NotSnapshot(dir.to_path_buf()));
@@ -246,10 +260,15 @@ impl Snapshot {
             return Err(mismatch("snapshot.json sizes disagree".into()));
         }
         snapbpf_vmm::memory::check_size(meta.mem_bytes).map_err(|e| mismatch(e.to_string()))?;
-        match meta.memory.check(&memory) {
-            Ok(None) => {}
-            Ok(Some(reason)) => return Err(mismatch(reason)),
-            Err(e) => return Err(io(&memory)(e)),
+        let size = fsutil::open_regular(&memory)
+            .and_then(|f| f.metadata())
+            .map_err(io(&memory))?
+            .len();
+        if size != meta.mem_bytes {
+            return Err(mismatch(format!(
+                "it is {size} bytes, snapshot.json says {}",
+                meta.mem_bytes
+            )));
         }
         let vcpu_path = dir.join(VCPU_FILE);
         let vcpu_bytes =
@@ -297,6 +316,14 @@ pub fn write(
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
         let memory_path = tmp.join(MEMORY_FILE);
         let digest = write_memory(&memory_path, contents.memory).map_err(io(&memory_path))?;
+        verify::remember(
+            &memory_path,
+            FileIdentity {
+                size: contents.memory.len() as u64,
+                digest,
+            },
+        )
+        .map_err(io(&memory_path))?;
         let vcpu_path = tmp.join(VCPU_FILE);
         let vcpu_bytes = contents.vcpu.to_bytes();
         fsutil::write_atomic(&vcpu_path, &vcpu_bytes).map_err(io(&vcpu_path))?;
@@ -308,7 +335,10 @@ pub fn write(
             mem_bytes: contents.memory.len() as u64,
             abi_version: contents.abi_version,
             guest_digest: contents.guest_digest.into(),
-            memory: FileIdentity::of(&memory_path, digest).map_err(io(&memory_path))?,
+            memory: FileIdentity {
+                size: contents.memory.len() as u64,
+                digest,
+            },
             vcpu_crc32: crc32fast::hash(&vcpu_bytes),
             init_ms: contents.init_ms,
             created_unix: std::time::SystemTime::now()

@@ -2,8 +2,9 @@
 //! first access (SnapBPF paper, section 3.1), and their on-disk format.
 //!
 //! A working set only holds offsets. It is bound to the identity of the file it was
-//! captured from ([`FileIdentity`]); [`WorkingSet::read_for`] refuses a working set
-//! whose identity does not match the file ("stale").
+//! captured from ([`FileIdentity`]: size and content digest, so it stays valid for a copy
+//! of that file); [`WorkingSet::read_for`] refuses a working set whose identity does not
+//! match the file ("stale").
 //!
 //! # File format (version 1, little-endian)
 //!
@@ -12,7 +13,7 @@
 //! | magic `SNAPBPFW` | 8 |
 //! | version (`u32`) | 4 |
 //! | flags (`u32`, 0) | 4 |
-//! | identity: size `u64`, mtime_ns `i64`, inode `u64`, dev `u64`, digest `[u8; 32]` | 64 |
+//! | identity: size `u64`, 24 reserved bytes (zero; ignored on read), digest `[u8; 32]` | 64 |
 //! | meta: pages, total_events, lost_events, capture_ns, captured_at_unix_ns (`u64` each), captures (`u32`), histogram length (`u32`) | 48 |
 //! | order histogram (`u64` each, at most [`MAX_HISTOGRAM`]) | 8·n |
 //! | range count (`u64`, at most [`MAX_RANGES`]) | 8 |
@@ -24,7 +25,7 @@
 //!
 //! ```
 //! use snapbpf_wss::workingset::{CaptureMeta, FileIdentity, WorkingSet};
-//! let id = FileIdentity { size: 1 << 20, mtime_ns: 1, inode: 2, dev: 3, digest: [0; 32] };
+//! let id = FileIdentity { size: 1 << 20, digest: [7; 32] };
 //! // page 10 touched first, then 3 and 4, then 11.
 //! let ws = WorkingSet::from_pages(id, [(3, 20), (4, 30), (10, 5), (11, 40)], CaptureMeta::default());
 //! assert_eq!(ws.ranges[0].start, 10); // [10, 11] first: its earliest access is 5 ns
@@ -338,9 +339,8 @@ impl WorkingSet {
         b.extend_from_slice(&0u32.to_le_bytes());
         let id = &self.identity;
         b.extend_from_slice(&id.size.to_le_bytes());
-        b.extend_from_slice(&id.mtime_ns.to_le_bytes());
-        b.extend_from_slice(&id.inode.to_le_bytes());
-        b.extend_from_slice(&id.dev.to_le_bytes());
+        // Where 0.1 kept mtime, inode and device (identity is content now).
+        b.extend_from_slice(&[0; 24]);
         b.extend_from_slice(&id.digest);
         let m = &self.meta;
         for v in [
@@ -400,11 +400,10 @@ impl WorkingSet {
         let header = FIXED_HEADER; // up to and including the histogram length
         let (flags, identity, mut meta, hist_len) = (|| {
             let flags = r.u32()?;
+            let size = r.u64()?;
+            let _reserved = r.bytes::<24>()?;
             let identity = FileIdentity {
-                size: r.u64()?,
-                mtime_ns: r.u64()? as i64,
-                inode: r.u64()?,
-                dev: r.u64()?,
+                size,
                 digest: r.bytes::<32>()?,
             };
             let meta = CaptureMeta {
@@ -662,9 +661,6 @@ mod tests {
     fn id() -> FileIdentity {
         FileIdentity {
             size: 1 << 30,
-            mtime_ns: 1_700_000_000_123_456_789,
-            inode: 42,
-            dev: 0xfe00,
             digest: [7; 32],
         }
     }
@@ -728,10 +724,10 @@ mod tests {
         assert_eq!(WorkingSet::read(&p).unwrap(), ws);
         assert_eq!(WorkingSet::read_for(&p, &id()).unwrap(), ws);
         let mut other = id();
-        other.mtime_ns += 1;
+        other.size += 4096;
         other.digest[0] = 0;
         match WorkingSet::read_for(&p, &other) {
-            Err(ReadError::Stale { fields, .. }) => assert_eq!(fields, vec!["mtime", "digest"]),
+            Err(ReadError::Stale { fields, .. }) => assert_eq!(fields, vec!["size", "digest"]),
             r => panic!("expected Stale, got {r:?}"),
         }
         assert_eq!(
@@ -915,11 +911,11 @@ mod tests {
         assert_eq!(m.meta.order_histogram, vec![4, 1]);
         assert_eq!(m.meta.pages, 5);
         let mut other = b;
-        other.identity.inode = 1;
+        other.identity.digest[3] ^= 1;
         assert_eq!(
             WorkingSet::merge(&[m, other]),
             Err(MergeError::IdentityMismatch {
-                fields: vec!["inode"]
+                fields: vec!["digest"]
             })
         );
         assert_eq!(WorkingSet::merge(&[]), Err(MergeError::Empty));

@@ -18,7 +18,7 @@ use snapbpf_wss::capture::{
     TraceSource,
 };
 use snapbpf_wss::prefetch::{evict, missing_ranges, prefetch, resident_pages};
-use snapbpf_wss::workingset::{FileIdentity, WorkingSet};
+use snapbpf_wss::workingset::WorkingSet;
 
 const PAGES: u64 = 16 * 1024; // 64 MiB
 
@@ -214,8 +214,7 @@ fn capture_then_prefetch_exact_working_set() {
     );
 
     // Working-set file round trip bound to the file's identity.
-    let meta = std::fs::metadata(&path).unwrap();
-    let id = FileIdentity::from_metadata(&meta, [0; 32]);
+    let id = snapbpf_store::verify::identify(&path).unwrap();
     let ws = WorkingSet::from_capture(id, &captured);
     let ws_path = dir.path().join("memory.ws");
     ws.write_atomic(&ws_path).unwrap();

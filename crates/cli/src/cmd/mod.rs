@@ -12,6 +12,7 @@ pub mod snapshot;
 pub mod strategies;
 pub mod trace;
 pub mod uffd_handler;
+pub mod verify;
 pub mod worker;
 
 use std::time::Duration;

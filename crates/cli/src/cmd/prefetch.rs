@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use snapbpf_wss::prefetch;
-use snapbpf_wss::workingset::{FileIdentity, WorkingSet};
+use snapbpf_wss::workingset::WorkingSet;
 
 /// Read the ranges of a working set from FILE into the page cache, in recorded order.
 #[derive(Debug, clap::Args)]
@@ -27,22 +27,16 @@ const RESIDENCY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn run(args: Args) -> Result<()> {
     let file =
         File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", args.file.display()))?;
     let ws = WorkingSet::read(&args.ws)?;
-    // Bind by the cheap identity fields; a digest recorded by `record` is not recomputed
-    // here (that would read the whole file).
-    let now = FileIdentity::from_metadata(&meta, ws.identity.digest);
-    let differs = now.differences(&ws.identity);
-    if !differs.is_empty() {
-        anyhow::bail!(
-            "working set {} is stale: {} differs in {}; capture it again",
+    // Hashed only when the verification cache cannot vouch for the file, with direct
+    // reads: checking does not prefetch.
+    snapbpf_store::verify::check(&args.file, &ws.identity).with_context(|| {
+        format!(
+            "working set {} is stale for {}; capture it again",
             args.ws.display(),
-            args.file.display(),
-            differs.join(", ")
-        );
-    }
+            args.file.display()
+        )
+    })?;
     // Readahead completes asynchronously: wait (bounded) until the pages are resident.
     let done = prefetch::prefetch_until_resident(&file, &ws.ranges, RESIDENCY_WAIT)?;
     let (stats, missing_pages) = (done.stats, done.missing_pages);

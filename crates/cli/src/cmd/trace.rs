@@ -5,15 +5,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use snapbpf_wss::capture::PageCacheCapture;
-use snapbpf_wss::workingset::{FileIdentity, WorkingSet};
+use snapbpf_wss::workingset::WorkingSet;
 
 /// Run COMMAND and record which pages of FILE it brings into the page cache.
 ///
 /// Works with any process that reads or maps FILE (a Firecracker memory file, say). For an
 /// exact working set, evict FILE first (`--cold`) and have the process map it with
 /// readahead off (MADV_RANDOM); otherwise readahead pages are captured too. The working set
-/// is bound to FILE's size, mtime, inode and device (no content digest: computing one would
-/// read the whole file).
+/// is bound to FILE's content (size and SHA-256, hashed with direct reads after COMMAND
+/// exits, so the page cache is left as COMMAND left it).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The file whose pages to capture.
@@ -47,9 +47,8 @@ pub fn run(args: Args) -> Result<()> {
             args.command[0]
         );
     }
-    let meta = std::fs::metadata(&args.file)
-        .with_context(|| format!("cannot stat {}", args.file.display()))?;
-    let ws = WorkingSet::from_capture(FileIdentity::from_metadata(&meta, [0; 32]), &captured);
+    let identity = snapbpf_store::verify::identify(&args.file)?;
+    let ws = WorkingSet::from_capture(identity, &captured);
     ws.write_atomic(&args.out)?;
     println!(
         "captured {} pages ({:.1} MiB) in {} ranges from {} events, {} lost; wrote {}",

@@ -65,6 +65,9 @@ pub struct MetaHeader {
     pub page_size: u64,
     /// Size of `faasnap.ws`.
     pub ws_bytes: u64,
+    /// Content of `faasnap.ws` (absent in metadata of snapbpf 0.1, which is refused).
+    #[serde(default)]
+    pub ws: Option<FileIdentity>,
     /// Fetched non-zero pages (the working set before coalescing).
     pub ws_pages: u64,
     /// All-zero pages found in the snapshot.
@@ -168,8 +171,10 @@ fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<Decoded, Stri
     Ok((regions, zeros))
 }
 
-/// Loads `faasnap.meta` and checks it against `snapshot` and the size of `faasnap.ws`.
-pub fn load_meta(snapshot: &Snapshot) -> Result<Meta, StrategyError> {
+/// Loads `faasnap.meta` and checks it against `snapshot` and the content of `faasnap.ws`
+/// (hashed only when the verification cache cannot vouch for it, or always with
+/// `verify_now`).
+pub fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, StrategyError> {
     let super::Recorded {
         header,
         payload,
@@ -192,7 +197,10 @@ pub fn load_meta(snapshot: &Snapshot) -> Result<Meta, StrategyError> {
     if regions.iter().map(|r| r.len).sum::<u64>() != header.ws_bytes {
         return Err(bad("regions do not add up to the working-set size".into()));
     }
-    super::check_data_len(&data_path, header.ws_bytes, "metadata")?;
+    if header.ws.is_some_and(|ws| ws.size != header.ws_bytes) {
+        return Err(bad("the working-set sizes it names disagree".into()));
+    }
+    super::check_data(&data_path, header.ws.as_ref(), verify_now)?;
     Ok(Meta {
         header,
         regions,
@@ -367,11 +375,15 @@ impl Strategy for Faasnap {
     }
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
-        load_meta(snapshot).map(|_| ())
+        load_meta(snapshot, false).map(|_| ())
+    }
+
+    fn verify_recording(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        load_meta(snapshot, true).map(|_| ())
     }
 
     fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
-        let m = load_meta(snapshot)?;
+        let m = load_meta(snapshot, false)?;
         Ok(format!(
             "{} pages recorded with input {} in {} regions ({} MiB), {} zero pages in {} regions, bound to this snapshot",
             m.header.ws_pages,
@@ -384,7 +396,7 @@ impl Strategy for Faasnap {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let meta = load_meta(snapshot)?;
+        let meta = load_meta(snapshot, false)?;
         let path = snapshot.memory_path();
         let (file, window) =
             super::linux::open_with_readahead_window(&path, super::linux::PAPER_READAHEAD_KIB)?;
@@ -495,12 +507,15 @@ impl Strategy for Faasnap {
             mem.read_exact_at(dst, r.offset).map_err(ioe("read"))?;
         }
         let ws_path = snapshot.artifact_path(WS_FILE);
-        fsutil::write_atomic(&ws_path, &ws)
+        // The data first, durable, then the metadata naming its digest in one atomic step:
+        // an interrupted or concurrent record leaves metadata that refuses the data.
+        let ws_identity = snapbpf_store::verify::write_identified(&ws_path, &ws)
             .map_err(StrategyError::io(format!("write {}", ws_path.display())))?;
         let header = MetaHeader {
             memory: snapshot.meta.memory,
             page_size: PAGE,
             ws_bytes: ws.len() as u64,
+            ws: Some(ws_identity),
             ws_pages: pages.len() as u64,
             zero_pages: zero.iter().filter(|&&z| z).count() as u64,
             merge_gap_pages: MERGE_GAP_PAGES,

@@ -43,6 +43,11 @@ pub enum StrategyError {
         /// What is wrong.
         reason: String,
     },
+    /// A data file is not the content its metadata was recorded with.
+    #[error(
+        "a recorded data file is damaged or from another recording (run `snapbpf record` again)"
+    )]
+    Data(#[source] Box<snapbpf_store::verify::VerifyError>),
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] snapbpf_vmm::MemoryError),
@@ -135,6 +140,14 @@ pub trait Strategy: Send + Sync {
             .map(|()| "recorded, bound to this snapshot".into())
     }
 
+    /// Re-reads every artifact this strategy recorded beside `snapshot` and checks it
+    /// against the content its metadata names, whatever a verification cache says
+    /// (`snapbpf verify`). Strategies whose artifacts carry their own checksum, checked on
+    /// every read, need not override it.
+    fn verify_recording(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        self.check(snapshot)
+    }
+
     /// The ranges of the snapshot's memory file this strategy prefetches, for measuring
     /// how long the device takes to deliver them (`None`: it prefetches nothing from
     /// the memory file itself).
@@ -216,21 +229,26 @@ pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
     })
 }
 
-/// Checks that the data file of a recording holds the `expected` bytes its metadata
-/// (`what`) describes.
-pub(crate) fn check_data_len(path: &Path, expected: u64, what: &str) -> Result<(), StrategyError> {
-    let len = std::fs::metadata(path)
-        .map_err(StrategyError::io(format!("stat {}", path.display())))?
-        .len();
-    if len != expected {
+/// Checks that the data file of a recording at `path` is the content its metadata names
+/// (`expected`; `None` in metadata written before data files were bound by content).
+/// With `now`, the file is hashed whatever the verification cache says.
+pub(crate) fn check_data(
+    path: &Path,
+    expected: Option<&snapbpf_store::FileIdentity>,
+    now: bool,
+) -> Result<(), StrategyError> {
+    let Some(expected) = expected else {
         return Err(bad_artifact(
             path,
-            format!(
-                "{len} bytes, the {what} expects {expected} (truncated or from another recording)"
-            ),
+            "its metadata was written by an older snapbpf and names no content checksum (run `snapbpf record` again)".into(),
         ));
-    }
-    Ok(())
+    };
+    let checked = if now {
+        snapbpf_store::verify::check_now(path, expected)
+    } else {
+        snapbpf_store::verify::check(path, expected)
+    };
+    checked.map_err(|e| StrategyError::Data(Box::new(e)))
 }
 
 /// Runs the invocation of a `record` phase over `restored`. The strategy's recorder (a

@@ -87,8 +87,46 @@ pub fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
     {
         return Err(bad("inconsistent offsets or sizes"));
     }
-    super::check_data_len(&data_path, header.ws_bytes, "trace")?;
+    let len = std::fs::metadata(&data_path)
+        .map_err(StrategyError::io(format!("stat {}", data_path.display())))?
+        .len();
+    if len != header.ws_bytes {
+        return Err(super::bad_artifact(
+            &data_path,
+            format!(
+                "{len} bytes, the trace expects {} (truncated or from another recording)",
+                header.ws_bytes
+            ),
+        ));
+    }
     Ok(Trace { header, offsets })
+}
+
+/// Reads `reap.ws` with one `O_DIRECT` read and checks it against the trace's CRC32 (the
+/// whole file is read on every restore, so its checksum is checked on every restore).
+pub fn read_ws(
+    snapshot: &Snapshot,
+    trace: &Trace,
+) -> Result<snapbpf_store::fsutil::AlignedBuf, StrategyError> {
+    let path = snapshot.artifact_path(WS_FILE);
+    let (buf, direct) = snapbpf_store::fsutil::read_direct(&path)
+        .map_err(StrategyError::io(format!("read {}", path.display())))?;
+    if !direct {
+        tracing::warn!(
+            "{}: no O_DIRECT on this filesystem, read buffered",
+            path.display()
+        );
+    }
+    if buf.as_slice().len() as u64 != trace.header.ws_bytes
+        || crc32fast::hash(buf.as_slice()) != trace.header.ws_crc32
+    {
+        return Err(StrategyError::BadArtifact {
+            path,
+            reason: "contents do not match the trace's CRC32 (damaged or from another recording)"
+                .into(),
+        });
+    }
+    Ok(buf)
 }
 
 /// Reads `reap.ws` with one `O_DIRECT` read, checks its CRC, and installs it into the
@@ -100,30 +138,11 @@ pub fn prefetch(
     trace: &Trace,
 ) -> Result<HandlerAck, StrategyError> {
     let started = Instant::now();
-    let path = snapshot.artifact_path(WS_FILE);
-    let (buf, direct) = snapbpf_store::fsutil::read_direct(&path)
-        .map_err(StrategyError::io(format!("read {}", path.display())))?;
-    if !direct {
-        tracing::warn!(
-            "{}: no O_DIRECT on this filesystem, read buffered",
-            path.display()
-        );
-    }
-    let read_ms = uffd::ms_since(started);
-    if buf.as_slice().len() as u64 != trace.header.ws_bytes
-        || crc32fast::hash(buf.as_slice()) != trace.header.ws_crc32
-    {
-        return Err(StrategyError::BadArtifact {
-            path,
-            reason: "contents do not match the trace's CRC32 (damaged or from another recording)"
-                .into(),
-        });
-    }
+    let buf = read_ws(snapshot, trace)?;
     let checked_ms = uffd::ms_since(started);
     let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice())?;
     tracing::debug!(
-        "reap prefetch: read {read_ms:.1} ms (direct: {direct}), CRC {:.1} ms, install {:.1} ms",
-        checked_ms - read_ms,
+        "reap prefetch: read and CRC {checked_ms:.1} ms, install {:.1} ms",
         uffd::ms_since(started) - checked_ms
     );
     Ok(HandlerAck {
@@ -204,6 +223,10 @@ impl Strategy for Reap {
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         load_trace(snapshot).map(|_| ())
+    }
+
+    fn verify_recording(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        read_ws(snapshot, &load_trace(snapshot)?).map(|_| ())
     }
 
     fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {

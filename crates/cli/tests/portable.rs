@@ -1,0 +1,128 @@
+//! Snapshots are identified by content: a copy (`cp -r`, to another directory) restores
+//! under every strategy with the fresh boot's checksum, and `snapbpf verify` catches a
+//! one-byte change even when the file's mtime is put back.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Every registered strategy, and whether it records.
+fn strategies() -> Vec<(String, bool)> {
+    let listed = json(&["strategies"]);
+    listed["strategies"]
+        .as_array()
+        .expect("strategies")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name").to_string(),
+                s["record"].as_bool().expect("record"),
+            )
+        })
+        .collect()
+}
+
+/// Flips one byte of `path` in place and puts its modification time back.
+fn flip_keeping_mtime(path: &Path, at: u64) {
+    let mtime = std::fs::metadata(path)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).expect("read");
+    f.write_all_at(&[!byte[0]], at).expect("write");
+    f.set_modified(mtime).expect("put the mtime back");
+}
+
+#[test]
+fn a_copied_snapshot_restores_under_every_strategy() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let original = snapshot(dir.path(), "pyaes");
+    let original_s = original.to_str().expect("UTF-8");
+    let want = json(&["boot", "pyaes", "--input", "1"])["checksum"]
+        .as_str()
+        .expect("checksum")
+        .to_string();
+    let all = strategies();
+    for (name, records) in &all {
+        if *records {
+            json(&["record", original_s, "--strategy", name, "--input", "0"]);
+        }
+    }
+    // A plain `cp -r`: new inodes, new mtimes, another directory.
+    let copy = dir.path().join("elsewhere").join("pyaes-copy");
+    std::fs::create_dir_all(copy.parent().expect("parent")).expect("mkdir");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&original)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -r");
+    let copy_s = copy.to_str().expect("UTF-8");
+    let verified = json(&["verify", copy_s]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    for (name, _) in &all {
+        let report = json(&[
+            "invoke",
+            copy_s,
+            "--strategy",
+            name,
+            "--input",
+            "1",
+            "--cold",
+        ]);
+        assert_eq!(checksums(&report), vec![want.clone()], "{name} on the copy");
+    }
+
+    // One byte of the copy's memory file, mtime put back: verify names the file.
+    flip_keeping_mtime(&copy.join("memory"), 3 * 4096 + 5);
+    let out = run(&["verify", copy_s]);
+    assert_eq!(out.status.code(), Some(1), "verify must fail");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("WRONG  memory")),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memory"), "{stderr}");
+    // And no strategy restores from it.
+    for (name, _) in &all {
+        fails(
+            &["invoke", copy_s, "--strategy", name],
+            "memory file is not the one it was taken with",
+        );
+    }
+    // The original is untouched and still verifies.
+    assert_eq!(json(&["verify", original_s])["ok"], true);
+
+    // One byte of a data file mapped or copied into the guest: found by verify and
+    // refused by its strategy, whatever its mtime says.
+    for data in ["faasnap.ws", "reap.ws"] {
+        let path = original.join(data);
+        flip_keeping_mtime(&path, 4096 + 17);
+        let out = run(&["verify", original_s]);
+        assert_eq!(out.status.code(), Some(1), "verify must fail for {data}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("WRONG") && l.contains(data)),
+            "{data}: {stdout}"
+        );
+        flip_keeping_mtime(&path, 4096 + 17);
+        assert_eq!(json(&["verify", original_s])["ok"], true, "{data} restored");
+    }
+}

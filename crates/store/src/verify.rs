@@ -1,0 +1,380 @@
+//! Content verification: is this file the one its metadata names?
+//!
+//! A file's identity is its content ([`FileIdentity`]: size and SHA-256), so a snapshot
+//! stays valid wherever it is copied (`cp -r`, `rsync`, `tar`, another host). Hashing a
+//! multi-GB memory file on every restore would cost seconds, so a successful verification
+//! is remembered in the file's directory (`.snapbpf-verified`) under a cheap key the
+//! kernel maintains: size, mtime, ctime, inode and device. The key only decides when to
+//! hash again: a copy has another inode, an edit changes ctime (which, unlike mtime,
+//! cannot be put back), so either makes the next check hash the file again.
+//!
+//! Hashing reads with `O_DIRECT` where the filesystem allows it, so verifying a file does
+//! not pull it into the page cache and a cold start that follows stays cold.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil;
+use crate::identity::FileIdentity;
+
+/// Name of the cache of verified files, one per directory.
+pub const CACHE_FILE: &str = ".snapbpf-verified";
+const CACHE_FORMAT: &str = "snapbpf-verified";
+const CACHE_VERSION: u32 = 1;
+/// Largest cache file read (an entry is ~200 bytes).
+const MAX_CACHE_BYTES: u64 = 1 << 20;
+/// Bytes hashed per read.
+const CHUNK: u64 = 8 << 20;
+
+/// Why a file is not the one its metadata names.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The file cannot be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another size than recorded.
+    #[error("{path} is {found} bytes, its metadata says {expected} (truncated, or another file)")]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The recorded size.
+        expected: u64,
+    },
+    /// Same size, other content.
+    #[error("{path} has changed: its SHA-256 is {found}, its metadata says {expected}")]
+    Digest {
+        /// The file.
+        path: PathBuf,
+        /// The digest of what is there.
+        found: String,
+        /// The recorded digest.
+        expected: String,
+    },
+    /// The file changed while it was being hashed.
+    #[error("{0} changed while it was being verified; try again once nothing writes to it")]
+    Unstable(PathBuf),
+}
+
+/// The cheap key a verification is cached under: anything that rewrites, replaces or
+/// copies the file changes one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct StatKey {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+    dev: u64,
+}
+
+impl StatKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            size: meta.size(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
+            inode: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheEntry {
+    key: StatKey,
+    identity: FileIdentity,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cache {
+    format: String,
+    version: u32,
+    files: BTreeMap<String, CacheEntry>,
+}
+
+fn cache_path(path: &Path) -> PathBuf {
+    fsutil::parent_dir(path).join(CACHE_FILE)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The cache of `path`'s directory; empty when absent or unreadable (it only saves work).
+fn load_cache(path: &Path) -> Cache {
+    fsutil::read_regular(&cache_path(path), MAX_CACHE_BYTES)
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<Cache>(&raw).ok())
+        .filter(|c| c.format == CACHE_FORMAT && c.version == CACHE_VERSION)
+        .unwrap_or_default()
+}
+
+/// Records that the file at `path`, as `meta` describes it now, has `identity`. Best
+/// effort: a read-only directory only means the next check hashes again.
+fn store_cache(path: &Path, meta: &std::fs::Metadata, identity: FileIdentity) {
+    let mut cache = load_cache(path);
+    cache.format = CACHE_FORMAT.into();
+    cache.version = CACHE_VERSION;
+    cache.files.insert(
+        file_name(path),
+        CacheEntry {
+            key: StatKey::of(meta),
+            identity,
+        },
+    );
+    let written = serde_json::to_vec_pretty(&cache)
+        .map_err(std::io::Error::from)
+        .and_then(|json| fsutil::write_atomic(&cache_path(path), &json));
+    if let Err(e) = written {
+        tracing::debug!(
+            "cannot remember the verification of {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// The identity of the file at `path` if the cache vouches for it as it is now.
+fn cached(path: &Path, meta: &std::fs::Metadata) -> Option<FileIdentity> {
+    let cache = load_cache(path);
+    let entry = cache.files.get(&file_name(path))?;
+    (entry.key == StatKey::of(meta)).then_some(entry.identity)
+}
+
+/// Opens `path` for hashing: `O_DIRECT` where the filesystem has it (tmpfs does not).
+fn open_for_hashing(path: &Path) -> std::io::Result<(File, bool)> {
+    match fsutil::open_regular_with(path, libc::O_DIRECT) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok((fsutil::open_regular(path)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// SHA-256 of everything `file` holds, read in page-aligned chunks.
+fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
+    let mut buf = fsutil::AlignedBuf::new(CHUNK)?;
+    let mut hasher = Sha256::new();
+    let mut at = 0u64;
+    loop {
+        let slice = buf.as_mut_slice();
+        // SAFETY: reads into our own buffer of `slice.len()` bytes at offset `at`.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                slice.as_mut_ptr().cast(),
+                slice.len(),
+                at as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf.as_slice()[..n as usize]);
+        at += n as u64;
+        // Past the end, an O_DIRECT read at an unaligned offset fails instead of saying EOF.
+        if at >= len {
+            break;
+        }
+    }
+    if at != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("read {at} bytes of a {len}-byte file"),
+        ));
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Hashes the file at `path` now, whatever the cache says, and remembers the result.
+pub fn identify_now(path: &Path) -> Result<FileIdentity, VerifyError> {
+    let io = |source| VerifyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (file, direct) = open_for_hashing(path).map_err(io)?;
+    let before = file.metadata().map_err(io)?;
+    let digest = hash_file(&file, before.len()).map_err(io)?;
+    let after = file.metadata().map_err(io)?;
+    if StatKey::of(&before) != StatKey::of(&after) {
+        return Err(VerifyError::Unstable(path.to_path_buf()));
+    }
+    if !direct {
+        tracing::debug!(
+            "{} hashed with buffered reads (no O_DIRECT here)",
+            path.display()
+        );
+    }
+    let identity = FileIdentity {
+        size: after.len(),
+        digest,
+    };
+    store_cache(path, &after, identity);
+    Ok(identity)
+}
+
+/// The identity of the file at `path`: from the cache when its key matches, else hashed.
+pub fn identify(path: &Path) -> Result<FileIdentity, VerifyError> {
+    let meta = fsutil::open_regular(path)
+        .and_then(|f| f.metadata())
+        .map_err(|source| VerifyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match cached(path, &meta) {
+        Some(identity) => Ok(identity),
+        None => identify_now(path),
+    }
+}
+
+fn compare(path: &Path, found: FileIdentity, expected: &FileIdentity) -> Result<(), VerifyError> {
+    if found.size != expected.size {
+        return Err(VerifyError::Size {
+            path: path.to_path_buf(),
+            found: found.size,
+            expected: expected.size,
+        });
+    }
+    if found.digest != expected.digest {
+        return Err(VerifyError::Digest {
+            path: path.to_path_buf(),
+            found: found.digest_hex(),
+            expected: expected.digest_hex(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that the file at `path` is `expected`, hashing it only when the cache cannot
+/// vouch for it (first use, after a copy or an edit). A size mismatch is caught without
+/// reading.
+pub fn check(path: &Path, expected: &FileIdentity) -> Result<(), VerifyError> {
+    let meta = fsutil::open_regular(path)
+        .and_then(|f| f.metadata())
+        .map_err(|source| VerifyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if meta.len() != expected.size {
+        return Err(VerifyError::Size {
+            path: path.to_path_buf(),
+            found: meta.len(),
+            expected: expected.size,
+        });
+    }
+    let found = match cached(path, &meta) {
+        Some(identity) => identity,
+        None => identify_now(path)?,
+    };
+    compare(path, found, expected)
+}
+
+/// Checks that the file at `path` is `expected` by hashing it now (`snapbpf verify`).
+pub fn check_now(path: &Path, expected: &FileIdentity) -> Result<(), VerifyError> {
+    compare(path, identify_now(path)?, expected)
+}
+
+/// Records the identity of a file its writer just hashed while writing it, so the first
+/// check does not hash it again.
+pub fn remember(path: &Path, identity: FileIdentity) -> std::io::Result<()> {
+    let meta = fsutil::open_regular(path)?.metadata()?;
+    if meta.len() != identity.size {
+        return Err(std::io::Error::other(
+            "the file is not the size its writer hashed",
+        ));
+    }
+    store_cache(path, &meta, identity);
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically ([`fsutil::write_atomic`]) and returns their
+/// identity, remembered as verified.
+pub fn write_identified(path: &Path, bytes: &[u8]) -> std::io::Result<FileIdentity> {
+    fsutil::write_atomic(path, bytes)?;
+    let identity = FileIdentity::of_bytes(bytes);
+    remember(path, identity)?;
+    Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_verifies_and_an_edit_with_mtime_put_back_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let bytes: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i % 251) as u8).collect();
+        let id = write_identified(&a, &bytes).expect("write");
+        assert_eq!(id, FileIdentity::of_bytes(&bytes));
+        check(&a, &id).expect("the file as written");
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let b = other.path().join("a");
+        std::fs::copy(&a, &b).expect("copy");
+        check(&b, &id).expect("a copy is the same file");
+
+        // One byte changed, same size, mtime put back: the cached key no longer
+        // matches (ctime moved), so the check hashes and refuses.
+        let mtime = std::fs::metadata(&b)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        let mut changed = bytes.clone();
+        changed[5000] ^= 1;
+        std::fs::write(&b, &changed).expect("edit");
+        let f = File::options().write(true).open(&b).expect("open");
+        f.set_modified(mtime).expect("put mtime back");
+        drop(f);
+        let e = check(&b, &id).expect_err("edited");
+        assert!(matches!(e, VerifyError::Digest { .. }), "{e}");
+        let e = check_now(&b, &id).expect_err("edited");
+        assert!(e.to_string().contains("has changed"), "{e}");
+
+        std::fs::write(&b, &bytes[..100]).expect("truncate");
+        let e = check(&b, &id).expect_err("truncated");
+        assert!(matches!(e, VerifyError::Size { found: 100, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_planted_cache_entry_for_another_file_vouches_for_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let id = write_identified(&a, b"the real contents").expect("write");
+        // Replace the file by another one of the same size: new inode and ctime.
+        let tmp = dir.path().join("b");
+        std::fs::write(&tmp, b"the fake contents").expect("write");
+        std::fs::rename(&tmp, &a).expect("replace");
+        assert!(
+            check(&a, &id).is_err(),
+            "the cache entry was for the old inode"
+        );
+    }
+}
