@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use snapbpf_vmm::{
-    CreateError, ExitHandler, GuestEvent, GuestMemory, MemoryError, MicroVm, StateError,
+    AbortSignal, CreateError, ExitHandler, GuestEvent, GuestMemory, MemoryError, MicroVm,
+    StateError,
 };
 
 use snapbpf_store::Snapshot;
@@ -52,6 +53,7 @@ struct Helper {
 #[derive(Default)]
 pub struct Helpers {
     threads: Vec<Helper>,
+    abort: AbortSignal,
 }
 
 impl std::fmt::Debug for Helpers {
@@ -65,6 +67,13 @@ impl Helpers {
     /// No helper threads.
     pub fn none() -> Self {
         Self::default()
+    }
+
+    /// The signal a helper raises to stop the vCPU at once, when it can no longer give the
+    /// guest correct memory (a page-fault handler whose source failed). The run then ends
+    /// with the helper's error.
+    pub fn abort_signal(&self) -> AbortSignal {
+        self.abort.clone()
     }
 
     /// Starts `work` on a thread named `name` that runs until it returns.
@@ -292,9 +301,13 @@ pub fn run_restored(
     vm.set_hints_enabled(pv_hints)?;
     let (anon_before, _) = rss_kib();
     let resumed = Instant::now();
-    let event = vm.run(handler.as_mut(), opts.timeout);
+    let event = vm.run_abortable(handler.as_mut(), opts.timeout, &helpers.abort_signal());
     let finished = Instant::now();
-    let helped = helpers.finish();
+    let helped = match (&event, helpers.finish()) {
+        // The helper that stopped the vCPU says why.
+        (Err(snapbpf_vmm::RunError::Aborted), Err(cause)) => return Err(cause),
+        (_, helped) => helped,
+    };
     let checksum = match event? {
         GuestEvent::Done { checksum } => checksum,
         GuestEvent::Ready => return Err(RunError::NoResult),

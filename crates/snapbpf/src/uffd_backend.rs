@@ -18,8 +18,15 @@
 //!   any fault the handler had taken and not served), so the vCPU never waits forever, and
 //!   the run fails once the vCPU stops: its pages no longer came from the handler it was
 //!   given.
+//!
+//! **Fail closed.** A handler thread here that cannot serve a fault (the source cannot be
+//! read, `UFFDIO_COPY` fails) keeps the userfaultfd open, since closing it would let every
+//! page not served yet read as zeros, and raises the run's abort signal: the vCPU is
+//! kicked out of `KVM_RUN` within milliseconds and the run fails with the handler's error
+//! ([`fail_closed`]). The guest never runs on a page it was not given.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -156,6 +163,7 @@ impl UffdMemory {
         let (installed_tx, installed) = mpsc::channel();
         let mut helpers = Helpers::none();
         let thread_stop = stop.clone();
+        let abort = helpers.abort_signal();
         helpers
             .spawn_stoppable(
                 "uffd-handler",
@@ -170,8 +178,10 @@ impl UffdMemory {
                             return Ok(None);
                         }
                     }
-                    uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), false)?;
-                    Ok(None)
+                    match uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), false) {
+                        Ok(_) => Ok(None),
+                        Err(e) => Err(fail_closed(uffd, &abort, &thread_stop, e)),
+                    }
                 },
             )
             .map_err(thread_err("page-fault handler"))?;
@@ -225,6 +235,7 @@ impl UffdMemory {
         let stop = Arc::new(StopSignal::new().map_err(thread_err("handler watch"))?);
         let watch_stop = stop.clone();
         let socket_path = socket.to_path_buf();
+        let abort = helpers.abort_signal();
         helpers
             .spawn_stoppable(
                 "uffd-handler-watch",
@@ -232,10 +243,10 @@ impl UffdMemory {
                 move || {
                     watch(
                         &stream,
-                        &uffd,
+                        uffd,
                         &regions,
                         &fallback,
-                        &watch_stop,
+                        (&watch_stop, &abort),
                         &socket_path,
                     )
                 },
@@ -261,6 +272,36 @@ impl UffdMemory {
     }
 }
 
+/// Longest a handler that can no longer serve waits, holding the userfaultfd open, for the
+/// vCPU it stopped to leave `KVM_RUN`.
+pub const FAIL_CLOSED_GRACE: Duration = Duration::from_secs(10);
+
+/// What a handler does once it cannot serve a fault: the userfaultfd stays open (closing
+/// it would let every page not served yet read as zeros), `abort` stops the vCPU, and the
+/// descriptor is closed only once the vCPU has stopped (`stop`). Should the vCPU not stop
+/// within [`FAIL_CLOSED_GRACE`] (a fault taken outside `KVM_RUN` cannot be interrupted),
+/// the process exits: ending it is the only step left that hands the guest no wrong page.
+fn fail_closed(
+    uffd: Uffd,
+    abort: &snapbpf_vmm::AbortSignal,
+    stop: &StopSignal,
+    error: UffdError,
+) -> HelperError {
+    tracing::debug!("page-fault handler failed, stopping the vCPU: {error}");
+    abort.raise();
+    if !stop.wait(FAIL_CLOSED_GRACE) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: the page-fault handler failed and the vCPU did not stop within {} s; exiting rather than let the guest read pages it was not given: {}",
+            FAIL_CLOSED_GRACE.as_secs(),
+            crate::error_chain(&error)
+        );
+        std::process::exit(1);
+    }
+    drop(uffd);
+    Box::new(error)
+}
+
 fn report(ack: &HandlerAck) -> PrefetchReport {
     PrefetchReport {
         bytes: ack.bytes,
@@ -273,10 +314,10 @@ fn report(ack: &HandlerAck) -> PrefetchReport {
 /// the VM's faults from `fallback` until `stop` and then fails: the run is void.
 fn watch(
     stream: &UnixStream,
-    uffd: &Uffd,
+    uffd: Uffd,
     regions: &[GuestRegionUffdMapping],
     fallback: &File,
-    stop: &StopSignal,
+    (stop, abort): (&StopSignal, &snapbpf_vmm::AbortSignal),
     socket: &Path,
 ) -> Result<Option<PrefetchReport>, HelperError> {
     let mut fds = [
@@ -317,10 +358,14 @@ fn watch(
     );
     // A fault the handler read but never served has no event left: wake its thread so
     // it faults again and this loop sees it.
-    for r in regions {
-        uffd.wake(r.base_host_virt_addr, r.size)?;
+    let woken = regions
+        .iter()
+        .try_for_each(|r| uffd.wake(r.base_host_virt_addr, r.size));
+    if let Err(e) =
+        woken.and_then(|()| uffd::serve(&uffd, regions, fallback, stop.as_fd(), false).map(|_| ()))
+    {
+        return Err(fail_closed(uffd, abort, stop, e));
     }
-    uffd::serve(uffd, regions, fallback, stop.as_fd(), false)?;
     Err(Box::new(BackendError::HandlerLost {
         socket: socket.to_path_buf(),
     }))

@@ -145,6 +145,30 @@ impl StopSignal {
         Ok(Self { fd })
     }
 
+    /// Waits until the stop is signalled or `timeout` passes; true if it was signalled.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid array of one pollfd for the call's duration.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+            if rc > 0 {
+                return true;
+            }
+            let interrupted =
+                rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+            if !interrupted || left.is_zero() {
+                return false;
+            }
+        }
+    }
+
     /// Signals the stop.
     pub fn signal(&self) {
         let one = 1u64.to_ne_bytes();

@@ -33,6 +33,6 @@ pub use memory::{FaultReadahead, GuestMemory, MemoryError, Populator};
 pub use snapbpf_guest_abi as abi;
 pub use vcpu_state::{VcpuState, VcpuStateError};
 pub use vm::{
-    BootError, CreateError, ExitHandler, ExitStats, GuestEvent, IgnoreHints, MicroVm, RunError,
-    StateError,
+    AbortSignal, BootError, CreateError, ExitHandler, ExitStats, GuestEvent, IgnoreHints, MicroVm,
+    RunError, StateError,
 };

@@ -97,6 +97,35 @@ pub enum RunError {
     /// Guest memory access failed while handling an exit.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// Another thread raised the run's [`AbortSignal`]: it can no longer give the guest
+    /// correct memory, so the vCPU was stopped rather than let run on pages it was not
+    /// given. The raiser reports the cause.
+    #[error("the vCPU was stopped: a helper could not serve guest memory")]
+    Aborted,
+}
+
+/// A request, from any thread, to stop a VM's vCPU now: a page-fault handler that can no
+/// longer serve correct pages raises it (fail closed). The vCPU is kicked out of
+/// `KVM_RUN` (a fault it waits on is interrupted) and the run ends with
+/// [`RunError::Aborted`].
+#[derive(Debug, Clone, Default)]
+pub struct AbortSignal(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl AbortSignal {
+    /// A signal not raised yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the vCPU to stop.
+    pub fn raise(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`AbortSignal::raise`] was called.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A guest event that ends [`MicroVm::run`].
@@ -309,14 +338,30 @@ impl MicroVm {
         handler: &mut dyn ExitHandler,
         timeout: Duration,
     ) -> Result<GuestEvent, RunError> {
+        self.run_abortable(handler, timeout, &AbortSignal::new())
+    }
+
+    /// [`MicroVm::run`], also ended by `abort` being raised from another thread.
+    pub fn run_abortable(
+        &mut self,
+        handler: &mut dyn ExitHandler,
+        timeout: Duration,
+        abort: &AbortSignal,
+    ) -> Result<GuestEvent, RunError> {
         let deadline = Instant::now() + timeout;
-        let _watchdog = Watchdog::arm(timeout);
+        let _watchdog = Watchdog::arm(timeout, abort.clone());
         loop {
+            if abort.is_raised() {
+                return Err(RunError::Aborted);
+            }
             let exit = self.vcpu.run();
             self.stats.exits += 1;
             let exit = match exit {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if abort.is_raised() {
+                        return Err(RunError::Aborted);
+                    }
                     if Instant::now() >= deadline {
                         return Err(RunError::Timeout(timeout));
                     }
@@ -352,6 +397,9 @@ impl MicroVm {
                     return Err(RunError::TripleFault { rip });
                 }
                 VcpuExit::Intr => {
+                    if abort.is_raised() {
+                        return Err(RunError::Aborted);
+                    }
                     if Instant::now() >= deadline {
                         return Err(RunError::Timeout(timeout));
                     }
@@ -424,12 +472,16 @@ impl MicroVm {
     }
 }
 
-/// Interrupts KVM_RUN on the current thread once a timeout passes, by sending it a signal
-/// whose handler does nothing (so KVM_RUN returns EINTR) until the run loop ends.
+/// Interrupts KVM_RUN on the current thread once a timeout passes or an abort is raised,
+/// by sending it a signal whose handler does nothing (so KVM_RUN returns EINTR) until the
+/// run loop ends.
 struct Watchdog {
     cancel: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How often the watchdog looks at the abort signal.
+const ABORT_POLL: Duration = Duration::from_millis(5);
 
 extern "C" fn noop_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
@@ -438,7 +490,7 @@ fn kick_signal() -> libc::c_int {
 }
 
 impl Watchdog {
-    fn arm(timeout: Duration) -> Self {
+    fn arm(timeout: Duration, abort: AbortSignal) -> Self {
         static INSTALL: Once = Once::new();
         INSTALL.call_once(|| {
             // Without the handler, the signal would kill the process instead of only
@@ -455,8 +507,15 @@ impl Watchdog {
         let thread = std::thread::Builder::new()
             .name("vcpu-watchdog".into())
             .spawn(move || {
-                if cancelled.recv_timeout(timeout) != Err(mpsc::RecvTimeoutError::Timeout) {
-                    return;
+                let deadline = Instant::now() + timeout;
+                // Short naps, so an abort stops the vCPU within a few ms.
+                while !abort.is_raised() && Instant::now() < deadline {
+                    let nap = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(ABORT_POLL);
+                    if cancelled.recv_timeout(nap) != Err(mpsc::RecvTimeoutError::Timeout) {
+                        return;
+                    }
                 }
                 // Keep kicking: a signal that lands between two KVM_RUN calls is lost.
                 while cancelled.recv_timeout(Duration::from_millis(20))
