@@ -340,6 +340,42 @@ fn reap_with_external_uffd_handler() {
     ]);
     assert_eq!(checksums(&report), vec![expected[1].clone()]);
     assert_eq!(report["prefetch"]["bytes"].as_u64(), Some(0), "{report}");
+
+    // A handler serving another memory file of the same size (one byte differs) is
+    // refused before the vCPU runs: it says what it serves.
+    let other_memory = dir.path().join("other-memory");
+    let mut bytes = std::fs::read(&memory).expect("read");
+    bytes[5 << 20] ^= 0xff;
+    std::fs::write(&other_memory, bytes).expect("write");
+    let other_socket = dir.path().join("other.sock");
+    let other = other_socket.to_str().expect("UTF-8 path");
+    let _other_handler = Handler(
+        Command::new(bin())
+            .args(["uffd-handler", "--socket", other, "--memory-file"])
+            .arg(&other_memory)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the handler"),
+    );
+    while !other_socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the other handler never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fails(
+        &[
+            "invoke",
+            snap,
+            "--strategy",
+            "reap",
+            "--uffd-handler",
+            other,
+        ],
+        "serves another memory file",
+    );
 }
 
 /// A fake handler's side of the handshake: accepts the VMM, reads its region list (the

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use snapbpf_store::FileIdentity;
 use snapbpf_vmm::{GuestMemory, MemoryError};
 
 use crate::run::{HelperError, Helpers, PrefetchReport, Restored};
@@ -75,6 +76,16 @@ pub enum BackendError {
     HandlerSilent {
         /// Its socket.
         socket: PathBuf,
+    },
+    /// The external handler serves another snapshot's memory.
+    #[error("the page-fault handler at {socket} serves another memory file (SHA-256 {served}) than this snapshot's ({expected}); start it for this snapshot")]
+    HandlerServesAnother {
+        /// Its socket.
+        socket: PathBuf,
+        /// Digest of what it serves.
+        served: String,
+        /// Digest of the snapshot's memory.
+        expected: String,
     },
     /// The external handler went away while the VM ran.
     #[error("the page-fault handler at {socket} disconnected while the VM was running; its remaining pages were served from the snapshot's memory file, so the run is void")]
@@ -224,13 +235,32 @@ impl UffdMemory {
     /// handshake), waits for its acknowledgement, checks that it serves, and watches it
     /// while the VM runs; `fallback` (the snapshot's memory file) serves the VM if the
     /// handler goes away.
-    pub fn serve_externally(self, socket: &Path, fallback: File) -> Result<Restored, BackendError> {
+    pub fn serve_externally(
+        self,
+        socket: &Path,
+        fallback: File,
+        expected: &FileIdentity,
+    ) -> Result<Restored, BackendError> {
         let Self {
             memory,
             uffd,
             regions,
         } = self;
         let (stream, ack) = uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
+        match ack.memory {
+            Some(served) if served == *expected => {}
+            Some(served) => {
+                return Err(BackendError::HandlerServesAnother {
+                    socket: socket.to_path_buf(),
+                    served: served.digest_hex(),
+                    expected: expected.digest_hex(),
+                })
+            }
+            None => tracing::warn!(
+                "the page-fault handler at {} does not say which memory file it serves: its identity is unchecked",
+                socket.display()
+            ),
+        }
         let mut helpers = Helpers::none();
         let stop = Arc::new(StopSignal::new().map_err(thread_err("handler watch"))?);
         let watch_stop = stop.clone();

@@ -9,8 +9,10 @@
 //!
 //! snapbpf's extension: after installing anything it prefetches, our handler writes one
 //! JSON line ([`HandlerAck`]) back on the socket, which our VMM waits for so the prefetch
-//! completes before the vCPU runs; and the VMM keeps the socket open for the VM's life, so
-//! the handler ends the session when it closes.
+//! completes before the vCPU runs; the line names the memory file the handler serves (its
+//! size and SHA-256), so the VMM can refuse a handler started for another snapshot; and
+//! the VMM keeps the socket open for the VM's life, so the handler ends the session when it
+//! closes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -99,6 +101,10 @@ pub struct HandlerAck {
     /// Set when the handler failed to prefetch; it then refuses the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Identity (size, SHA-256) of the memory file the handler serves: the VMM refuses a
+    /// handler that serves another snapshot than the one it restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<snapbpf_store::FileIdentity>,
 }
 
 /// The VMM side of the handshake: connects to the handler at `socket`, sends `regions` and

@@ -68,10 +68,12 @@ pub enum SessionError {
 
 /// Listens on `socket` and serves VMs from the memory file `memory` with `prefetch`,
 /// until `max_sessions` sessions have been accepted (forever when `None`), then waits for
-/// the running ones. A stale socket at `socket` is replaced; anything else there is not.
+/// the running ones. Every acknowledgement names `identity`, the content of `memory`. A
+/// stale socket at `socket` is replaced; anything else there is not.
 pub fn listen(
     socket: &Path,
     memory: &Path,
+    identity: snapbpf_store::FileIdentity,
     prefetch: Arc<Prefetch>,
     max_sessions: Option<u64>,
 ) -> Result<(), ServerError> {
@@ -116,7 +118,7 @@ pub fn listen(
         let spawned = std::thread::Builder::new()
             .name(format!("uffd-session-{count}"))
             .spawn(move || {
-                match session(&stream, &file, file_len, prefetch.as_ref()) {
+                match session(&stream, &file, file_len, identity, prefetch.as_ref()) {
                     Ok(faults) => {
                         tracing::info!("uffd-handler: session {count} done: {faults} faults served")
                     }
@@ -126,6 +128,7 @@ pub fn listen(
                             &stream,
                             &HandlerAck {
                                 error: Some(chain(&e)),
+                                memory: Some(identity),
                                 ..HandlerAck::default()
                             },
                         );
@@ -157,11 +160,13 @@ fn session(
     stream: &UnixStream,
     file: &File,
     file_len: u64,
+    identity: snapbpf_store::FileIdentity,
     prefetch: &Prefetch,
 ) -> Result<u64, SessionError> {
     let (uffd, regions) = receive_from_vmm(stream)?;
     check_regions(&regions, file_len)?;
-    let ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
+    let mut ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
+    ack.memory = Some(identity);
     acknowledge(stream, &ack).map_err(SessionError::Acknowledge)?;
     let stats = serve(&uffd, &regions, file, stream.as_fd(), false)?;
     Ok(stats.faults)

@@ -150,6 +150,7 @@ pub fn prefetch(
         ranges,
         ms: uffd::ms_since(started),
         error: None,
+        memory: Some(snapshot.meta.memory),
     })
 }
 
@@ -244,7 +245,7 @@ impl Strategy for Reap {
         let memory = UffdMemory::new(snapshot.meta.mem_bytes)?;
         if let Some(socket) = &self.handler_socket {
             // Firecracker's UFFD backend: the handler process fills memory.
-            return Ok(memory.serve_externally(socket, memory_file)?);
+            return Ok(memory.serve_externally(socket, memory_file, &snapshot.meta.memory)?);
         }
         // REAP installs the whole recorded working set before the vCPU runs.
         let trace = load_trace(snapshot)?;
@@ -333,6 +334,9 @@ pub enum HandlerError {
     /// The server failed.
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    /// The memory file to serve cannot be identified.
+    #[error(transparent)]
+    Identify(#[from] snapbpf_store::verify::VerifyError),
 }
 
 /// What the external handler serves.
@@ -354,29 +358,34 @@ pub fn run_handler(
     max_sessions: Option<u64>,
 ) -> Result<(), HandlerError> {
     let on_demand: Arc<server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
-    let (prefetch, memory) = match source {
+    let (prefetch, memory, identity) = match source {
         HandlerSource::Snapshot(dir) => {
             let snapshot = crate::snapshot::open(dir)?;
             let memory = snapshot.memory_path();
+            let identity = snapshot.meta.memory;
             match load_trace(&snapshot) {
                 Ok(trace) => {
                     let install: Arc<server::Prefetch> = Arc::new(move |uffd, regions| {
                         Ok(prefetch(uffd, regions, &snapshot, &trace)?)
                     });
-                    (install, memory)
+                    (install, memory, identity)
                 }
                 Err(StrategyError::MissingArtifact { .. }) => {
                     tracing::warn!(
                         "uffd-handler: no REAP recording in {}: serving every fault on demand",
                         dir.display()
                     );
-                    (on_demand, memory)
+                    (on_demand, memory, identity)
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        HandlerSource::MemoryFile(path) => (on_demand, path.clone()),
+        HandlerSource::MemoryFile(path) => {
+            // Hashed once (direct reads), so every VM it serves can check what it serves.
+            let identity = snapbpf_store::verify::identify(path)?;
+            (on_demand, path.clone(), identity)
+        }
     };
-    server::listen(socket, &memory, prefetch, max_sessions)?;
+    server::listen(socket, &memory, identity, prefetch, max_sessions)?;
     Ok(())
 }
