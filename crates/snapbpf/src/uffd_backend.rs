@@ -78,21 +78,26 @@ pub enum BackendError {
         socket: PathBuf,
     },
     /// The external handler serves another snapshot's memory.
-    #[error("the page-fault handler at {socket} serves another memory file (SHA-256 {served}) than this snapshot's ({expected}); start it for this snapshot")]
-    HandlerServesAnother {
-        /// Its socket.
-        socket: PathBuf,
-        /// Digest of what it serves.
-        served: String,
-        /// Digest of the snapshot's memory.
-        expected: String,
-    },
+    #[error("{0}")]
+    HandlerServesAnother(Box<ServedElsewhere>),
     /// The external handler went away while the VM ran.
     #[error("the page-fault handler at {socket} disconnected while the VM was running; its remaining pages were served from the snapshot's memory file, so the run is void")]
     HandlerLost {
         /// Its socket.
         socket: PathBuf,
     },
+}
+
+/// What an external handler serves, when it is not this snapshot's memory file.
+#[derive(Debug, thiserror::Error)]
+#[error("the page-fault handler at {socket} serves another memory file (SHA-256 {served}) than this snapshot's ({expected}); start it for this snapshot")]
+pub struct ServedElsewhere {
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Digest of what it serves.
+    pub served: String,
+    /// Digest of the snapshot's memory.
+    pub expected: String,
 }
 
 fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> BackendError {
@@ -250,11 +255,13 @@ impl UffdMemory {
         match ack.memory {
             Some(served) if served == *expected => {}
             Some(served) => {
-                return Err(BackendError::HandlerServesAnother {
-                    socket: socket.to_path_buf(),
-                    served: served.digest_hex(),
-                    expected: expected.digest_hex(),
-                })
+                return Err(BackendError::HandlerServesAnother(Box::new(
+                    ServedElsewhere {
+                        socket: socket.to_path_buf(),
+                        served: served.digest_hex(),
+                        expected: expected.digest_hex(),
+                    },
+                )))
             }
             None => tracing::warn!(
                 "the page-fault handler at {} does not say which memory file it serves: its identity is unchecked",
