@@ -16,10 +16,10 @@
 //! still alive. The executable is the front-end's business (`snapbpf __worker`); the
 //! protocol is this module's.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +141,14 @@ pub enum WorkerFailure {
     /// It exited before it said what the protocol expects.
     #[error("exited without a report (see its error above)")]
     Exited,
+    /// It said nothing within the protocol's deadline (it was killed).
+    #[error("said nothing for {} s while {waiting_for}; killed it", .waited.as_secs())]
+    Silent {
+        /// What the launcher waited for.
+        waiting_for: &'static str,
+        /// How long.
+        waited: Duration,
+    },
     /// It said something the protocol does not expect.
     #[error("expected {expected}, got '{got}'")]
     Protocol {
@@ -214,7 +222,10 @@ pub fn invoke(
         })
     })?;
     args_line.push(b'\n');
-    let mut children: Vec<(Child, BufReader<std::process::ChildStdout>)> = Vec::new();
+    let mut children: Vec<(Child, WorkerOutput)> = Vec::new();
+    // The run's own watchdog ends a VM at its timeout; these only catch a worker that is
+    // stuck outside it.
+    let ready_by = Instant::now() + READY_DEADLINE;
     let result = (|| {
         for index in 0..req.concurrency as usize {
             let mut child = worker()
@@ -230,10 +241,12 @@ pub fn invoke(
                 })
             })?;
             send(&mut child, &args_line).map_err(worker_err(index))?;
-            children.push((child, BufReader::new(stdout)));
+            children.push((child, WorkerOutput::new(stdout)));
         }
         for (index, (_, out)) in children.iter_mut().enumerate() {
-            let line = read_line(out).map_err(worker_err(index))?;
+            let line = out
+                .line(ready_by, "it started")
+                .map_err(worker_err(index))?;
             if line != "ready" {
                 // A worker that refused its arguments says why instead.
                 return Err(worker_err(index)(match serde_json::from_str(&line) {
@@ -250,8 +263,11 @@ pub fn invoke(
             send(child, b"go\n").map_err(worker_err(index))?;
         }
         let mut runs = Vec::new();
+        let report_by = Instant::now() + req.run.timeout + REPORT_GRACE;
         for (index, (_, out)) in children.iter_mut().enumerate() {
-            let line = read_line(out).map_err(worker_err(index))?;
+            let line = out
+                .line(report_by, "it restored and ran its VM")
+                .map_err(worker_err(index))?;
             match serde_json::from_str(&line) {
                 Ok(WorkerReply::Ok(run)) => runs.push(run),
                 Ok(WorkerReply::Err(e)) => return Err(worker_err(index)(WorkerFailure::Failed(e))),
@@ -275,6 +291,10 @@ pub fn invoke(
     })();
     for (mut child, _) in children {
         drop(child.stdin.take());
+        if result.is_err() {
+            // A worker stuck (or still running its VM) would never exit on its own.
+            let _ = child.kill();
+        }
         let _ = child.wait();
     }
     let (runs, page_cache_kib, anon_kib) = result?;
@@ -319,16 +339,87 @@ fn send(child: &mut Child, bytes: &[u8]) -> Result<(), WorkerFailure> {
 
 /// Longest line a worker may send (a report is a few hundred bytes).
 const MAX_LINE: u64 = 64 << 10;
+/// Longest a worker may take to start and say `ready`.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How much longer than the run's timeout a worker may take to report: restoring (REAP
+/// may wait up to two minutes for an external handler's prefetch) and reporting.
+pub const REPORT_GRACE: Duration = Duration::from_secs(180);
 
-fn read_line(out: &mut impl BufRead) -> Result<String, WorkerFailure> {
-    let mut line = String::new();
-    match std::io::Read::take(out, MAX_LINE).read_line(&mut line) {
-        Ok(0) => Err(WorkerFailure::Exited),
-        Ok(_) => Ok(line.trim_end().to_string()),
-        Err(source) => Err(WorkerFailure::Io {
-            what: "read from it",
-            source,
-        }),
+/// A worker's stdout, read in lines with deadlines.
+struct WorkerOutput {
+    out: std::process::ChildStdout,
+    pending: Vec<u8>,
+}
+
+impl WorkerOutput {
+    fn new(out: std::process::ChildStdout) -> Self {
+        Self {
+            out,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next line, without its newline, if it arrives before `deadline`.
+    fn line(
+        &mut self,
+        deadline: Instant,
+        waiting_for: &'static str,
+    ) -> Result<String, WorkerFailure> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let started = Instant::now();
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            if self.pending.len() as u64 > MAX_LINE {
+                return Err(WorkerFailure::Protocol {
+                    expected: "a line",
+                    got: format!("more than {MAX_LINE} bytes without a newline"),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WorkerFailure::Silent {
+                    waiting_for,
+                    waited: started.elapsed(),
+                });
+            }
+            let mut fds = [libc::pollfd {
+                fd: self.out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid array of one pollfd for the call's duration.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+            if rc < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(WorkerFailure::Io {
+                    what: "wait for it",
+                    source: err,
+                });
+            }
+            if rc == 0 {
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.out.read(&mut chunk) {
+                Ok(0) => return Err(WorkerFailure::Exited),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(WorkerFailure::Io {
+                        what: "read from it",
+                        source,
+                    })
+                }
+            }
+        }
     }
 }
 

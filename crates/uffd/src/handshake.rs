@@ -14,11 +14,11 @@
 //! the VMM keeps the socket open for the VM's life, so the handler ends the session when it
 //! closes.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -107,9 +107,17 @@ pub struct HandlerAck {
     pub memory: Option<snapbpf_store::FileIdentity>,
 }
 
-/// The VMM side of the handshake: connects to the handler at `socket`, sends `regions` and
-/// the descriptor, and waits (up to `timeout`) for the handler's [`HandlerAck`]. The returned
-/// stream must stay open while the VM runs.
+/// Longest the VMM waits to connect to a handler (its listen backlog may be full).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest acknowledgement line accepted (a real one is ~200 bytes).
+pub const MAX_ACK_BYTES: usize = 64 << 10;
+/// Longest a handler waits for the VMM's message once it has connected.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The VMM side of the handshake: connects to the handler at `socket` (within
+/// [`CONNECT_TIMEOUT`]), sends `regions` and the descriptor, and waits, `timeout` in all,
+/// for the handler's [`HandlerAck`] line (at most [`MAX_ACK_BYTES`]). The returned stream
+/// must stay open while the VM runs.
 pub fn send_to_handler(
     socket: &Path,
     uffd: &Uffd,
@@ -120,16 +128,12 @@ pub fn send_to_handler(
         path: socket.to_path_buf(),
         reason,
     };
-    let stream = UnixStream::connect(socket).map_err(|e| sock_err(format!("connect: {e}")))?;
+    let stream = connect_within(socket, Instant::now() + CONNECT_TIMEOUT)
+        .map_err(|e| sock_err(format!("connect: {e}")))?;
     let body = serde_json::to_vec(regions).map_err(|e| sock_err(e.to_string()))?;
     send_fd(&stream, &body, uffd.as_fd().as_raw_fd())
         .map_err(|e| sock_err(format!("send: {e}")))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| sock_err(e.to_string()))?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
+    let line = read_line_within(&stream, Instant::now() + timeout, MAX_ACK_BYTES)
         .map_err(|e| sock_err(format!("no acknowledgement from the handler: {e}")))?;
     if line.is_empty() {
         return Err(sock_err(
@@ -144,7 +148,123 @@ pub fn send_to_handler(
     Ok((stream, ack))
 }
 
-/// The handler side of the handshake: receives the regions and the descriptor.
+/// Connects to the Unix socket `path`, retrying while its listen backlog is full, until
+/// `deadline`.
+fn connect_within(path: &Path, deadline: Instant) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value that we fill below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a socket path must be under {} bytes without NUL",
+                addr.sun_path.len()
+            ),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    loop {
+        // SAFETY: socket() takes integer arguments and returns a new descriptor.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `addr` is a filled sockaddr_un of at least `len` bytes, alive across
+        // the call.
+        let rc = unsafe {
+            libc::connect(
+                owned.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        if rc == 0 {
+            let stream = UnixStream::from(owned);
+            stream.set_nonblocking(false)?;
+            return Ok(stream);
+        }
+        let err = std::io::Error::last_os_error();
+        // A full backlog: the handler is busy accepting others; try again shortly.
+        if err.raw_os_error() == Some(libc::EAGAIN) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if err.raw_os_error() == Some(libc::EAGAIN) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handler did not accept the connection in time (its backlog is full)",
+            ));
+        }
+        return Err(err);
+    }
+}
+
+/// Reads one line from `stream`, at most `max` bytes, before `deadline` in all (a peer
+/// that trickles bytes cannot stretch it). Returns "" if the peer closes first.
+fn read_line_within(
+    mut stream: &UnixStream,
+    deadline: Instant,
+    max: usize,
+) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        // One byte at a time would be slow; bytes after the newline belong to no one (the
+        // handler writes nothing after its acknowledgement).
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.extend_from_slice(&chunk[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end + 1);
+            stream.set_read_timeout(None)?;
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        if line.len() > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("more than {max} bytes without a newline"),
+            ));
+        }
+    }
+}
+
+/// The handler side of the handshake: receives the regions and the descriptor, waiting
+/// at most [`RECEIVE_TIMEOUT`] for them.
 pub fn receive_from_vmm(
     stream: &UnixStream,
 ) -> Result<(Uffd, Vec<GuestRegionUffdMapping>), UffdError> {
@@ -152,9 +272,18 @@ pub fn receive_from_vmm(
         path: PathBuf::from("<connection>"),
         reason,
     };
+    stream
+        .set_read_timeout(Some(RECEIVE_TIMEOUT))
+        .map_err(|e| err(e.to_string()))?;
     // Zero-length datagrams are legal: retry a few times, as Firecracker's handlers do.
     for _ in 0..5 {
-        let (body, fd) = recv_fd(stream).map_err(|e| err(format!("receive: {e}")))?;
+        let (body, fd) = recv_fd(stream).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => err(format!(
+                "the VMM sent no regions within {} s",
+                RECEIVE_TIMEOUT.as_secs()
+            )),
+            _ => err(format!("receive: {e}")),
+        })?;
         let Some(fd) = fd else {
             if body.is_empty() {
                 continue;
@@ -164,6 +293,7 @@ pub fn receive_from_vmm(
         let regions: Vec<GuestRegionUffdMapping> = serde_json::from_slice(&body)
             .map_err(|e| UffdError::BadRegions(format!("bad JSON: {e}")))?;
         check_is_userfaultfd(&fd)?;
+        let _ = stream.set_read_timeout(None);
         return Ok((Uffd::from_fd(fd), regions));
     }
     Err(err("no message with a userfaultfd".into()))
@@ -297,6 +427,69 @@ fn recv_fd(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
 mod tests {
     use super::*;
     use crate::StopSignal;
+
+    /// A peer that trickles bytes without a newline, floods them, or sends nothing cannot
+    /// hold either side past its deadline.
+    #[test]
+    fn reads_are_bounded_in_time_and_size() {
+        use std::io::Write as _;
+        let (reader, mut writer) = UnixStream::pair().expect("socketpair");
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if writer.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        });
+        let started = Instant::now();
+        let e = read_line_within(&reader, Instant::now() + Duration::from_millis(300), 1024)
+            .expect_err("no newline within the deadline");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "a total deadline"
+        );
+        drop(reader);
+        trickle.join().expect("trickle");
+
+        let (reader, mut writer) = UnixStream::pair().expect("socketpair");
+        writer.write_all(&vec![b'y'; 4096]).expect("flood");
+        let e = read_line_within(&reader, Instant::now() + Duration::from_secs(5), 1024)
+            .expect_err("too long");
+        assert!(e.to_string().contains("without a newline"), "{e}");
+
+        let (vmm, handler) = UnixStream::pair().expect("socketpair");
+        let started = Instant::now();
+        let e = receive_from_vmm(&handler).expect_err("nothing sent");
+        assert!(e.to_string().contains("sent no regions within"), "{e}");
+        assert!(started.elapsed() < RECEIVE_TIMEOUT + Duration::from_secs(2));
+        drop(vmm);
+    }
+
+    /// Connecting to a handler whose backlog is full gives up at the deadline.
+    #[test]
+    fn connect_gives_up_on_a_full_backlog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("busy.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // SAFETY: listen() on our own socket, backlog 0 (one pending connection).
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut held = Vec::new();
+        let started = Instant::now();
+        let outcome = loop {
+            match connect_within(&path, Instant::now() + Duration::from_millis(300)) {
+                Ok(s) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 64, "the backlog never filled");
+        };
+        assert_eq!(outcome.kind(), std::io::ErrorKind::TimedOut, "{outcome}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let e = connect_within(&dir.path().join("absent.sock"), Instant::now())
+            .expect_err("nothing there");
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
 
     /// The handshake carries the region list and a working descriptor; bad regions are
     /// refused.
