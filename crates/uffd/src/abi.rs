@@ -15,7 +15,12 @@ use crate::PAGE;
 
 const UFFD_API: u64 = 0xAA;
 pub(crate) const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `madvise(MADV_DONTNEED/REMOVE)` or a balloon dropped a range (`arg[0]..arg[1]`).
+pub(crate) const UFFD_EVENT_REMOVE: u8 = 0x15;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// Report `madvise` removals as events (what Firecracker's VMM asks for, for its balloon):
+/// a removed page of anonymous memory reads as zeros afterwards, not as the snapshot.
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 
 /// `struct uffdio_api`.
 #[repr(C)]
@@ -65,6 +70,16 @@ pub(crate) struct UffdMsg {
     pub(crate) arg: [u64; 3],
 }
 
+/// `struct uffdio_zeropage`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+const _: () = assert!(std::mem::size_of::<UffdioZeropage>() == 32);
 const _: () = assert!(std::mem::size_of::<UffdioApi>() == 24);
 const _: () = assert!(std::mem::size_of::<UffdioRange>() == 16);
 const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
@@ -80,6 +95,7 @@ const UFFDIO_API: u64 = ioc(IOC_WRITE_READ, 0x3F, std::mem::size_of::<UffdioApi>
 const UFFDIO_REGISTER: u64 = ioc(IOC_WRITE_READ, 0x00, std::mem::size_of::<UffdioRegister>());
 const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, std::mem::size_of::<UffdioRange>());
 const UFFDIO_COPY: u64 = ioc(IOC_WRITE_READ, 0x03, std::mem::size_of::<UffdioCopy>());
+const UFFDIO_ZEROPAGE: u64 = ioc(IOC_WRITE_READ, 0x04, std::mem::size_of::<UffdioZeropage>());
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd` (`_IO(0xAA, 0x00)`).
 const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
 
@@ -87,6 +103,7 @@ const _: () = assert!(UFFDIO_API == 0xc018_aa3f);
 const _: () = assert!(UFFDIO_REGISTER == 0xc020_aa00);
 const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
+const _: () = assert!(UFFDIO_ZEROPAGE == 0xc020_aa04);
 
 /// `UFFDIO_COPY` retries on `EAGAIN` before it fails: with backoff capped at 1 ms, about
 /// ten seconds of an address space that never settles.
@@ -133,6 +150,19 @@ pub enum UffdError {
     /// The regions sent with the descriptor are unusable.
     #[error("bad guest memory regions from the VMM: {0}")]
     BadRegions(String),
+    /// The address space kept changing under a copy and no pending event explained it.
+    #[error("UFFDIO_COPY at {0:#x}: the address space never settled (EAGAIN for 10 s)")]
+    NeverSettled(u64),
+}
+
+/// What a single `UFFDIO_COPY` or `UFFDIO_ZEROPAGE` attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// The bytes were installed (or were present already: their waiters were woken).
+    Done(u64),
+    /// `EAGAIN`: the address space is changing (a removal is pending); read the pending
+    /// events, then try again.
+    Again,
 }
 
 pub(crate) fn ioctl_err(op: &'static str) -> impl FnOnce(std::io::Error) -> UffdError {
@@ -155,6 +185,11 @@ impl Uffd {
     /// Creates a non-blocking userfaultfd (through `/dev/userfaultfd`, falling back to the
     /// syscall) and negotiates the API with no optional features.
     pub fn new() -> Result<Self, UffdError> {
+        Self::with_features(0)
+    }
+
+    /// [`Uffd::new`] asking for `features` (e.g. [`UFFD_FEATURE_EVENT_REMOVE`]).
+    pub fn with_features(features: u64) -> Result<Self, UffdError> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         let fd = match File::options()
             .read(true)
@@ -181,6 +216,7 @@ impl Uffd {
         let uffd = Self { fd };
         let mut api = UffdioApi {
             api: UFFD_API,
+            features,
             ..UffdioApi::default()
         };
         uffd.ioctl(UFFDIO_API, &mut api, "UFFDIO_API")?;
@@ -271,6 +307,66 @@ impl Uffd {
             }
         }
         Ok(installed)
+    }
+
+    /// One `UFFDIO_COPY` of whole pages, without retrying `EAGAIN`: the caller reads the
+    /// pending events first (a removal may have changed what the range should hold).
+    pub fn try_copy(&self, dst: u64, src: &[u8]) -> Result<Filled, UffdError> {
+        let len = src.len() as u64;
+        let mut c = UffdioCopy {
+            dst,
+            src: src.as_ptr() as u64,
+            len,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY reads `len` bytes at `c.src`, which is `src`, and writes only
+        // into pages of the registered range, which the kernel checks.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) };
+        if rc == 0 {
+            return Ok(Filled::Done(len));
+        }
+        let err = std::io::Error::last_os_error();
+        if c.copy > 0 {
+            // Partly done: the rest is the caller's next attempt.
+            return Ok(Filled::Done(c.copy as u64));
+        }
+        match -c.copy as i32 {
+            libc::EEXIST => {
+                self.wake(dst, len)?;
+                Ok(Filled::Done(len))
+            }
+            libc::EAGAIN => Ok(Filled::Again),
+            _ => Err(ioctl_err("UFFDIO_COPY")(err)),
+        }
+    }
+
+    /// Maps zero pages over `[dst, dst + len)` (`UFFDIO_ZEROPAGE`), without retrying
+    /// `EAGAIN`.
+    pub fn try_zeropage(&self, dst: u64, len: u64) -> Result<Filled, UffdError> {
+        let mut z = UffdioZeropage {
+            range: UffdioRange { start: dst, len },
+            mode: 0,
+            zeropage: 0,
+        };
+        // SAFETY: UFFDIO_ZEROPAGE takes a pointer to the struct, valid for the call, and
+        // writes only into pages of the registered range, which the kernel checks.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut z) };
+        if rc == 0 {
+            return Ok(Filled::Done(len));
+        }
+        let err = std::io::Error::last_os_error();
+        if z.zeropage > 0 {
+            return Ok(Filled::Done(z.zeropage as u64));
+        }
+        match -z.zeropage as i32 {
+            libc::EEXIST => {
+                self.wake(dst, len)?;
+                Ok(Filled::Done(len))
+            }
+            libc::EAGAIN => Ok(Filled::Again),
+            _ => Err(ioctl_err("UFFDIO_ZEROPAGE")(err)),
+        }
     }
 
     /// Reads pending fault events into `buf`; returns how many (0 when none is pending).

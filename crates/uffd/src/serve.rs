@@ -9,7 +9,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
-use crate::abi::{UffdMsg, UFFD_EVENT_PAGEFAULT};
+use std::collections::VecDeque;
+
+use crate::abi::{Filled, UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE};
 use crate::{GuestRegionUffdMapping, Uffd, UffdError, PAGE};
 
 /// What one handler session did.
@@ -23,6 +25,12 @@ pub struct ServeStats {
 
 /// Serves missing-page faults of `uffd` from `file` until `stop` becomes readable or hangs
 /// up. With `record`, logs the file offset of every page served, in fault order.
+///
+/// Removal events (`madvise(MADV_DONTNEED)`, a balloon; sent only when the VMM asked for
+/// `UFFD_FEATURE_EVENT_REMOVE`) are honoured: a removed page of anonymous memory reads as
+/// zeros afterwards, so its later faults get a zero page, not the snapshot's stale
+/// contents. When a copy meets `EAGAIN` (a removal is pending), the pending events are read
+/// first and the copy is retried, instead of spinning.
 pub fn serve(
     uffd: &Uffd,
     regions: &[GuestRegionUffdMapping],
@@ -33,7 +41,70 @@ pub fn serve(
     let mut stats = ServeStats::default();
     let mut page = vec![0u8; PAGE as usize];
     let mut msgs = [UffdMsg::default(); 64];
+    let mut queue: VecDeque<UffdMsg> = VecDeque::new();
+    let mut removed = Removed::default();
     loop {
+        while let Some(msg) = queue.pop_front() {
+            match msg.event {
+                UFFD_EVENT_REMOVE => removed.add(msg.arg[0], msg.arg[1]),
+                UFFD_EVENT_PAGEFAULT => {
+                    let addr = msg.arg[1] & !(PAGE - 1);
+                    let offset = regions
+                        .iter()
+                        .find_map(|r| r.file_offset(addr))
+                        .ok_or(UffdError::Stray(addr))?;
+                    let mut have_page = false;
+                    let settle_by = Instant::now() + SETTLE_TIMEOUT;
+                    loop {
+                        // Decided on every attempt: a removal read while retrying turns
+                        // this fault into a zero page.
+                        let filled = if removed.contains(addr) {
+                            uffd.try_zeropage(addr, PAGE)?
+                        } else {
+                            if !have_page {
+                                file.read_exact_at(&mut page, offset).map_err(|source| {
+                                    UffdError::Source {
+                                        offset,
+                                        len: PAGE,
+                                        source,
+                                    }
+                                })?;
+                                have_page = true;
+                            }
+                            uffd.try_copy(addr, &page)?
+                        };
+                        match filled {
+                            Filled::Done(_) => break,
+                            Filled::Again => {
+                                // Whatever changes the address space is in the pending
+                                // events: removals apply before this fault is retried,
+                                // other faults wait their turn.
+                                let n = uffd.read_events(&mut msgs)?;
+                                for m in &msgs[..n] {
+                                    if m.event == UFFD_EVENT_REMOVE {
+                                        removed.add(m.arg[0], m.arg[1]);
+                                    } else {
+                                        queue.push_back(*m);
+                                    }
+                                }
+                                if n == 0 {
+                                    if Instant::now() >= settle_by {
+                                        return Err(UffdError::NeverSettled(addr));
+                                    }
+                                    std::thread::sleep(std::time::Duration::from_micros(100));
+                                }
+                            }
+                        }
+                    }
+                    stats.faults += 1;
+                    if record {
+                        stats.log.push(offset);
+                    }
+                }
+                // Other events (fork, remap, unmap) come only with features never asked for.
+                _ => {}
+            }
+        }
         let mut fds = [
             libc::pollfd {
                 fd: uffd.as_fd().as_raw_fd(),
@@ -57,28 +128,7 @@ pub fn serve(
         }
         if fds[0].revents & libc::POLLIN != 0 {
             let n = uffd.read_events(&mut msgs)?;
-            for msg in &msgs[..n] {
-                if msg.event != UFFD_EVENT_PAGEFAULT {
-                    continue;
-                }
-                let addr = msg.arg[1] & !(PAGE - 1);
-                let offset = regions
-                    .iter()
-                    .find_map(|r| r.file_offset(addr))
-                    .ok_or(UffdError::Stray(addr))?;
-                file.read_exact_at(&mut page, offset)
-                    .map_err(|source| UffdError::Source {
-                        offset,
-                        len: PAGE,
-                        source,
-                    })?;
-                if uffd.copy(addr, &page)? > 0 {
-                    stats.faults += 1;
-                    if record {
-                        stats.log.push(offset);
-                    }
-                }
-            }
+            queue.extend(&msgs[..n]);
             continue;
         }
         if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
@@ -88,6 +138,40 @@ pub fn serve(
         if fds[1].revents != 0 {
             return Ok(stats);
         }
+    }
+}
+
+/// Longest a fault's copy may keep meeting `EAGAIN` with no event to explain it.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Host address ranges removed since the handler started: they read as zeros.
+#[derive(Debug, Default)]
+struct Removed {
+    /// Disjoint `[start, end)` ranges, sorted by start.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Removed {
+    fn add(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut start, mut end) = (start, end);
+        self.ranges.retain(|&(s, e)| {
+            let touches = s <= end && start <= e;
+            if touches {
+                start = start.min(s);
+                end = end.max(e);
+            }
+            !touches
+        });
+        let at = self.ranges.partition_point(|&(s, _)| s < start);
+        self.ranges.insert(at, (start, end));
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        let at = self.ranges.partition_point(|&(s, _)| s <= addr);
+        at > 0 && addr < self.ranges[at - 1].1
     }
 }
 
@@ -224,6 +308,72 @@ mod tests {
             // SAFETY: unmapping exactly the mapping this value owns.
             unsafe { libc::munmap(self.ptr, self.len) };
         }
+    }
+
+    #[test]
+    fn removed_ranges_merge_and_answer() {
+        let mut r = Removed::default();
+        r.add(10, 20);
+        r.add(30, 40);
+        r.add(20, 30);
+        assert_eq!(r.ranges, vec![(10, 40)]);
+        r.add(5, 5);
+        r.add(50, 60);
+        assert!(r.contains(10) && r.contains(39) && r.contains(55));
+        assert!(!r.contains(9) && !r.contains(40) && !r.contains(60) && !r.contains(0));
+    }
+
+    /// A page the VMM removes (`MADV_DONTNEED`, as a balloon does) reads as zeros when it
+    /// faults again, not as the snapshot's stale contents.
+    #[test]
+    fn a_removed_page_faults_back_as_zeros() {
+        let Ok(uffd) = Uffd::with_features(crate::abi::UFFD_FEATURE_EVENT_REMOVE) else {
+            eprintln!("SKIPPED: no userfaultfd with remove events here");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mem");
+        let pages = 8u64;
+        let data: Vec<u8> = (0..pages * PAGE).map(|i| (i / PAGE) as u8 + 1).collect();
+        std::fs::write(&path, &data).expect("write");
+        let file = File::open(&path).expect("open");
+        let mem = Anon::new(pages * PAGE);
+        let base = mem.ptr as u64;
+        uffd.register_missing(base, pages * PAGE).expect("register");
+        let regions = [GuestRegionUffdMapping {
+            base_host_virt_addr: base,
+            size: pages * PAGE,
+            offset: 0,
+            page_size: PAGE,
+        }];
+        let stop = StopSignal::new().expect("eventfd");
+        std::thread::scope(|s| {
+            let server = s.spawn(|| serve(&uffd, &regions, &file, stop.as_fd(), false));
+            let read = |p: u64| {
+                // SAFETY: reading inside our mapping; the fault is served by the thread.
+                unsafe { std::ptr::read_volatile((base + p * PAGE + 9) as *const u8) }
+            };
+            let before = (read(3), read(4));
+            // SAFETY: dropping one page of our own mapping; nothing else uses it.
+            let rc = unsafe {
+                libc::madvise(
+                    (base + 3 * PAGE) as *mut libc::c_void,
+                    PAGE as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            let after = (read(3), read(4), read(6));
+            // Stop the server before asserting: a failed assertion must not leave the
+            // scope waiting for it.
+            stop.signal();
+            let stats = server.join().expect("join").expect("serve");
+            assert_eq!(rc, 0, "madvise");
+            assert_eq!(before, (4, 5), "served from the file");
+            assert_eq!(after.0, 0, "a removed page is zeros, not the snapshot");
+            assert_eq!(after.1, 5, "its neighbour is untouched");
+            assert_eq!(after.2, 7, "pages never removed still come from the file");
+            assert_eq!(stats.faults, 4);
+        });
     }
 
     /// Faults in an anonymous mapping are served from a file, logged in order, and a
