@@ -44,6 +44,9 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = snapbpf_store::interrupt::install() {
+        tracing::warn!("interrupts will not clean up: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Functions(a) => cmd::functions::run(a),

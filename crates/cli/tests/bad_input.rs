@@ -364,3 +364,92 @@ fn kvm_unavailable_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Holds a `flock` on `dir` as another snapbpf would.
+fn hold_lock(dir: &Path, op: libc::c_int) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir).expect("open the directory");
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) }, 0);
+    f
+}
+
+/// Recording locks a snapshot directory exclusively, restoring shares it: a second writer,
+/// or a writer beside running VMs, gets a clear "busy" error instead of interleaving.
+#[test]
+fn a_snapshot_in_use_is_busy() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let s = snap.to_str().expect("UTF-8");
+    let writer = hold_lock(&snap, libc::LOCK_EX);
+    fails(
+        &["invoke", s],
+        "is busy: another snapbpf is recording into it",
+    );
+    fails(
+        &["record", s, "--strategy", "faasnap"],
+        "is busy: another snapbpf is recording into it or restoring VMs from it",
+    );
+    fails(&["snapshot", "pyaes", "--out", s, "--force"], "is busy");
+    drop(writer);
+    let reader = hold_lock(&snap, libc::LOCK_SH);
+    ok(&["invoke", s]);
+    fails(&["record", s, "--strategy", "faasnap"], "is busy");
+    drop(reader);
+    ok(&["record", s, "--strategy", "faasnap"]);
+    ok(&["invoke", s, "--strategy", "faasnap"]);
+}
+
+/// SIGINT while a snapshot is being written removes the temporary directory, says so on
+/// one line and exits 130; nothing is left under the requested name.
+#[test]
+fn an_interrupted_snapshot_leaves_nothing_behind() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let out = dir.path().join("big");
+    // 2 GiB of guest memory take seconds to write densely (and hash): long enough to
+    // interrupt.
+    let child = std::process::Command::new(bin())
+        .args(["snapshot", "pyaes", "--mem-mib", "2048", "--out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start snapshot");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let tmp_seen = loop {
+        let tmp = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().starts_with(".big.tmp-"));
+        if let Some(t) = tmp {
+            if t.path().join("memory").exists() {
+                break true;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let output = child.wait_with_output().expect("wait");
+    assert!(tmp_seen, "the snapshot never started writing memory");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.lines().last().is_some_and(
+            |l| l.contains("interrupted by SIGINT; undid: removed the unfinished snapshot")
+        ),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -78,6 +78,9 @@ pub enum InvokeError {
     /// Cold state could not be prepared.
     #[error(transparent)]
     Evict(#[from] fsutil::EvictError),
+    /// The snapshot directory is being recorded into.
+    #[error(transparent)]
+    Lock(#[from] snapbpf_store::lock::LockError),
     /// Bad concurrency.
     #[error("--concurrency must be between 1 and 64, got {0}")]
     Concurrency(u32),
@@ -184,6 +187,9 @@ pub fn invoke(
         return Err(InvokeError::Concurrency(req.concurrency));
     }
     let snapshot = crate::snapshot::open(&req.dir)?;
+    // Held until every worker is gone: a `record` into this directory would change the
+    // artifacts under the VMs.
+    let _lock = snapbpf_store::lock::lock_dir(&req.dir, snapbpf_store::lock::LockMode::Shared)?;
     let info = snapbpf_functions::info(&snapshot.meta.function)
         .ok_or_else(|| OpenError::UnknownFunction(snapshot.meta.function.clone()))?;
     if req.run.input >= info.inputs {
@@ -223,6 +229,17 @@ pub fn invoke(
     })?;
     args_line.push(b'\n');
     let mut children: Vec<(Child, WorkerOutput)> = Vec::new();
+    let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let undo_pids = pids.clone();
+    let _interrupted =
+        snapbpf_store::interrupt::on_interrupt("stopped the VM workers", move || {
+            if let Ok(pids) = undo_pids.lock() {
+                for &pid in pids.iter() {
+                    // SAFETY: kill(2) on a worker we started and have not reaped yet.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        });
     // The run's own watchdog ends a VM at its timeout; these only catch a worker that is
     // stuck outside it.
     let ready_by = Instant::now() + READY_DEADLINE;
@@ -241,6 +258,9 @@ pub fn invoke(
                 })
             })?;
             send(&mut child, &args_line).map_err(worker_err(index))?;
+            if let Ok(mut pids) = pids.lock() {
+                pids.push(child.id());
+            }
             children.push((child, WorkerOutput::new(stdout)));
         }
         for (index, (_, out)) in children.iter_mut().enumerate() {
@@ -296,6 +316,10 @@ pub fn invoke(
             let _ = child.kill();
         }
         let _ = child.wait();
+    }
+    // Reaped: their pids may be reused, an interrupt must not kill those.
+    if let Ok(mut pids) = pids.lock() {
+        pids.clear();
     }
     let (runs, page_cache_kib, anon_kib) = result?;
     let prefetch =

@@ -142,13 +142,12 @@ pub fn profile(
         progress(&format!("{function}: record"));
         let ws_path = snapshot.artifact_path(WS_FILE);
         let _ = std::fs::remove_file(&ws_path);
-        capture
-            .build()
-            .record(&snapshot, input, timeout)
-            .map_err(|source| ProfileError::Record {
+        crate::strategy::record(capture.build().as_ref(), &snapshot, input, timeout).map_err(
+            |source| ProfileError::Record {
                 function: function.clone(),
                 source,
-            })?;
+            },
+        )?;
         let ws = WorkingSet::read(&ws_path).map_err(|source| ProfileError::WorkingSet {
             function: function.clone(),
             source,

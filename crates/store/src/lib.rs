@@ -5,6 +5,9 @@
 //! - [`identity`]: the one identity type that binds artifacts to a snapshot's memory file.
 //! - [`verify`]: checks a file against its identity, hashing only when a cheap key says
 //!   it may have changed (first use, a copy, an edit).
+//! - [`interrupt`]: what to undo when SIGINT/SIGTERM cut work short (temporary
+//!   directories, changed device settings, worker processes).
+//! - [`lock`]: shared (restore) and exclusive (record) locks on snapshot directories.
 //! - [`artifact`]: the one versioned, checksummed container for strategies' saved state.
 //! - [`fsutil`]: atomic writes, page-cache residency and eviction, whole-file direct reads.
 //!
@@ -14,6 +17,8 @@
 pub mod artifact;
 pub mod fsutil;
 pub mod identity;
+pub mod interrupt;
+pub mod lock;
 pub mod snapshot;
 pub mod verify;
 

@@ -79,6 +79,9 @@ pub enum WriteError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The snapshot to replace is in use.
+    #[error(transparent)]
+    Busy(#[from] crate::lock::LockError),
     /// The snapshot written cannot be opened again.
     #[error("the snapshot written to {path} does not open")]
     Reopen {
@@ -310,6 +313,11 @@ pub fn write(
         let path = path.to_path_buf();
         move |source| WriteError::Io { path, source }
     };
+    let undo_tmp = tmp.clone();
+    let _interrupted =
+        crate::interrupt::on_interrupt("removed the unfinished snapshot", move || {
+            let _ = std::fs::remove_dir_all(&undo_tmp);
+        });
     let result = (|| {
         let _ = std::fs::remove_dir_all(&tmp);
         // `create_dir`, not `create_dir_all`: it fails on anything already there.
@@ -351,6 +359,8 @@ pub fn write(
         let meta_path = tmp.join(META_FILE);
         fsutil::write_atomic(&meta_path, &json).map_err(io(&meta_path))?;
         if force && out.exists() {
+            // Not from under a `record` or running VMs.
+            let _busy = crate::lock::lock_dir(out, crate::lock::LockMode::Exclusive)?;
             let old = parent.join(format!(".{name}.old-{}", std::process::id()));
             std::fs::rename(out, &old).map_err(io(out))?;
             std::fs::remove_dir_all(&old).map_err(io(&old))?;

@@ -101,6 +101,11 @@ pub fn listen(
         source,
     })?;
     tracing::info!("uffd-handler: listening on {}", socket.display());
+    let undo_socket = socket.to_path_buf();
+    let _interrupted =
+        snapbpf_store::interrupt::on_interrupt("removed the handler's socket", move || {
+            let _ = std::fs::remove_file(&undo_socket);
+        });
     let slots = Arc::new(Slots::new(MAX_CONCURRENT_SESSIONS));
     let mut sessions = Vec::new();
     let mut count = 0u64;

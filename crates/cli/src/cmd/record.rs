@@ -36,7 +36,12 @@ pub fn run(args: Args) -> Result<()> {
         spec.label(),
         args.input
     );
-    let report = strategy.record(&snapshot, args.input, super::secs(args.timeout_secs))?;
+    let report = snapbpf::strategy::record(
+        strategy.as_ref(),
+        &snapshot,
+        args.input,
+        super::secs(args.timeout_secs),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

@@ -214,6 +214,11 @@ pub fn open_with_readahead_window(
         f.rewind()?;
         f.write_all(v.as_bytes())
     };
+    let (undo_knob, undo_value) = (knob.clone(), old.clone());
+    let _interrupted =
+        snapbpf_store::interrupt::on_interrupt("restored the device's read_ahead_kb", move || {
+            let _ = std::fs::write(&undo_knob, &undo_value);
+        });
     set(&mut sysfs, &kib.to_string()).map_err(knob_err("write"))?;
     let file = open();
     // Restore the device setting whatever happened to the open.

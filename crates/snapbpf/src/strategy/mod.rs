@@ -87,6 +87,9 @@ pub enum StrategyError {
     /// Userfaultfd-backed guest memory could not be set up or served.
     #[error(transparent)]
     Backend(#[from] crate::uffd_backend::BackendError),
+    /// The snapshot directory is locked by another snapbpf.
+    #[error(transparent)]
+    Lock(#[from] snapbpf_store::lock::LockError),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -162,6 +165,7 @@ pub trait Strategy: Send + Sync {
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError>;
 
     /// Runs one recorded invocation with `input` and writes the strategy's artifacts.
+    /// Callers go through [`record`], which locks the snapshot directory.
     fn record(
         &self,
         _snapshot: &Snapshot,
@@ -170,6 +174,20 @@ pub trait Strategy: Send + Sync {
     ) -> Result<RecordReport, StrategyError> {
         Err(StrategyError::NothingToRecord(self.name().into()))
     }
+}
+
+/// Records `strategy`'s artifacts for `snapshot` holding the directory's exclusive lock:
+/// a second `record`, or VMs restoring from the directory meanwhile, would interleave with
+/// the artifacts being written. Every front-end records through this.
+pub fn record(
+    strategy: &dyn Strategy,
+    snapshot: &Snapshot,
+    input: u32,
+    timeout: Duration,
+) -> Result<RecordReport, StrategyError> {
+    let _lock =
+        snapbpf_store::lock::lock_dir(&snapshot.dir, snapbpf_store::lock::LockMode::Exclusive)?;
+    strategy.record(snapshot, input, timeout)
 }
 
 /// A strategy's metadata artifact, read and checked by [`read_recorded`].

@@ -1,0 +1,100 @@
+//! Locks on snapshot directories: recording writes artifacts into a snapshot (exclusive),
+//! restoring reads them (shared), so a `record` never interleaves with another `record` or
+//! with VMs restoring from the same directory.
+//!
+//! The lock is `flock(2)` on the directory itself: nothing is created, it works on
+//! read-only filesystems, and the kernel drops it when the process dies.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// What the holder does with the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Reads it (restores VMs): many at once.
+    Shared,
+    /// Writes into it (records, replaces): alone.
+    Exclusive,
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct DirLock {
+    _dir: File,
+}
+
+/// Errors taking a lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Someone else holds a conflicting lock.
+    #[error("{path} is busy: {}; try again when it is done", match .wanted {
+        LockMode::Exclusive => "another snapbpf is recording into it or restoring VMs from it",
+        LockMode::Shared => "another snapbpf is recording into it",
+    })]
+    Busy {
+        /// The directory.
+        path: PathBuf,
+        /// The lock asked for.
+        wanted: LockMode,
+    },
+    /// The directory cannot be opened or locked.
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Takes a `mode` lock on the directory `dir` without waiting.
+pub fn lock_dir(dir: &Path, mode: LockMode) -> Result<DirLock, LockError> {
+    let io = |source| LockError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let file = File::open(dir).map_err(io)?;
+    let op = match mode {
+        LockMode::Shared => libc::LOCK_SH,
+        LockMode::Exclusive => libc::LOCK_EX,
+    } | libc::LOCK_NB;
+    loop {
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(DirLock { _dir: file });
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                return Err(LockError::Busy {
+                    path: dir.to_path_buf(),
+                    wanted: mode,
+                })
+            }
+            _ => return Err(io(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_exclude_everyone_and_readers_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reader = lock_dir(dir.path(), LockMode::Shared).expect("shared");
+        let _another = lock_dir(dir.path(), LockMode::Shared).expect("shared twice");
+        let e = lock_dir(dir.path(), LockMode::Exclusive).expect_err("readers hold it");
+        assert!(e.to_string().contains("is busy"), "{e}");
+        drop(reader);
+        drop(_another);
+        let writer = lock_dir(dir.path(), LockMode::Exclusive).expect("free now");
+        let e = lock_dir(dir.path(), LockMode::Shared).expect_err("a writer holds it");
+        assert!(e.to_string().contains("recording into it"), "{e}");
+        drop(writer);
+        assert!(lock_dir(&dir.path().join("absent"), LockMode::Shared).is_err());
+    }
+}
