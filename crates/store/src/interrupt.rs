@@ -67,8 +67,10 @@ fn install_once() -> std::io::Result<()> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: both descriptors are new and ours.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the read end is new and ours.
+    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: the write end is new and ours.
+    let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
     PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
     // The write end lives as long as the process.
     std::mem::forget(write);
@@ -104,15 +106,14 @@ fn install_once() -> std::io::Result<()> {
             std::process::exit(128 + i32::from(byte));
         })?;
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: sigaction with a handler that only calls write(2); the struct is
-        // zero-initialised plain data filled before the call.
-        let rc = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
+        // SAFETY: sigaction is plain data; all-zero is a valid value, filled below.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_signal as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: sigemptyset initialises the mask inside our struct.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: installs a handler that only calls write(2), from a filled struct.
+        let rc = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
