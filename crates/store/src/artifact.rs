@@ -63,11 +63,16 @@ pub fn write<H: Serialize>(
         path: path.to_path_buf(),
         source,
     };
-    let header = serde_json::to_vec(header).map_err(|e| io(e.into()))?;
+    let out = encode(kind, header, payload).map_err(io)?;
+    crate::fsutil::write_atomic(path, &out).map_err(io)?;
+    Ok(out.len() as u64)
+}
+
+/// The bytes of an artifact of `kind` holding `header` and `payload`.
+pub fn encode<H: Serialize>(kind: &str, header: &H, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let header = serde_json::to_vec(header)?;
     if kind.len() > KIND_LEN || header.len() > MAX_HEADER as usize {
-        return Err(io(std::io::Error::other(
-            "artifact kind or header too large",
-        )));
+        return Err(std::io::Error::other("artifact kind or header too large"));
     }
     let mut out = Vec::with_capacity(FIXED + header.len() + 12 + payload.len());
     out.extend_from_slice(ARTIFACT_MAGIC);
@@ -81,8 +86,7 @@ pub fn write<H: Serialize>(
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    crate::fsutil::write_atomic(path, &out).map_err(io)?;
-    Ok(out.len() as u64)
+    Ok(out)
 }
 
 /// Reads an artifact of `kind`: checks magic, version, kind, lengths and CRC, then parses
@@ -100,6 +104,20 @@ pub fn read<H: DeserializeOwned>(path: &Path, kind: &str) -> Result<(H, Vec<u8>)
                 source,
             },
         })?;
+    decode(&bytes, kind, path)
+}
+
+/// Parses the bytes of an artifact of `kind` read from `path` (named in errors): the
+/// checks of [`read`], without the file.
+pub fn decode<H: DeserializeOwned>(
+    bytes: &[u8],
+    kind: &str,
+    path: &Path,
+) -> Result<(H, Vec<u8>), ArtifactError> {
+    let corrupt = |reason: String| ArtifactError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
     if bytes.len() < FIXED + 8 + 4 {
         return Err(corrupt("truncated (shorter than the fixed header)".into()));
     }

@@ -226,25 +226,7 @@ impl Snapshot {
             move |source| OpenError::Io { path, source }
         };
         let raw = fsutil::read_regular(&meta_path, MAX_META_BYTES).map_err(io(&meta_path))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&raw).map_err(|e| OpenError::CorruptMeta {
-                path: meta_path.clone(),
-                reason: e.to_string(),
-            })?;
-        let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("");
-        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-        if format != META_FORMAT || version != META_VERSION {
-            return Err(OpenError::Version {
-                path: meta_path,
-                format: format.to_string(),
-                version,
-            });
-        }
-        let meta: SnapshotMeta =
-            serde_json::from_value(value).map_err(|e| OpenError::CorruptMeta {
-                path: meta_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let meta = parse_meta(&raw, &meta_path)?;
         if meta.guest_digest != guest_digest {
             return Err(OpenError::GuestMismatch {
                 found: meta.guest_digest,
@@ -289,6 +271,29 @@ impl Snapshot {
             vcpu,
         })
     }
+}
+
+/// Parses `snapshot.json` (read from `path`, named in errors): format and version first,
+/// then the fields.
+pub fn parse_meta(raw: &[u8], path: &Path) -> Result<SnapshotMeta, OpenError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| OpenError::CorruptMeta {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("");
+    let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if format != META_FORMAT || version != u64::from(META_VERSION) {
+        return Err(OpenError::Version {
+            path: path.to_path_buf(),
+            format: format.to_string(),
+            version: u32::try_from(version).unwrap_or(u32::MAX),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| OpenError::CorruptMeta {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Writes `contents` as a snapshot directory at `out`, atomically: it is built under a

@@ -56,6 +56,27 @@ impl GuestRegionUffdMapping {
     }
 }
 
+/// Parses the region list of a VMM's handshake message (at most [`MAX_REGIONS`]).
+pub fn parse_regions(body: &[u8]) -> Result<Vec<GuestRegionUffdMapping>, UffdError> {
+    let regions: Vec<GuestRegionUffdMapping> = serde_json::from_slice(body)
+        .map_err(|e| UffdError::BadRegions(format!("bad JSON: {e}")))?;
+    if regions.len() > MAX_REGIONS {
+        return Err(UffdError::BadRegions(format!(
+            "{} regions, at most {MAX_REGIONS} are served",
+            regions.len()
+        )));
+    }
+    Ok(regions)
+}
+
+/// Most regions one VM may hand over (Firecracker sends one per memory slot: a handful).
+pub const MAX_REGIONS: usize = 4096;
+
+/// Parses a handler's acknowledgement line.
+pub fn parse_ack(line: &str) -> Result<HandlerAck, serde_json::Error> {
+    serde_json::from_str(line.trim())
+}
+
 /// Checks regions received from a VMM against the memory file they are served from.
 pub fn check_regions(regions: &[GuestRegionUffdMapping], file_len: u64) -> Result<(), UffdError> {
     if regions.is_empty() {
@@ -140,7 +161,7 @@ pub fn send_to_handler(
             "the handler closed the connection without acknowledging".into(),
         ));
     }
-    let ack: HandlerAck = serde_json::from_str(line.trim())
+    let ack: HandlerAck = parse_ack(&line)
         .map_err(|e| sock_err(format!("bad acknowledgement '{}': {e}", line.trim())))?;
     if let Some(e) = &ack.error {
         return Err(sock_err(format!("the handler refused the VM: {e}")));
@@ -290,8 +311,7 @@ pub fn receive_from_vmm(
             }
             return Err(err("message carries no userfaultfd".into()));
         };
-        let regions: Vec<GuestRegionUffdMapping> = serde_json::from_slice(&body)
-            .map_err(|e| UffdError::BadRegions(format!("bad JSON: {e}")))?;
+        let regions = parse_regions(&body)?;
         check_is_userfaultfd(&fd)?;
         let _ = stream.set_read_timeout(None);
         return Ok((Uffd::from_fd(fd), regions));

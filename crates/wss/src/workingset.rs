@@ -74,11 +74,11 @@ pub struct PageRange {
 impl PageRange {
     /// One past the last page.
     pub fn end(&self) -> u64 {
-        self.start + self.pages
+        self.start.saturating_add(self.pages)
     }
     /// Byte offset of the range in the file.
     pub fn offset(&self) -> u64 {
-        self.start * PAGE_SIZE
+        self.start.saturating_mul(PAGE_SIZE)
     }
     /// Length of the range in bytes.
     pub fn len_bytes(&self) -> u64 {
@@ -295,16 +295,17 @@ impl WorkingSet {
         }
         let mut meta = CaptureMeta::default();
         for s in sets {
-            meta.total_events += s.meta.total_events;
-            meta.lost_events += s.meta.lost_events;
-            meta.capture_ns += s.meta.capture_ns;
+            // Counters come from files: saturate rather than overflow.
+            meta.total_events = meta.total_events.saturating_add(s.meta.total_events);
+            meta.lost_events = meta.lost_events.saturating_add(s.meta.lost_events);
+            meta.capture_ns = meta.capture_ns.saturating_add(s.meta.capture_ns);
             meta.captured_at_unix_ns = meta.captured_at_unix_ns.max(s.meta.captured_at_unix_ns);
-            meta.captures += s.meta.captures;
+            meta.captures = meta.captures.saturating_add(s.meta.captures);
             if meta.order_histogram.len() < s.meta.order_histogram.len() {
                 meta.order_histogram.resize(s.meta.order_histogram.len(), 0);
             }
             for (a, b) in meta.order_histogram.iter_mut().zip(&s.meta.order_histogram) {
-                *a += b;
+                *a = a.saturating_add(*b);
             }
         }
         let pages = sets.iter().flat_map(|s| s.pages());
@@ -320,12 +321,16 @@ impl WorkingSet {
 
     /// Total pages in all ranges.
     pub fn total_pages(&self) -> u64 {
-        self.ranges.iter().map(|r| r.pages).sum()
+        // Validated ranges are disjoint pages of one file, so this cannot overflow; an
+        // unvalidated one saturates.
+        self.ranges
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.pages))
     }
 
     /// Total bytes in all ranges.
     pub fn total_bytes(&self) -> u64 {
-        self.total_pages() * PAGE_SIZE
+        self.total_pages().saturating_mul(PAGE_SIZE)
     }
 
     /// Serialises to the version-1 format.
@@ -702,6 +707,38 @@ mod tests {
         assert_eq!(ws.meta.pages, 7);
         assert_eq!(ws.total_pages(), 7);
         ws.validate().unwrap();
+    }
+
+    /// A file may claim a range as large as the page index allows: counting it never
+    /// overflows.
+    #[test]
+    fn counters_a_file_controls_never_overflow() {
+        let huge = FileIdentity {
+            size: u64::MAX,
+            digest: [1; 32],
+        };
+        let ws = WorkingSet {
+            identity: huge,
+            meta: CaptureMeta {
+                total_events: u64::MAX,
+                captures: u32::MAX,
+                order_histogram: vec![u64::MAX],
+                ..CaptureMeta::default()
+            },
+            ranges: vec![PageRange {
+                start: 0,
+                pages: u64::MAX / PAGE_SIZE + 1,
+                first_access_ns: 0,
+            }],
+        };
+        let parsed = WorkingSet::from_bytes(&ws.to_bytes()).expect("a valid file");
+        assert_eq!(parsed.total_bytes(), u64::MAX);
+        // Merging visits every page: with the counters at their limits, not the ranges.
+        let mut small = parsed;
+        small.ranges[0].pages = 3;
+        let merged = WorkingSet::merge(&[small.clone(), small]).expect("merge");
+        assert_eq!(merged.meta.total_events, u64::MAX);
+        assert_eq!(merged.meta.captures, u32::MAX);
     }
 
     #[test]

@@ -1,0 +1,492 @@
+//! Mutation fuzzing of every parser that reads untrusted bytes, on stable Rust.
+//!
+//! Each [`Target`] starts from valid inputs its own format writes (seeds) and feeds the
+//! parser mutated copies: bit flips, byte overwrites with boundary values, truncation,
+//! insertion, deletion and splices, and for JSON formats also structural mutations
+//! (a value replaced by an extreme one, a key removed, a container emptied or nested).
+//! Binary formats that end in a CRC32 get it recomputed after mutating, so the mutations
+//! reach the code behind the checksum instead of stopping at it. A parser may refuse an
+//! input; it must not panic, hang or allocate without bound, and what it accepts must
+//! survive what the program does next with it (validation, rendering).
+//!
+//! `cargo run --release -p snapbpf-fuzz -- --seconds 600` runs every target; the test suite
+//! runs each for a bounded number of inputs.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One parser under test.
+#[derive(Debug)]
+pub struct Target {
+    /// Name, as on the command line.
+    pub name: &'static str,
+    /// Valid inputs to mutate.
+    pub seeds: fn() -> Vec<Vec<u8>>,
+    /// Parses (and uses) one input; returns whether it was accepted.
+    pub run: fn(&[u8]) -> bool,
+    /// The format is JSON: also mutate it structurally.
+    pub json: bool,
+    /// The format ends in a CRC32 of every byte before it: recompute it after mutating.
+    pub trailing_crc: bool,
+}
+
+/// Every target.
+pub fn targets() -> Vec<Target> {
+    vec![
+        Target {
+            name: "snapshot-json",
+            seeds: seeds::snapshot_json,
+            run: parse::snapshot_json,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
+            name: "vcpu",
+            seeds: seeds::vcpu,
+            run: parse::vcpu,
+            json: false,
+            trailing_crc: true,
+        },
+        Target {
+            name: "artifact",
+            seeds: seeds::artifact,
+            run: parse::artifact,
+            json: false,
+            trailing_crc: true,
+        },
+        Target {
+            name: "working-set",
+            seeds: seeds::working_set,
+            run: parse::working_set,
+            json: false,
+            trailing_crc: true,
+        },
+        Target {
+            name: "handshake-regions",
+            seeds: seeds::regions,
+            run: parse::regions,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
+            name: "handshake-ack",
+            seeds: seeds::ack,
+            run: parse::ack,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
+            name: "results-json",
+            seeds: seeds::results,
+            run: parse::results,
+            json: true,
+            trailing_crc: false,
+        },
+    ]
+}
+
+/// What a fuzzing run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Inputs fed to the parser.
+    pub inputs: u64,
+    /// Inputs it accepted.
+    pub accepted: u64,
+    /// Inputs that made it panic (the first one is kept).
+    pub crashes: u64,
+    /// The first crashing input.
+    pub first_crash: Option<Vec<u8>>,
+}
+
+/// Feeds `target` mutated inputs until `max_inputs` or `max_time`, from a fixed `seed`
+/// (runs are reproducible).
+pub fn fuzz(target: &Target, max_inputs: u64, max_time: Duration, seed: u64) -> Outcome {
+    let seeds = (target.seeds)();
+    let mut rng = Rng(seed | 1);
+    let mut outcome = Outcome::default();
+    let started = Instant::now();
+    // Silence the default hook's message per crash; crashes are counted and reported.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    while outcome.inputs < max_inputs && started.elapsed() < max_time {
+        let base = &seeds[rng.below(seeds.len() as u64) as usize];
+        let mut input = if target.json && rng.below(2) == 0 {
+            mutate_json(&mut rng, base).unwrap_or_else(|| mutate_bytes(&mut rng, base, &seeds))
+        } else {
+            mutate_bytes(&mut rng, base, &seeds)
+        };
+        if target.trailing_crc && input.len() >= 4 && rng.below(8) != 0 {
+            let n = input.len() - 4;
+            let crc = crc32fast::hash(&input[..n]);
+            input[n..].copy_from_slice(&crc.to_le_bytes());
+        }
+        outcome.inputs += 1;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&input))) {
+            Ok(true) => outcome.accepted += 1,
+            Ok(false) => {}
+            Err(_) => {
+                outcome.crashes += 1;
+                outcome.first_crash.get_or_insert(input);
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    outcome
+}
+
+/// xorshift64*: fast, and enough to drive mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+/// Values at the edges of what length and offset fields hold.
+const INTERESTING: [u64; 12] = [
+    0,
+    1,
+    4095,
+    4096,
+    0x7f,
+    0xff,
+    0xffff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    1 << 32,
+    i64::MAX as u64,
+    u64::MAX,
+];
+
+fn mutate_bytes(rng: &mut Rng, base: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = base.to_vec();
+    for _ in 0..=rng.below(4) {
+        let len = v.len() as u64;
+        match rng.below(8) {
+            0 if len > 0 => {
+                let at = rng.below(len) as usize;
+                v[at] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let at = rng.below(len) as usize;
+                v[at] = rng.next() as u8;
+            }
+            2 if len >= 8 => {
+                // An aligned little-endian field set to a boundary value.
+                let at = (rng.below(len - 7) as usize) & !3;
+                let value = INTERESTING[rng.below(INTERESTING.len() as u64) as usize];
+                let width = if rng.below(2) == 0 { 4 } else { 8 };
+                let bytes = value.to_le_bytes();
+                let end = (at + width).min(v.len());
+                v[at..end].copy_from_slice(&bytes[..end - at]);
+            }
+            3 => v.truncate(rng.below(len + 1) as usize),
+            4 => {
+                let at = rng.below(len + 1) as usize;
+                let n = rng.below(64) as usize + 1;
+                let fill: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                v.splice(at..at, fill);
+            }
+            5 if len > 0 => {
+                let at = rng.below(len) as usize;
+                let n = (rng.below(64) as usize + 1).min(v.len() - at);
+                v.drain(at..at + n);
+            }
+            6 => {
+                // Splice: the head of this input, the tail of another seed.
+                let other = &seeds[rng.below(seeds.len() as u64) as usize];
+                let cut = rng.below(len + 1) as usize;
+                let from = rng.below(other.len() as u64 + 1) as usize;
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            _ if len > 0 => {
+                // Duplicate a chunk (repeated records, doubled counts).
+                let at = rng.below(len) as usize;
+                let n = (rng.below(256) as usize + 1).min(v.len() - at);
+                let chunk = v[at..at + n].to_vec();
+                v.splice(at..at, chunk);
+            }
+            _ => v.push(rng.next() as u8),
+        }
+    }
+    v
+}
+
+fn mutate_json(rng: &mut Rng, base: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(base).ok()?;
+    for _ in 0..=rng.below(3) {
+        let mut leaves = 0u64;
+        count_nodes(&value, &mut leaves);
+        let pick = rng.below(leaves.max(1));
+        let mut seen = 0u64;
+        mutate_node(rng, &mut value, pick, &mut seen);
+    }
+    serde_json::to_vec(&value).ok()
+}
+
+fn count_nodes(v: &serde_json::Value, n: &mut u64) {
+    *n += 1;
+    match v {
+        serde_json::Value::Array(a) => a.iter().for_each(|c| count_nodes(c, n)),
+        serde_json::Value::Object(o) => o.values().for_each(|c| count_nodes(c, n)),
+        _ => {}
+    }
+}
+
+fn mutate_node(rng: &mut Rng, v: &mut serde_json::Value, pick: u64, seen: &mut u64) -> bool {
+    use serde_json::{json, Value};
+    if *seen == pick {
+        *v = match rng.below(10) {
+            0 => json!(INTERESTING[rng.below(INTERESTING.len() as u64) as usize]),
+            1 => json!(-(rng.below(1 << 40) as i64) - 1),
+            2 => json!(f64::MAX),
+            3 => json!(1e308 * (rng.below(3) as f64 - 1.0)),
+            4 => json!(""),
+            5 => Value::String("x".repeat(rng.below(5000) as usize)),
+            6 => Value::Null,
+            7 => match &*v {
+                Value::Array(a) => {
+                    let mut a = a.clone();
+                    if let Some(first) = a.first().cloned() {
+                        for _ in 0..rng.below(50) {
+                            a.push(first.clone());
+                        }
+                    }
+                    Value::Array(a)
+                }
+                Value::Object(o) => {
+                    let mut o = o.clone();
+                    if let Some(k) = o.keys().nth(rng.below(o.len() as u64) as usize).cloned() {
+                        o.remove(&k);
+                    }
+                    Value::Object(o)
+                }
+                other => json!([other.clone()]),
+            },
+            8 => json!({}),
+            _ => json!(rng.below(u64::MAX) as f64 / 3.0),
+        };
+        return true;
+    }
+    *seen += 1;
+    match v {
+        Value::Array(a) => a.iter_mut().any(|c| mutate_node(rng, c, pick, seen)),
+        Value::Object(o) => o.values_mut().any(|c| mutate_node(rng, c, pick, seen)),
+        _ => false,
+    }
+}
+
+/// Valid inputs, written by each format's own writer.
+mod seeds {
+    use super::*;
+    use snapbpf_store::FileIdentity;
+    use snapbpf_uffd::{GuestRegionUffdMapping, HandlerAck};
+    use snapbpf_wss::workingset::{CaptureMeta, WorkingSet};
+
+    pub fn snapshot_json() -> Vec<Vec<u8>> {
+        let meta = serde_json::json!({
+            "format": "snapbpf-snapshot", "version": 1, "function": "pyaes",
+            "function_index": 0, "mem_bytes": 67108864u64, "abi_version": 1,
+            "guest_digest": "0123456789abcdef",
+            "memory": {"size": 67108864u64, "sha256": "ab".repeat(32)},
+            "vcpu_crc32": 12345, "init_ms": 81.5, "created_unix": 1_700_000_000u64,
+            "snapbpf_version": "0.1.0"
+        });
+        vec![serde_json::to_vec_pretty(&meta).unwrap_or_default()]
+    }
+
+    pub fn vcpu() -> Vec<Vec<u8>> {
+        let mut state = snapbpf_vmm::VcpuState::default();
+        state.regs.rip = 0x10_0000;
+        state.sregs.cr0 = 0x8000_0031;
+        vec![
+            snapbpf_vmm::VcpuState::default().to_bytes(),
+            state.to_bytes(),
+        ]
+    }
+
+    pub fn artifact() -> Vec<Vec<u8>> {
+        let header = serde_json::json!({
+            "memory": {"size": 1u64 << 26, "sha256": "cd".repeat(32)},
+            "page_size": 4096, "pages": 3, "ws_bytes": 12288, "ws_crc32": 7, "input": 0
+        });
+        let payload: Vec<u8> = [0u64, 4096, 8192]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut out = Vec::new();
+        for (kind, p) in [
+            ("reap-trace", payload.as_slice()),
+            ("faasnap-meta", &[][..]),
+        ] {
+            out.push(snapbpf_store::artifact::encode(kind, &header, p).unwrap_or_default());
+        }
+        out
+    }
+
+    pub fn working_set() -> Vec<Vec<u8>> {
+        let id = FileIdentity {
+            size: 1 << 26,
+            digest: [9; 32],
+        };
+        let meta = CaptureMeta {
+            total_events: 9,
+            captures: 1,
+            order_histogram: vec![5, 0, 1],
+            ..CaptureMeta::default()
+        };
+        let pages = [(100, 50), (101, 10), (102, 70), (5, 30), (7, 20), (8, 90)];
+        vec![
+            WorkingSet::from_pages(id, pages, meta).to_bytes(),
+            WorkingSet::from_pages(id, [], CaptureMeta::default()).to_bytes(),
+        ]
+    }
+
+    pub fn regions() -> Vec<Vec<u8>> {
+        let r = |base, size, offset| GuestRegionUffdMapping {
+            base_host_virt_addr: base,
+            size,
+            offset,
+            page_size: 4096,
+        };
+        vec![
+            serde_json::to_vec(&[r(0x7f00_0000_0000, 1 << 26, 0)]).unwrap_or_default(),
+            serde_json::to_vec(&[
+                r(0x7f00_0000_0000, 1 << 20, 0),
+                r(0x7f10_0000_0000, 1 << 21, 1 << 20),
+            ])
+            .unwrap_or_default(),
+        ]
+    }
+
+    pub fn ack() -> Vec<Vec<u8>> {
+        let ack = HandlerAck {
+            bytes: 4096,
+            ranges: 1,
+            ms: 0.5,
+            error: Some("prefetch failed".into()),
+            memory: Some(FileIdentity {
+                size: 1 << 26,
+                digest: [3; 32],
+            }),
+        };
+        vec![
+            serde_json::to_vec(&ack).unwrap_or_default(),
+            serde_json::to_vec(&HandlerAck::default()).unwrap_or_default(),
+        ]
+    }
+
+    /// A small run's results: the committed full run's, cut to a few of each record.
+    pub fn results() -> Vec<Vec<u8>> {
+        let full =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/full/results.json");
+        let Ok(raw) = std::fs::read(full) else {
+            return vec![b"{}".to_vec()];
+        };
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+            return vec![b"{}".to_vec()];
+        };
+        if let Some(o) = v.as_object_mut() {
+            for (key, keep) in [
+                ("samples", 24),
+                ("records", 4),
+                ("snapshots", 3),
+                ("device_bounds", 3),
+                ("references", 3),
+                ("wrong", 2),
+            ] {
+                if let Some(a) = o.get_mut(key).and_then(|a| a.as_array_mut()) {
+                    a.truncate(keep);
+                }
+            }
+        }
+        vec![serde_json::to_vec(&v).unwrap_or_default()]
+    }
+}
+
+/// Each parser, and what the program does with what it accepts.
+mod parse {
+    use super::*;
+
+    pub fn snapshot_json(b: &[u8]) -> bool {
+        snapbpf_store::snapshot::parse_meta(b, Path::new("snapshot.json")).is_ok()
+    }
+
+    pub fn vcpu(b: &[u8]) -> bool {
+        snapbpf_vmm::VcpuState::from_bytes(b).is_ok()
+    }
+
+    pub fn artifact(b: &[u8]) -> bool {
+        let path = Path::new("artifact");
+        let decoded = snapbpf_store::artifact::decode::<serde_json::Value>(b, "reap-trace", path)
+            .or_else(|_| {
+                snapbpf_store::artifact::decode::<serde_json::Value>(b, "faasnap-meta", path)
+            });
+        match decoded {
+            Ok((_, payload)) => {
+                let _ = snapbpf_store::artifact::u64s(&payload);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn working_set(b: &[u8]) -> bool {
+        match snapbpf_wss::workingset::WorkingSet::from_bytes(b) {
+            Ok(ws) => {
+                // What a restore does with one: sizes and a round trip.
+                let _ = (ws.total_pages(), ws.total_bytes());
+                let again = snapbpf_wss::workingset::WorkingSet::from_bytes(&ws.to_bytes());
+                assert_eq!(
+                    again.ok().as_ref(),
+                    Some(&ws),
+                    "a working set survives a round trip"
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn regions(b: &[u8]) -> bool {
+        let Ok(regions) = snapbpf_uffd::handshake::parse_regions(b) else {
+            return false;
+        };
+        let accepted = snapbpf_uffd::check_regions(&regions, 1 << 26).is_ok();
+        for r in &regions {
+            for probe in [0, r.offset, r.base_host_virt_addr, u64::MAX, r.size] {
+                let _ = (r.host_addr(probe), r.file_offset(probe));
+            }
+        }
+        accepted
+    }
+
+    pub fn ack(b: &[u8]) -> bool {
+        std::str::from_utf8(b).is_ok_and(|s| snapbpf_uffd::handshake::parse_ack(s).is_ok())
+    }
+
+    pub fn results(b: &[u8]) -> bool {
+        let Ok(results) = serde_json::from_slice::<snapbpf_bench::BenchResults>(b) else {
+            return false;
+        };
+        // What --replot does with it, short of writing files.
+        let _ = snapbpf_bench::report::markdown(&results);
+        let _ = snapbpf_bench::report::console(&results);
+        let _ = snapbpf_bench::report::figures(&results);
+        true
+    }
+}
