@@ -215,23 +215,7 @@ fn broken_snapshots_are_refused() {
     // Same size, one byte changed, mtime put back: identity is content, so it is caught.
     case(
         "edited-memory",
-        &|d| {
-            let path = d.join("memory");
-            let mtime = std::fs::metadata(&path)
-                .expect("stat")
-                .modified()
-                .expect("mtime");
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .expect("open");
-            use std::os::unix::fs::FileExt;
-            let mut byte = [0u8];
-            f.read_exact_at(&mut byte, 123_457).expect("read");
-            f.write_all_at(&[!byte[0]], 123_457).expect("write");
-            f.set_modified(mtime).expect("put mtime back");
-        },
+        &|d| flip_keeping_mtime(&d.join("memory"), 123_457),
         "memory file is not the one it was taken with",
     );
     case(
@@ -452,4 +436,25 @@ fn an_interrupted_snapshot_leaves_nothing_behind() {
     assert!(!out.exists());
     let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `uffd-handler --socket` never deletes what is at that path unless it is a socket.
+#[test]
+fn the_handler_socket_path_is_never_clobbered() {
+    let dir = scratch();
+    let memory = dir.path().join("memory");
+    std::fs::write(&memory, vec![7u8; 1 << 20]).expect("write");
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, b"keep me").expect("write");
+    fails(
+        &[
+            "uffd-handler",
+            "--socket",
+            precious.to_str().expect("UTF-8"),
+            "--memory-file",
+            memory.to_str().expect("UTF-8"),
+        ],
+        "exists and is not a socket: refusing to replace it",
+    );
+    assert_eq!(std::fs::read(&precious).expect("read"), b"keep me");
 }

@@ -249,6 +249,30 @@ fn bad_artifacts_are_refused() {
 
 struct Handler(Child);
 
+/// Starts `snapbpf uffd-handler --socket SOCKET ARGS...` and waits until it listens.
+fn start_handler(socket: &Path, args: &[&std::ffi::OsStr]) -> Handler {
+    let handler = Handler(
+        Command::new(bin())
+            .arg("uffd-handler")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the handler"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the handler never listened on {socket:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handler
+}
+
 impl Drop for Handler {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -274,19 +298,7 @@ fn reap_with_external_uffd_handler() {
         &["invoke", snap, "--strategy", "reap", "--uffd-handler", sock],
         "connect",
     );
-    let _handler = Handler(
-        Command::new(bin())
-            .args(["uffd-handler", "--socket", sock, "--snapshot", snap])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the handler"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the handler never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _handler = start_handler(&socket, &["--snapshot".as_ref(), snap.as_ref()]);
     for (input, conc) in [(0usize, "1"), (1, "3")] {
         let report = json(&[
             "invoke",
@@ -314,19 +326,7 @@ fn reap_with_external_uffd_handler() {
     let raw_socket = dir.path().join("raw.sock");
     let raw = raw_socket.to_str().expect("UTF-8 path");
     let memory = snap_path.join("memory");
-    let _raw_handler = Handler(
-        Command::new(bin())
-            .args(["uffd-handler", "--socket", raw, "--memory-file"])
-            .arg(&memory)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the handler"),
-    );
-    while !raw_socket.exists() {
-        assert!(Instant::now() < deadline, "the raw handler never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _raw_handler = start_handler(&raw_socket, &["--memory-file".as_ref(), memory.as_ref()]);
     let report = json(&[
         "invoke",
         snap,
@@ -349,22 +349,10 @@ fn reap_with_external_uffd_handler() {
     std::fs::write(&other_memory, bytes).expect("write");
     let other_socket = dir.path().join("other.sock");
     let other = other_socket.to_str().expect("UTF-8 path");
-    let _other_handler = Handler(
-        Command::new(bin())
-            .args(["uffd-handler", "--socket", other, "--memory-file"])
-            .arg(&other_memory)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the handler"),
+    let _other_handler = start_handler(
+        &other_socket,
+        &["--memory-file".as_ref(), other_memory.as_ref()],
     );
-    while !other_socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the other handler never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     fails(
         &[
             "invoke",

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -24,23 +22,6 @@ fn strategies() -> Vec<(String, bool)> {
             )
         })
         .collect()
-}
-
-/// Flips one byte of `path` in place and puts its modification time back.
-fn flip_keeping_mtime(path: &Path, at: u64) {
-    let mtime = std::fs::metadata(path)
-        .expect("stat")
-        .modified()
-        .expect("mtime");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open");
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).expect("read");
-    f.write_all_at(&[!byte[0]], at).expect("write");
-    f.set_modified(mtime).expect("put the mtime back");
 }
 
 #[test]

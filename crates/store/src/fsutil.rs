@@ -56,7 +56,7 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     open_regular_with(path, 0)
 }
 
-pub(crate) fn open_regular_with(path: &Path, extra_flags: libc::c_int) -> std::io::Result<File> {
+fn open_regular_with(path: &Path, extra_flags: libc::c_int) -> std::io::Result<File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = OpenOptions::new()
         .read(true)
@@ -307,37 +307,56 @@ pub fn make_resident(path: &Path) -> std::io::Result<u64> {
 /// the file (more only if the kernel returns short). Falls back to a buffered read where the
 /// filesystem has no direct I/O (tmpfs). Returns the buffer and whether it was direct.
 pub fn read_direct(path: &Path) -> std::io::Result<(AlignedBuf, bool)> {
-    let (file, direct) = match open_regular_with(path, libc::O_DIRECT) {
-        Ok(f) => (f, true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open_regular(path)?, false),
-        Err(e) => return Err(e),
-    };
+    let (file, direct) = open_direct(path)?;
     let len = file.metadata()?.len();
     let mut buf = AlignedBuf::new(len.div_ceil(crate::PAGE_SIZE) * crate::PAGE_SIZE)?;
     let mut done = 0usize;
     let want = len as usize;
     while done < want {
         // O_DIRECT needs block-aligned lengths: ask for the rounded-up rest.
-        let rest = &mut buf.as_mut_slice()[done..];
-        // SAFETY: reads into our own buffer slice of `rest.len()` bytes.
-        let n = unsafe { libc::read(file.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(err);
-        }
+        let n = read_at(&file, &mut buf.as_mut_slice()[done..], done as u64)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "file shrank while being read",
             ));
         }
-        done += n as usize;
+        done += n;
     }
     buf.len = want;
     Ok((buf, direct))
+}
+
+/// Opens the regular file `path` for reading with `O_DIRECT` where its filesystem has it
+/// (tmpfs does not: then buffered); says which.
+pub fn open_direct(path: &Path) -> std::io::Result<(File, bool)> {
+    match open_regular_with(path, libc::O_DIRECT) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open_regular(path)?, false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// `pread` into `buf` at `offset`, retried on `EINTR`: the bytes read (0 at the end).
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: reads at most `buf.len()` bytes into our own buffer.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as libc::off_t,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
 }
 
 /// A page-aligned anonymous buffer (for `O_DIRECT`).

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -160,44 +159,17 @@ fn cached(path: &Path, meta: &std::fs::Metadata) -> Option<FileIdentity> {
     (entry.key == StatKey::of(meta)).then_some(entry.identity)
 }
 
-/// Opens `path` for hashing: `O_DIRECT` where the filesystem has it (tmpfs does not).
-fn open_for_hashing(path: &Path) -> std::io::Result<(File, bool)> {
-    match fsutil::open_regular_with(path, libc::O_DIRECT) {
-        Ok(f) => Ok((f, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            Ok((fsutil::open_regular(path)?, false))
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// SHA-256 of everything `file` holds, read in page-aligned chunks.
 fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
     let mut buf = fsutil::AlignedBuf::new(CHUNK)?;
     let mut hasher = Sha256::new();
     let mut at = 0u64;
     loop {
-        let slice = buf.as_mut_slice();
-        // SAFETY: reads into our own buffer of `slice.len()` bytes at offset `at`.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                slice.as_mut_ptr().cast(),
-                slice.len(),
-                at as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(err);
-        }
+        let n = fsutil::read_at(file, buf.as_mut_slice(), at)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf.as_slice()[..n as usize]);
+        hasher.update(&buf.as_slice()[..n]);
         at += n as u64;
         // Past the end, an O_DIRECT read at an unaligned offset fails instead of saying EOF.
         if at >= len {
@@ -219,7 +191,7 @@ pub fn identify_now(path: &Path) -> Result<FileIdentity, VerifyError> {
         path: path.to_path_buf(),
         source,
     };
-    let (file, direct) = open_for_hashing(path).map_err(io)?;
+    let (file, direct) = fsutil::open_direct(path).map_err(io)?;
     let before = file.metadata().map_err(io)?;
     let digest = hash_file(&file, before.len()).map_err(io)?;
     let after = file.metadata().map_err(io)?;
@@ -240,14 +212,19 @@ pub fn identify_now(path: &Path) -> Result<FileIdentity, VerifyError> {
     Ok(identity)
 }
 
-/// The identity of the file at `path`: from the cache when its key matches, else hashed.
-pub fn identify(path: &Path) -> Result<FileIdentity, VerifyError> {
-    let meta = fsutil::open_regular(path)
+/// `stat` of the regular file at `path` (see [`fsutil::open_regular`]).
+fn stat_regular(path: &Path) -> Result<std::fs::Metadata, VerifyError> {
+    fsutil::open_regular(path)
         .and_then(|f| f.metadata())
         .map_err(|source| VerifyError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        })
+}
+
+/// The identity of the file at `path`: from the cache when its key matches, else hashed.
+pub fn identify(path: &Path) -> Result<FileIdentity, VerifyError> {
+    let meta = stat_regular(path)?;
     match cached(path, &meta) {
         Some(identity) => Ok(identity),
         None => identify_now(path),
@@ -276,12 +253,7 @@ fn compare(path: &Path, found: FileIdentity, expected: &FileIdentity) -> Result<
 /// vouch for it (first use, after a copy or an edit). A size mismatch is caught without
 /// reading.
 pub fn check(path: &Path, expected: &FileIdentity) -> Result<(), VerifyError> {
-    let meta = fsutil::open_regular(path)
-        .and_then(|f| f.metadata())
-        .map_err(|source| VerifyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let meta = stat_regular(path)?;
     if meta.len() != expected.size {
         return Err(VerifyError::Size {
             path: path.to_path_buf(),

@@ -111,3 +111,21 @@ pub fn checksums(report: &serde_json::Value) -> Vec<String> {
         .map(|r| r["checksum"].as_str().expect("checksum").to_string())
         .collect()
 }
+
+/// Flips one byte of `path` in place and puts its modification time back.
+pub fn flip_keeping_mtime(path: &Path, at: u64) {
+    let mtime = std::fs::metadata(path)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(&mut byte, at).expect("read");
+    f.write_all_at(&[!byte[0]], at).expect("write");
+    f.set_modified(mtime).expect("put the mtime back");
+}
