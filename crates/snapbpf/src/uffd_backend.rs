@@ -23,7 +23,7 @@
 //! read, `UFFDIO_COPY` fails) keeps the userfaultfd open, since closing it would let every
 //! page not served yet read as zeros, and raises the run's abort signal: the vCPU is
 //! kicked out of `KVM_RUN` within milliseconds and the run fails with the handler's error
-//! ([`fail_closed`]). The guest never runs on a page it was not given.
+//! (see [`FAIL_CLOSED_GRACE`]). The guest never runs on a page it was not given.
 
 use std::fs::File;
 use std::io::Write;
