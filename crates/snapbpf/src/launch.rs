@@ -364,7 +364,7 @@ fn send(child: &mut Child, bytes: &[u8]) -> Result<(), WorkerFailure> {
 /// Longest line a worker may send (a report is a few hundred bytes).
 const MAX_LINE: u64 = 64 << 10;
 /// Longest a worker may take to start and say `ready`.
-pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How much longer than the run's timeout a worker may take to report: restoring (REAP
 /// may wait up to two minutes for an external handler's prefetch) and reporting.
 pub const REPORT_GRACE: Duration = Duration::from_secs(180);

@@ -83,3 +83,58 @@ fn a_serving_error_stops_the_vcpu_with_that_error() {
         "the vCPU is stopped at once, not by the 30 s timeout: {took:?}"
     );
 }
+
+/// A worker process that never answers is killed at the protocol's deadline and the
+/// invocation fails naming it; the launcher never waits forever.
+#[test]
+fn a_silent_worker_is_killed_at_the_deadline() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("snapbpf-test-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let snapshot = snapbpf::snapshot::create(
+        "pyaes",
+        &dir.path().join("pyaes"),
+        &snapbpf::snapshot::CreateOptions {
+            mem_mib: None,
+            force: false,
+            timeout: Duration::from_secs(60),
+        },
+    )
+    .expect("snapshot");
+    let started = Instant::now();
+    let outcome = snapbpf::launch::invoke(
+        &snapbpf::launch::InvokeRequest {
+            dir: snapshot.dir.clone(),
+            spec: snapbpf::strategy::StrategySpec::named("linux-ra").expect("spec"),
+            run: RunOptions {
+                input: 0,
+                timeout: Duration::from_secs(30),
+            },
+            cold: false,
+            concurrency: 1,
+        },
+        // Reads nothing, says nothing.
+        &|| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("600");
+            c
+        },
+    );
+    let took = started.elapsed();
+    match outcome {
+        Err(snapbpf::launch::InvokeError::Worker {
+            reason: snapbpf::launch::WorkerFailure::Silent { .. },
+            ..
+        }) => {}
+        other => panic!("expected a silent worker, got {other:?}"),
+    }
+    assert!(
+        took >= snapbpf::launch::READY_DEADLINE
+            && took < snapbpf::launch::READY_DEADLINE + Duration::from_secs(10),
+        "{took:?}"
+    );
+}
