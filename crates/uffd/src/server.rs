@@ -119,6 +119,15 @@ pub fn listen(
         };
         count += 1;
         slots.acquire();
+        // Join the sessions that ended: an unjoined thread keeps its stack, so a
+        // long-lived handler would grow by one stack's touched pages per VM served.
+        let (ended, running): (Vec<_>, Vec<_>) = sessions
+            .into_iter()
+            .partition(|s: &std::thread::JoinHandle<()>| s.is_finished());
+        for s in ended {
+            let _ = s.join();
+        }
+        sessions = running;
         let (file, prefetch, session_slots) = (file.clone(), prefetch.clone(), slots.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("uffd-session-{count}"))
