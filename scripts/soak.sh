@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -p snapbpf-cli -p snapbpf --example soak
+# Two builds: a target filter (--example) given with several packages would skip the CLI.
+cargo build --release --locked -p snapbpf-cli
+cargo build --release --locked -p snapbpf --example soak
 B=target/release/snapbpf
 WORK=$(mktemp -d /var/tmp/snapbpf-soak.XXXXXX)
 HANDLER=
