@@ -30,6 +30,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Replaces `path` with `bytes` atomically for readers (temporary file, rename) but
+/// without waiting for the disk: for caches, whose loss in a crash costs only recomputing
+/// them (a crash may leave an empty file, which reads as an empty cache). An `fsync`
+/// behind a busy writeback queue can take seconds.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let (mut f, tmp) = create_exclusive(&dir, &name.to_string_lossy())?;
+    let result = f.write_all(bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Creates a new file `.NAME.tmp-PID-N` in `dir` that did not exist before, trying other
 /// `N` where one does.
 pub fn create_exclusive(dir: &Path, name: &str) -> std::io::Result<(File, PathBuf)> {

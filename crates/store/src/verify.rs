@@ -143,7 +143,7 @@ fn store_cache(path: &Path, meta: &std::fs::Metadata, identity: FileIdentity) {
     );
     let written = serde_json::to_vec_pretty(&cache)
         .map_err(std::io::Error::from)
-        .and_then(|json| fsutil::write_atomic(&cache_path(path), &json));
+        .and_then(|json| fsutil::replace_unsynced(&cache_path(path), &json));
     if let Err(e) = written {
         tracing::debug!(
             "cannot remember the verification of {}: {e}",
