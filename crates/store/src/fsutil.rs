@@ -40,7 +40,9 @@ pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .ok_or_else(|| std::io::Error::other("path has no file name"))?;
     let (mut f, tmp) = create_exclusive(&dir, &name.to_string_lossy())?;
-    let result = f.write_all(bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = f
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
