@@ -366,10 +366,11 @@ fn reap_with_external_uffd_handler() {
     );
 }
 
-/// A fake handler's side of the handshake: accepts the VMM, reads its region list (the
-/// descriptor that comes with it is dropped) and acknowledges without serving anything.
-fn accept_and_ack(listener: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
-    use std::io::{Read, Write};
+/// A fake handler's side of the handshake, as Firecracker's handlers: accepts the VMM,
+/// reads its region list (the descriptor that comes with it is dropped), writes nothing
+/// back and serves nothing.
+fn accept_silently(listener: &std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    use std::io::Read;
     let (mut conn, _) = listener.accept().expect("accept");
     let mut buf = [0u8; 4096];
     let n = conn.read(&mut buf).expect("read the regions");
@@ -377,12 +378,10 @@ fn accept_and_ack(listener: &std::os::unix::net::UnixListener) -> std::os::unix:
         String::from_utf8_lossy(&buf[..n]).contains("base_host_virt_addr"),
         "Firecracker-style region list expected"
     );
-    conn.write_all(b"{\"bytes\":0,\"ranges\":0,\"ms\":0.0}\n")
-        .expect("ack");
     conn
 }
 
-/// A handler that acknowledges, serves nothing and goes away: the VMM serves the rest of
+/// A handler that takes the memory, serves nothing and goes away: the VMM serves the rest of
 /// the VM from the snapshot itself (so nothing hangs and no page is zero-filled) and the
 /// run fails with a clear error: its pages did not come from the handler it was given.
 #[test]
@@ -397,7 +396,7 @@ fn reap_fails_cleanly_when_the_handler_goes_away() {
     let socket = dir.path().join("vanishing.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     let fake = std::thread::spawn(move || {
-        let _conn = accept_and_ack(&listener);
+        let _conn = accept_silently(&listener);
         std::thread::sleep(Duration::from_millis(500));
     });
     fails(
@@ -416,7 +415,7 @@ fn reap_fails_cleanly_when_the_handler_goes_away() {
     fake.join().expect("fake handler");
 }
 
-/// A handler that acknowledges and stays connected but never serves a page: the restore
+/// A handler that takes the memory and stays connected but never serves a page: the restore
 /// fails with a clear error within the serve timeout instead of hanging the VMM.
 #[test]
 fn reap_fails_cleanly_when_the_handler_never_serves() {
@@ -431,7 +430,7 @@ fn reap_fails_cleanly_when_the_handler_never_serves() {
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
     let fake = std::thread::spawn(move || {
-        let conn = accept_and_ack(&listener);
+        let conn = accept_silently(&listener);
         // Stay connected, serve nothing, until the test is over.
         let _ = done.recv_timeout(Duration::from_secs(120));
         drop(conn);
@@ -457,4 +456,50 @@ fn reap_fails_cleanly_when_the_handler_never_serves() {
     );
     let _ = done_tx.send(());
     fake.join().expect("fake handler");
+}
+
+/// A handler that speaks only Firecracker's handshake and never writes to the socket (as
+/// Firecracker's example handlers) serves every function to the fresh boot's checksum, with
+/// no record phase: the VMM neither waits for it nor needs REAP's artifacts.
+#[test]
+fn a_handler_that_never_writes_serves_every_function() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    for info in snapbpf_functions::FUNCTIONS {
+        let snap_path = snapshot(dir.path(), info.name);
+        let snap = snap_path.to_str().expect("UTF-8 path");
+        let want = json(&["boot", info.name, "--input", "0"])["checksum"]
+            .as_str()
+            .expect("checksum")
+            .to_string();
+        let socket = dir.path().join(format!("{}.sock", info.name));
+        let memory = snap_path.join("memory");
+        let _handler = start_handler(
+            &socket,
+            &[
+                "--silent".as_ref(),
+                "--memory-file".as_ref(),
+                memory.as_ref(),
+            ],
+        );
+        let started = Instant::now();
+        let report = json(&[
+            "invoke",
+            snap,
+            "--strategy",
+            "reap",
+            "--uffd-handler",
+            socket.to_str().expect("UTF-8 path"),
+            "--cold",
+        ]);
+        assert_eq!(checksums(&report), vec![want], "{}", info.name);
+        assert_eq!(report["prefetch"]["bytes"].as_u64(), Some(0), "{report}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}: no wait on an acknowledgement that never comes",
+            info.name
+        );
+    }
 }

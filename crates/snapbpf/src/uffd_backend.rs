@@ -26,7 +26,7 @@
 //! (see [`FAIL_CLOSED_GRACE`]). The guest never runs on a page it was not given.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ use snapbpf_uffd::{
 /// How long the VMM waits for an external handler to install its prefetch.
 pub const HANDLER_ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Longest an external handler that has acknowledged may take to serve the first guest
+/// Longest an external handler that has taken the memory may take to serve the first guest
 /// page. A working handler serves a fault in microseconds once its prefetch is done.
 pub const HANDLER_SERVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,8 +71,8 @@ pub enum BackendError {
     /// The strategy's prefetch failed; nothing was served.
     #[error("prefetch before the vCPU runs failed")]
     Prefetch(#[source] HelperError),
-    /// The external handler acknowledged but never served the first page.
-    #[error("page-fault handler at {socket}: it acknowledged the guest memory but did not serve its first page within {} s", HANDLER_SERVE_TIMEOUT.as_secs())]
+    /// The external handler took the memory but never served the first page.
+    #[error("page-fault handler at {socket}: it took the guest memory but did not serve its first page within {} s", HANDLER_SERVE_TIMEOUT.as_secs())]
     HandlerSilent {
         /// Its socket.
         socket: PathBuf,
@@ -237,7 +237,8 @@ impl UffdMemory {
     }
 
     /// Hands the memory to the external handler listening on `socket` (Firecracker's
-    /// handshake), waits for its acknowledgement, checks that it serves, and watches it
+    /// handshake; with our handler, its hello and acknowledgement too), checks that it
+    /// serves, and watches it
     /// while the VM runs; `fallback` (the snapshot's memory file) serves the VM if the
     /// handler goes away.
     pub fn serve_externally(
@@ -251,8 +252,12 @@ impl UffdMemory {
             uffd,
             regions,
         } = self;
-        let (stream, ack) = uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
-        match ack.memory {
+        let (stream, reply) = uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
+        let served = match &reply {
+            uffd::HandlerReply::Extended { hello, .. } => Some(hello.memory),
+            uffd::HandlerReply::Silent => None,
+        };
+        match served {
             Some(served) if served == *expected => {}
             Some(served) => {
                 return Err(BackendError::HandlerServesAnother(Box::new(
@@ -264,7 +269,7 @@ impl UffdMemory {
                 )))
             }
             None => tracing::warn!(
-                "the page-fault handler at {} does not say which memory file it serves: its identity is unchecked",
+                "the page-fault handler at {} speaks only Firecracker's handshake: which memory file it serves is unchecked",
                 socket.display()
             ),
         }
@@ -303,7 +308,10 @@ impl UffdMemory {
             };
         Ok(Restored {
             helpers,
-            prefetched: Some(report(&ack)),
+            prefetched: match &reply {
+                uffd::HandlerReply::Extended { ack, .. } => Some(report(ack)),
+                uffd::HandlerReply::Silent => None,
+            },
             ..Restored::plain(memory)
         })
     }
@@ -385,8 +393,19 @@ fn watch(
         if fds[1].revents != 0 {
             return Ok(None);
         }
-        if fds[0].revents != 0 {
+        if fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
             break;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // A handler may write after the handshake (a late hello, say): only the end
+            // of the connection matters here.
+            let mut scratch = [0u8; 4096];
+            match (&*stream).read(&mut scratch) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
         }
     }
     tracing::error!(

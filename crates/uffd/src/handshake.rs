@@ -7,12 +7,13 @@
 //! the descriptor (`SCM_RIGHTS`); see Firecracker's
 //! `docs/snapshotting/handling-page-faults-on-snapshot-resume.md`.
 //!
-//! snapbpf's extension: after installing anything it prefetches, our handler writes one
-//! JSON line ([`HandlerAck`]) back on the socket, which our VMM waits for so the prefetch
-//! completes before the vCPU runs; the line names the memory file the handler serves (its
-//! size and SHA-256), so the VMM can refuse a handler started for another snapshot; and
-//! the VMM keeps the socket open for the VM's life, so the handler ends the session when it
-//! closes.
+//! snapbpf's extension, optional on both sides: our handler writes a [`HandlerHello`] line
+//! as soon as it accepts (naming the memory file it serves, by size and SHA-256, so the VMM
+//! can refuse a handler started for another snapshot), and after installing anything it
+//! prefetches, a [`HandlerAck`] line, which our VMM waits for so the prefetch report is
+//! known before the vCPU runs. A handler that writes nothing (Firecracker's) is detected by
+//! the hello's absence within [`HELLO_WINDOW`] and delays nothing more. The VMM keeps the
+//! socket open for the VM's life, so the handler ends the session when it closes.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -110,6 +111,46 @@ pub fn check_regions(regions: &[GuestRegionUffdMapping], file_len: u64) -> Resul
     Ok(())
 }
 
+/// The first line our handler writes, as soon as it accepts a VMM (before the VMM's
+/// message, so it is waiting when the VMM looks): it speaks snapbpf's extension, and serves
+/// this memory file. A Firecracker handler writes nothing, ever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerHello {
+    /// Version of snapbpf's extension the handler speaks.
+    pub snapbpf_handler: u32,
+    /// Identity (size, SHA-256) of the memory file it serves.
+    pub memory: snapbpf_store::FileIdentity,
+}
+
+/// Version of snapbpf's extension of the handshake.
+pub const EXTENSION_VERSION: u32 = 1;
+
+/// How long the VMM looks for a [`HandlerHello`] after sending its message. A handler that
+/// says nothing within it is taken for a Firecracker one: the vCPU runs at once, its faults
+/// wait on the handler, as in Firecracker.
+pub const HELLO_WINDOW: Duration = Duration::from_millis(250);
+
+/// What the handler at the other end of a handshake said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerReply {
+    /// Nothing: a handler that speaks only Firecracker's handshake.
+    Silent,
+    /// snapbpf's extension: who it is, then what it installed before serving.
+    Extended {
+        /// Its hello.
+        hello: HandlerHello,
+        /// Its acknowledgement.
+        ack: HandlerAck,
+    },
+}
+
+/// Writes our handler's hello line.
+pub fn say_hello(mut stream: &UnixStream, hello: &HandlerHello) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(hello)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
 /// What a handler reports after it installed its prefetch (the snapbpf extension).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HandlerAck {
@@ -135,16 +176,18 @@ pub const MAX_ACK_BYTES: usize = 64 << 10;
 /// Longest a handler waits for the VMM's message once it has connected.
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The VMM side of the handshake: connects to the handler at `socket` (within
-/// [`CONNECT_TIMEOUT`]), sends `regions` and the descriptor, and waits, `timeout` in all,
-/// for the handler's [`HandlerAck`] line (at most [`MAX_ACK_BYTES`]). The returned stream
-/// must stay open while the VM runs.
+/// The VMM side of the handshake, exactly Firecracker's: connects to the handler at
+/// `socket` (within [`CONNECT_TIMEOUT`]) and sends one message, the `regions` as JSON with
+/// the descriptor. Then, for snapbpf's extension only: if a [`HandlerHello`] arrives within
+/// [`HELLO_WINDOW`], it waits, `timeout` in all, for the handler's [`HandlerAck`] line (at
+/// most [`MAX_ACK_BYTES`]); a handler that says nothing is [`HandlerReply::Silent`] and
+/// delays nothing. The returned stream must stay open while the VM runs.
 pub fn send_to_handler(
     socket: &Path,
     uffd: &Uffd,
     regions: &[GuestRegionUffdMapping],
     timeout: Duration,
-) -> Result<(UnixStream, HandlerAck), UffdError> {
+) -> Result<(UnixStream, HandlerReply), UffdError> {
     let sock_err = |reason: String| UffdError::Socket {
         path: socket.to_path_buf(),
         reason,
@@ -154,19 +197,55 @@ pub fn send_to_handler(
     let body = serde_json::to_vec(regions).map_err(|e| sock_err(e.to_string()))?;
     send_fd(&stream, &body, uffd.as_fd().as_raw_fd())
         .map_err(|e| sock_err(format!("send: {e}")))?;
-    let line = read_line_within(&stream, Instant::now() + timeout, MAX_ACK_BYTES)
-        .map_err(|e| sock_err(format!("no acknowledgement from the handler: {e}")))?;
-    if line.is_empty() {
-        return Err(sock_err(
-            "the handler closed the connection without acknowledging".into(),
-        ));
+    if !readable_within(&stream, HELLO_WINDOW).map_err(|e| sock_err(format!("poll: {e}")))? {
+        return Ok((stream, HandlerReply::Silent));
     }
+    let deadline = Instant::now() + timeout;
+    let read = |what: &str| {
+        let line = read_line_within(&stream, deadline, MAX_ACK_BYTES)
+            .map_err(|e| sock_err(format!("no {what} from the handler: {e}")))?;
+        if line.is_empty() {
+            return Err(sock_err(format!(
+                "the handler closed the connection before its {what}"
+            )));
+        }
+        Ok(line)
+    };
+    let line = read("hello")?;
+    let hello: HandlerHello = serde_json::from_str(line.trim())
+        .map_err(|e| sock_err(format!("bad hello '{}': {e}", line.trim())))?;
+    let line = read("acknowledgement")?;
     let ack: HandlerAck = parse_ack(&line)
         .map_err(|e| sock_err(format!("bad acknowledgement '{}': {e}", line.trim())))?;
     if let Some(e) = &ack.error {
         return Err(sock_err(format!("the handler refused the VM: {e}")));
     }
-    Ok((stream, ack))
+    Ok((stream, HandlerReply::Extended { hello, ack }))
+}
+
+/// Whether `stream` has data (or end of file) to read within `window`.
+fn readable_within(stream: &UnixStream, window: Duration) -> std::io::Result<bool> {
+    let deadline = Instant::now() + window;
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of one pollfd for the call's duration.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// Connects to the Unix socket `path`, retrying while its listen backlog is full, until

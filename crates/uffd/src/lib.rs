@@ -17,8 +17,8 @@ pub mod server;
 
 pub use abi::{Uffd, UffdError};
 pub use handshake::{
-    acknowledge, check_regions, receive_from_vmm, send_to_handler, GuestRegionUffdMapping,
-    HandlerAck,
+    acknowledge, check_regions, receive_from_vmm, say_hello, send_to_handler,
+    GuestRegionUffdMapping, HandlerAck, HandlerHello, HandlerReply,
 };
 pub use serve::{install, ms_since, serve, ServeStats, StopSignal};
 

@@ -68,14 +68,17 @@ pub enum SessionError {
 
 /// Listens on `socket` and serves VMs from the memory file `memory` with `prefetch`,
 /// until `max_sessions` sessions have been accepted (forever when `None`), then waits for
-/// the running ones. Every acknowledgement names `identity`, the content of `memory`. A
-/// stale socket at `socket` is replaced; anything else there is not.
+/// the running ones. With `extension`, every session starts with a hello naming
+/// `identity` (the content of `memory`) and acknowledges its prefetch; without, the
+/// handler writes nothing, as Firecracker's handlers. A stale socket at `socket` is
+/// replaced; anything else there is not.
 pub fn listen(
     socket: &Path,
     memory: &Path,
     identity: snapbpf_store::FileIdentity,
     prefetch: Arc<Prefetch>,
     max_sessions: Option<u64>,
+    extension: bool,
 ) -> Result<(), ServerError> {
     let file = File::open(memory).map_err(|source| ServerError::Source {
         path: memory.to_path_buf(),
@@ -132,9 +135,19 @@ pub fn listen(
         let spawned = std::thread::Builder::new()
             .name(format!("uffd-session-{count}"))
             .spawn(move || {
-                match session(&stream, &file, file_len, identity, prefetch.as_ref()) {
+                match session(
+                    &stream,
+                    &file,
+                    file_len,
+                    identity,
+                    prefetch.as_ref(),
+                    extension,
+                ) {
                     Ok(faults) => {
                         tracing::info!("uffd-handler: session {count} done: {faults} faults served")
+                    }
+                    Err(e) if !extension => {
+                        tracing::error!("uffd-handler: session {count}: {e}");
                     }
                     Err(e) => {
                         tracing::error!("uffd-handler: session {count}: {e}");
@@ -176,12 +189,22 @@ fn session(
     file_len: u64,
     identity: snapbpf_store::FileIdentity,
     prefetch: &Prefetch,
+    extension: bool,
 ) -> Result<u64, SessionError> {
+    if extension {
+        let hello = crate::HandlerHello {
+            snapbpf_handler: crate::handshake::EXTENSION_VERSION,
+            memory: identity,
+        };
+        crate::say_hello(stream, &hello).map_err(SessionError::Acknowledge)?;
+    }
     let (uffd, regions) = receive_from_vmm(stream)?;
     check_regions(&regions, file_len)?;
     let mut ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
     ack.memory = Some(identity);
-    acknowledge(stream, &ack).map_err(SessionError::Acknowledge)?;
+    if extension {
+        acknowledge(stream, &ack).map_err(SessionError::Acknowledge)?;
+    }
     let stats = serve(&uffd, &regions, file, stream.as_fd(), false)?;
     Ok(stats.faults)
 }

@@ -25,6 +25,10 @@ pub struct Args {
     /// Exit after serving this many VMs (default: run until killed).
     #[arg(long)]
     max_sessions: Option<u64>,
+    /// Speak Firecracker's handshake only and write nothing back, as Firecracker's own
+    /// example handlers (no hello naming the memory file, no prefetch report).
+    #[arg(long)]
+    silent: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -34,6 +38,6 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(file)) => HandlerSource::MemoryFile(file),
         (None, None) => anyhow::bail!("pass --snapshot DIR or --memory-file FILE"),
     };
-    run_handler(&args.socket, &source, args.max_sessions)?;
+    run_handler(&args.socket, &source, args.max_sessions, !args.silent)?;
     Ok(())
 }

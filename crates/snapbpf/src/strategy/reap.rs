@@ -215,14 +215,23 @@ impl Strategy for Reap {
     }
 
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
-        vec![
-            snapshot.memory_path(),
-            snapshot.artifact_path(WS_FILE),
-            snapshot.artifact_path(TRACE_FILE),
-        ]
+        let mut files = vec![snapshot.memory_path()];
+        // Restoring through an external handler needs no recording: evict it if present.
+        files.extend(
+            [WS_FILE, TRACE_FILE]
+                .iter()
+                .map(|f| snapshot.artifact_path(f))
+                .filter(|p| self.handler_socket.is_none() || p.exists()),
+        );
+        files
     }
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        if self.handler_socket.is_some() {
+            // The handler there serves the VM with whatever it has (Firecracker's, ours,
+            // anyone's): this VMM needs no recording of its own.
+            return Ok(());
+        }
         load_trace(snapshot).map(|_| ())
     }
 
@@ -356,6 +365,7 @@ pub fn run_handler(
     socket: &Path,
     source: &HandlerSource,
     max_sessions: Option<u64>,
+    extension: bool,
 ) -> Result<(), HandlerError> {
     let on_demand: Arc<server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
     let (prefetch, memory, identity) = match source {
@@ -386,6 +396,6 @@ pub fn run_handler(
             (on_demand, path.clone(), identity)
         }
     };
-    server::listen(socket, &memory, identity, prefetch, max_sessions)?;
+    server::listen(socket, &memory, identity, prefetch, max_sessions, extension)?;
     Ok(())
 }
