@@ -332,25 +332,45 @@ fn read_line_within(
             ));
         }
         stream.set_read_timeout(Some(left))?;
-        // One byte at a time would be slow; bytes after the newline belong to no one (the
-        // handler writes nothing after its acknowledgement).
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "timed out",
-                ))
-            }
-            Err(e) => return Err(e),
+        // Peek first, then consume up to the newline only: the next line (the
+        // acknowledgement after the hello) may already be in the socket buffer.
+        // SAFETY: recv writes at most `chunk.len()` bytes into our buffer.
+        let peeked = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                libc::MSG_PEEK,
+            )
         };
-        if n == 0 {
+        if peeked < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out",
+                    ))
+                }
+                _ => return Err(e),
+            }
+        }
+        let peeked = peeked as usize;
+        if peeked == 0 {
             return Ok(String::from_utf8_lossy(&line).into_owned());
         }
+        let take = chunk[..peeked]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(peeked, |end| end + 1);
+        let n = match stream.read(&mut chunk[..take]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         line.extend_from_slice(&chunk[..n]);
-        if let Some(end) = line.iter().position(|&b| b == b'\n') {
-            line.truncate(end + 1);
+        if line.last() == Some(&b'\n') {
             stream.set_read_timeout(None)?;
             return Ok(String::from_utf8_lossy(&line).into_owned());
         }

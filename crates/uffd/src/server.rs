@@ -121,6 +121,12 @@ pub fn listen(
             }
         };
         count += 1;
+        match peer_credentials(&stream) {
+            Some((pid, uid, gid)) => {
+                tracing::info!("uffd-handler: session {count}: VMM pid {pid}, uid {uid}, gid {gid}")
+            }
+            None => tracing::info!("uffd-handler: session {count}: peer credentials unknown"),
+        }
         slots.acquire();
         // Join the sessions that ended: an unjoined thread keeps its stack, so a
         // long-lived handler would grow by one stack's touched pages per VM served.
@@ -207,6 +213,29 @@ fn session(
     }
     let stats = serve(&uffd, &regions, file, stream.as_fd(), false)?;
     Ok(stats.faults)
+}
+
+/// The process, user and group of the peer of `stream` (`SO_PEERCRED`), as the kernel saw
+/// them when it connected.
+fn peer_credentials(stream: &UnixStream) -> Option<(i32, u32, u32)> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into our ucred and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((cred.pid, cred.uid, cred.gid))
 }
 
 /// An error and its sources, on one line.
