@@ -23,11 +23,8 @@ fn kvm_usable() -> bool {
     usable
 }
 
-#[test]
-fn a_serving_error_stops_the_vcpu_with_that_error() {
-    if !kvm_usable() {
-        return;
-    }
+/// A fresh snapshot of pyaes in a scratch directory (kept alive by the returned guard).
+fn pyaes_snapshot() -> (tempfile::TempDir, snapbpf::snapshot::Snapshot) {
     let dir = tempfile::Builder::new()
         .prefix("snapbpf-test-")
         .tempdir_in("/var/tmp")
@@ -42,6 +39,15 @@ fn a_serving_error_stops_the_vcpu_with_that_error() {
         },
     )
     .expect("snapshot");
+    (dir, snapshot)
+}
+
+#[test]
+fn a_serving_error_stops_the_vcpu_with_that_error() {
+    if !kvm_usable() {
+        return;
+    }
+    let (dir, snapshot) = pyaes_snapshot();
     // The source holds the first MiB only (page tables, mailbox): the guest's code above
     // it cannot be served. A closed userfaultfd would hand the guest zeros for it.
     let memory = std::fs::read(snapshot.memory_path()).expect("read memory");
@@ -91,20 +97,7 @@ fn a_silent_worker_is_killed_at_the_deadline() {
     if !kvm_usable() {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("snapbpf-test-")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
-    let snapshot = snapbpf::snapshot::create(
-        "pyaes",
-        &dir.path().join("pyaes"),
-        &snapbpf::snapshot::CreateOptions {
-            mem_mib: None,
-            force: false,
-            timeout: Duration::from_secs(60),
-        },
-    )
-    .expect("snapshot");
+    let (_dir, snapshot) = pyaes_snapshot();
     let started = Instant::now();
     let outcome = snapbpf::launch::invoke(
         &snapbpf::launch::InvokeRequest {
