@@ -379,10 +379,6 @@ mod seeds {
             ranges: 1,
             ms: 0.5,
             error: Some("prefetch failed".into()),
-            memory: Some(FileIdentity {
-                size: 1 << 26,
-                digest: [3; 32],
-            }),
         };
         vec![
             serde_json::to_vec(&ack).unwrap_or_default(),

@@ -253,9 +253,9 @@ impl UffdMemory {
             regions,
         } = self;
         let (stream, reply) = uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
-        let served = match &reply {
-            uffd::HandlerReply::Extended { hello, .. } => Some(hello.memory),
-            uffd::HandlerReply::Silent => None,
+        let (served, prefetched) = match &reply {
+            uffd::HandlerReply::Extended { hello, ack } => (Some(hello.memory), Some(report(ack))),
+            uffd::HandlerReply::Silent => (None, None),
         };
         match served {
             Some(served) if served == *expected => {}
@@ -308,10 +308,7 @@ impl UffdMemory {
             };
         Ok(Restored {
             helpers,
-            prefetched: match &reply {
-                uffd::HandlerReply::Extended { ack, .. } => Some(report(ack)),
-                uffd::HandlerReply::Silent => None,
-            },
+            prefetched,
             ..Restored::plain(memory)
         })
     }

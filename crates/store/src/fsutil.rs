@@ -13,21 +13,7 @@ use std::path::{Path, PathBuf};
 /// symbolic link) under a name no other writer uses, so a link planted at a predictable
 /// name cannot redirect the write, and two writers never share a temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let (mut f, tmp) = create_exclusive(&dir, &name.to_string_lossy())?;
-    let result = (|| {
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    replace(path, bytes, true)
 }
 
 /// Replaces `path` with `bytes` atomically for readers (temporary file, rename) but
@@ -35,14 +21,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// them (a crash may leave an empty file, which reads as an empty cache). An `fsync`
 /// behind a busy writeback queue can take seconds.
 pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+/// Writes `bytes` to an exclusive temporary file beside `path` and renames it over `path`;
+/// with `durable`, the file and then the directory are synced around the rename.
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("path has no file name"))?;
     let (mut f, tmp) = create_exclusive(&dir, &name.to_string_lossy())?;
-    let result = f
-        .write_all(bytes)
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let result = (|| {
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if durable {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

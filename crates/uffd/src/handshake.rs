@@ -163,10 +163,6 @@ pub struct HandlerAck {
     /// Set when the handler failed to prefetch; it then refuses the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Identity (size, SHA-256) of the memory file the handler serves: the VMM refuses a
-    /// handler that serves another snapshot than the one it restores.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<snapbpf_store::FileIdentity>,
 }
 
 /// Longest the VMM waits to connect to a handler (its listen backlog may be full).

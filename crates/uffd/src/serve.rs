@@ -54,7 +54,8 @@ pub fn serve(
                         .find_map(|r| r.file_offset(addr))
                         .ok_or(UffdError::Stray(addr))?;
                     let mut have_page = false;
-                    let settle_by = Instant::now() + SETTLE_TIMEOUT;
+                    // Read the clock only once a copy meets EAGAIN, not on every fault.
+                    let mut settle_by = None;
                     loop {
                         // Decided on every attempt: a removal read while retrying turns
                         // this fault into a zero page.
@@ -87,6 +88,8 @@ pub fn serve(
                                         queue.push_back(*m);
                                     }
                                 }
+                                let settle_by = *settle_by
+                                    .get_or_insert_with(|| Instant::now() + SETTLE_TIMEOUT);
                                 if n == 0 {
                                     if Instant::now() >= settle_by {
                                         return Err(UffdError::NeverSettled(addr));

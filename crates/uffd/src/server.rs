@@ -161,7 +161,6 @@ pub fn listen(
                             &stream,
                             &HandlerAck {
                                 error: Some(chain(&e)),
-                                memory: Some(identity),
                                 ..HandlerAck::default()
                             },
                         );
@@ -206,8 +205,7 @@ fn session(
     }
     let (uffd, regions) = receive_from_vmm(stream)?;
     check_regions(&regions, file_len)?;
-    let mut ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
-    ack.memory = Some(identity);
+    let ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
     if extension {
         acknowledge(stream, &ack).map_err(SessionError::Acknowledge)?;
     }

@@ -150,7 +150,6 @@ pub fn prefetch(
         ranges,
         ms: uffd::ms_since(started),
         error: None,
-        memory: Some(snapshot.meta.memory),
     })
 }
 
