@@ -107,6 +107,16 @@ struct Cache {
     format: String,
     version: u32,
     files: BTreeMap<String, CacheEntry>,
+    /// CRC32 of `files` as JSON: a damaged cache vouches for nothing.
+    #[serde(default)]
+    crc32: u32,
+}
+
+/// CRC32 of the cache's entries, serialised.
+fn entries_crc(files: &BTreeMap<String, CacheEntry>) -> u32 {
+    serde_json::to_vec(files)
+        .map(|b| crc32fast::hash(&b))
+        .unwrap_or(0)
 }
 
 fn cache_path(path: &Path) -> PathBuf {
@@ -124,7 +134,11 @@ fn load_cache(path: &Path) -> Cache {
     fsutil::read_regular(&cache_path(path), MAX_CACHE_BYTES)
         .ok()
         .and_then(|raw| serde_json::from_slice::<Cache>(&raw).ok())
-        .filter(|c| c.format == CACHE_FORMAT && c.version == CACHE_VERSION)
+        .filter(|c| {
+            c.format == CACHE_FORMAT
+                && c.version == CACHE_VERSION
+                && c.crc32 == entries_crc(&c.files)
+        })
         .unwrap_or_default()
 }
 
@@ -141,6 +155,7 @@ fn store_cache(path: &Path, meta: &std::fs::Metadata, identity: FileIdentity) {
             identity,
         },
     );
+    cache.crc32 = entries_crc(&cache.files);
     let written = serde_json::to_vec_pretty(&cache)
         .map_err(std::io::Error::from)
         .and_then(|json| fsutil::replace_unsynced(&cache_path(path), &json));
@@ -333,6 +348,21 @@ mod tests {
         std::fs::write(&b, &bytes[..100]).expect("truncate");
         let e = check(&b, &id).expect_err("truncated");
         assert!(matches!(e, VerifyError::Size { found: 100, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_cache_vouches_for_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let id = write_identified(&a, b"some contents").expect("write");
+        let cache = dir.path().join(CACHE_FILE);
+        let text = std::fs::read_to_string(&cache).expect("read the cache");
+        // The entry now claims another digest, with the file's stat key intact.
+        let forged = text.replace(&id.digest_hex(), &"00".repeat(32));
+        assert_ne!(forged, text);
+        std::fs::write(&cache, forged).expect("write");
+        // Were the entry trusted, the check would fail on the forged digest; it hashes.
+        check(&a, &id).expect("the file is hashed again, and is fine");
     }
 
     #[test]
