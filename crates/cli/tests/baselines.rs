@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -244,39 +243,6 @@ fn bad_artifacts_are_refused() {
             &["invoke", other, "--strategy", strategy, "--cold"],
             "recorded for another version of the snapshot's memory file",
         );
-    }
-}
-
-struct Handler(Child);
-
-/// Starts `snapbpf uffd-handler --socket SOCKET ARGS...` and waits until it listens.
-fn start_handler(socket: &Path, args: &[&std::ffi::OsStr]) -> Handler {
-    let handler = Handler(
-        Command::new(bin())
-            .arg("uffd-handler")
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the handler"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the handler never listened on {socket:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    handler
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -26,18 +26,4 @@ pub mod snapshot;
 pub mod strategy;
 pub mod uffd_backend;
 
-/// An error and its sources on one line, each cause once: how the CLI and the worker
-/// protocol print errors.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
-}
+pub use snapbpf_store::error_chain;

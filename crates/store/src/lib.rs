@@ -25,6 +25,22 @@ pub mod verify;
 pub use identity::FileIdentity;
 pub use snapshot::{OpenError, Snapshot, SnapshotMeta};
 
+/// An error and its sources on one line, each cause once: how the CLI, the worker
+/// protocol and the page-fault handler's refusals print errors.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
 /// The one page size of snapshots, working sets and artifacts (x86-64 base pages): the
 /// guest ABI's.
 pub const PAGE_SIZE: u64 = snapbpf_vmm::abi::PAGE_SIZE;

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
+use crate::handshake::{BadRegions, SocketFailure};
 use crate::PAGE;
 
 // ---- kernel ABI (include/uapi/linux/userfaultfd.h) ----
@@ -116,7 +117,7 @@ pub enum UffdError {
     #[error("cannot create a userfaultfd (neither /dev/userfaultfd nor the syscall worked): {0}")]
     Create(std::io::Error),
     /// An ioctl failed.
-    #[error("userfaultfd {op} failed: {source}")]
+    #[error("userfaultfd {op} failed")]
     Ioctl {
         /// The operation.
         op: &'static str,
@@ -127,7 +128,7 @@ pub enum UffdError {
     #[error("page fault at {0:#x} outside the registered guest memory")]
     Stray(u64),
     /// Reading the page source failed.
-    #[error("cannot read {len} bytes at offset {offset} of the memory file: {source}")]
+    #[error("cannot read {len} bytes at offset {offset} of the memory file")]
     Source {
         /// Offset.
         offset: u64,
@@ -136,20 +137,32 @@ pub enum UffdError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The handshake socket failed.
-    #[error("page-fault handler socket {path}: {reason}")]
-    Socket {
+    /// The VMM side of the handshake failed on the handler's socket.
+    #[error("page-fault handler socket {path}")]
+    Handler {
         /// The socket path.
         path: PathBuf,
         /// What went wrong.
-        reason: String,
+        #[source]
+        failure: SocketFailure,
     },
+    /// The handler side of the handshake failed on a VMM's connection.
+    #[error("the VMM's connection")]
+    Vmm(#[source] SocketFailure),
     /// The descriptor passed is not a userfaultfd.
     #[error("the descriptor passed is not a userfaultfd ({0})")]
     NotUserfaultfd(String),
     /// The regions sent with the descriptor are unusable.
-    #[error("bad guest memory regions from the VMM: {0}")]
-    BadRegions(String),
+    #[error("bad guest memory regions from the VMM")]
+    BadRegions(#[source] BadRegions),
+    /// A prefetched working set holds fewer bytes than its offsets name pages.
+    #[error("the working set names {pages} pages but holds {bytes} bytes")]
+    ShortWorkingSet {
+        /// Pages named.
+        pages: u64,
+        /// Bytes held.
+        bytes: u64,
+    },
     /// The address space kept changing under a copy and no pending event explained it.
     #[error("UFFDIO_COPY at {0:#x}: the address space never settled (EAGAIN for 10 s)")]
     NeverSettled(u64),
@@ -259,6 +272,12 @@ impl Uffd {
     /// (`UFFDIO_COPY`) and wakes threads waiting there. Pages already present are skipped
     /// (and waiters on them woken). Returns the bytes installed.
     pub fn copy(&self, dst: u64, src: &[u8]) -> Result<u64, UffdError> {
+        self.copy_pages(dst, src, PAGE)
+    }
+
+    /// [`copy`](Self::copy) into memory of `page_size` pages (a hugetlbfs region's 2 MiB):
+    /// a page already present is skipped whole.
+    pub fn copy_pages(&self, dst: u64, src: &[u8], page_size: u64) -> Result<u64, UffdError> {
         let len = src.len() as u64;
         let mut done = 0u64;
         let mut installed = 0u64;
@@ -288,8 +307,8 @@ impl Uffd {
             match -c.copy as i32 {
                 libc::EEXIST => {
                     // Already present (another fault on the same page was served).
-                    self.wake(dst + done, PAGE)?;
-                    done += PAGE;
+                    self.wake(dst + done, page_size)?;
+                    done += page_size;
                 }
                 libc::EAGAIN => {
                     // The address space is changing under the copy (an unmap, a remap or

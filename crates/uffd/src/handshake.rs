@@ -18,12 +18,12 @@
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Uffd, UffdError, PAGE};
+use crate::{Uffd, UffdError, HUGETLB_PAGE, PAGE};
 
 /// One guest memory region a handler serves, as Firecracker describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,13 +59,10 @@ impl GuestRegionUffdMapping {
 
 /// Parses the region list of a VMM's handshake message (at most [`MAX_REGIONS`]).
 pub fn parse_regions(body: &[u8]) -> Result<Vec<GuestRegionUffdMapping>, UffdError> {
-    let regions: Vec<GuestRegionUffdMapping> = serde_json::from_slice(body)
-        .map_err(|e| UffdError::BadRegions(format!("bad JSON: {e}")))?;
+    let regions: Vec<GuestRegionUffdMapping> =
+        serde_json::from_slice(body).map_err(|e| UffdError::BadRegions(BadRegions::Json(e)))?;
     if regions.len() > MAX_REGIONS {
-        return Err(UffdError::BadRegions(format!(
-            "{} regions, at most {MAX_REGIONS} are served",
-            regions.len()
-        )));
+        return Err(UffdError::BadRegions(BadRegions::TooMany(regions.len())));
     }
     Ok(regions)
 }
@@ -80,35 +77,128 @@ pub fn parse_ack(line: &str) -> Result<HandlerAck, serde_json::Error> {
 
 /// Checks regions received from a VMM against the memory file they are served from.
 pub fn check_regions(regions: &[GuestRegionUffdMapping], file_len: u64) -> Result<(), UffdError> {
+    let bad = |e| Err(UffdError::BadRegions(e));
     if regions.is_empty() {
-        return Err(UffdError::BadRegions("no regions".into()));
+        return bad(BadRegions::Empty);
     }
     for r in regions {
-        if r.page_size != PAGE {
-            return Err(UffdError::BadRegions(format!(
-                "page size {} (only {PAGE}-byte pages are served)",
-                r.page_size
-            )));
+        if r.page_size != PAGE && r.page_size != HUGETLB_PAGE {
+            return bad(BadRegions::PageSize(r.page_size));
         }
-        let aligned = |v: u64| v.is_multiple_of(PAGE);
+        let aligned = |v: u64| v.is_multiple_of(r.page_size);
         if !aligned(r.base_host_virt_addr) || !aligned(r.size) || !aligned(r.offset) {
-            return Err(UffdError::BadRegions(format!("{r:?} is not page-aligned")));
+            return bad(BadRegions::Unaligned(*r));
         }
         if r.base_host_virt_addr.checked_add(r.size).is_none() {
-            return Err(UffdError::BadRegions(format!(
-                "{r:?} wraps around the address space"
-            )));
+            return bad(BadRegions::Wraps(*r));
         }
         if r.offset
             .checked_add(r.size)
             .is_none_or(|end| end > file_len)
         {
-            return Err(UffdError::BadRegions(format!(
-                "{r:?} reaches past the end of the {file_len}-byte memory file"
-            )));
+            return bad(BadRegions::PastEnd {
+                region: *r,
+                file_len,
+            });
         }
     }
     Ok(())
+}
+
+/// Why a VMM's region list is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRegions {
+    /// The message is not a JSON array of regions.
+    #[error("not a JSON array of GuestRegionUffdMapping")]
+    Json(#[source] serde_json::Error),
+    /// More regions than any VM has.
+    #[error("{0} regions, at most {MAX_REGIONS} are served")]
+    TooMany(usize),
+    /// An empty list.
+    #[error("no regions")]
+    Empty,
+    /// A page size the handler cannot fill.
+    #[error("page size {0} (served: {PAGE}-byte pages and {HUGETLB_PAGE}-byte hugetlbfs pages)")]
+    PageSize(u64),
+    /// A region not aligned to its own page size.
+    #[error("{0:?} is not aligned to its page size")]
+    Unaligned(GuestRegionUffdMapping),
+    /// A region whose end overflows.
+    #[error("{0:?} wraps around the address space")]
+    Wraps(GuestRegionUffdMapping),
+    /// A region mapping bytes the memory file does not have.
+    #[error("{region:?} reaches past the end of the {file_len}-byte memory file")]
+    PastEnd {
+        /// The region.
+        region: GuestRegionUffdMapping,
+        /// The memory file's size.
+        file_len: u64,
+    },
+}
+
+/// What went wrong on a handshake socket, either side.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketFailure {
+    /// Connecting failed (or took longer than [`CONNECT_TIMEOUT`]).
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
+    /// The region list could not be encoded.
+    #[error("cannot encode the regions")]
+    Encode(#[source] serde_json::Error),
+    /// Sending the message failed.
+    #[error("send")]
+    Send(#[source] std::io::Error),
+    /// Waiting for the handler's first line failed.
+    #[error("poll")]
+    Poll(#[source] std::io::Error),
+    /// A line of the extension did not arrive.
+    #[error("no {what} from the handler")]
+    NoLine {
+        /// The hello or the acknowledgement.
+        what: &'static str,
+        /// Why (a timeout, an oversized line, an I/O error).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The handler hung up before a line of the extension.
+    #[error("the handler closed the connection before its {0}")]
+    Closed(&'static str),
+    /// The handler's first line is not a [`HandlerHello`].
+    #[error("bad hello '{line}'")]
+    BadHello {
+        /// The line, trimmed.
+        line: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The handler's second line is not a [`HandlerAck`].
+    #[error("bad acknowledgement '{line}'")]
+    BadAck {
+        /// The line, trimmed.
+        line: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The handler refused the VM, and said why.
+    #[error("the handler refused the VM: {0}")]
+    Refused(String),
+    /// The socket's receive timeout could not be set.
+    #[error("cannot set a receive timeout")]
+    SetTimeout(#[source] std::io::Error),
+    /// The VMM sent nothing in time.
+    #[error("the VMM sent no regions within {} s", RECEIVE_TIMEOUT.as_secs())]
+    NoRegions,
+    /// Receiving the VMM's message failed.
+    #[error("receive")]
+    Receive(#[source] std::io::Error),
+    /// The VMM's message came without a descriptor.
+    #[error("the message carries no userfaultfd")]
+    NoDescriptor,
+    /// Only empty datagrams arrived.
+    #[error("no message with a userfaultfd")]
+    OnlyEmpty,
 }
 
 /// The first line our handler writes, as soon as it accepts a VMM (before the VMM's
@@ -184,37 +274,43 @@ pub fn send_to_handler(
     regions: &[GuestRegionUffdMapping],
     timeout: Duration,
 ) -> Result<(UnixStream, HandlerReply), UffdError> {
-    let sock_err = |reason: String| UffdError::Socket {
+    let sock_err = |failure: SocketFailure| UffdError::Handler {
         path: socket.to_path_buf(),
-        reason,
+        failure,
     };
     let stream = connect_within(socket, Instant::now() + CONNECT_TIMEOUT)
-        .map_err(|e| sock_err(format!("connect: {e}")))?;
-    let body = serde_json::to_vec(regions).map_err(|e| sock_err(e.to_string()))?;
+        .map_err(|e| sock_err(SocketFailure::Connect(e)))?;
+    let body = serde_json::to_vec(regions).map_err(|e| sock_err(SocketFailure::Encode(e)))?;
     send_fd(&stream, &body, uffd.as_fd().as_raw_fd())
-        .map_err(|e| sock_err(format!("send: {e}")))?;
-    if !readable_within(&stream, HELLO_WINDOW).map_err(|e| sock_err(format!("poll: {e}")))? {
+        .map_err(|e| sock_err(SocketFailure::Send(e)))?;
+    if !readable_within(&stream, HELLO_WINDOW).map_err(|e| sock_err(SocketFailure::Poll(e)))? {
         return Ok((stream, HandlerReply::Silent));
     }
     let deadline = Instant::now() + timeout;
-    let read = |what: &str| {
+    let read = |what: &'static str| {
         let line = read_line_within(&stream, deadline, MAX_ACK_BYTES)
-            .map_err(|e| sock_err(format!("no {what} from the handler: {e}")))?;
+            .map_err(|source| sock_err(SocketFailure::NoLine { what, source }))?;
         if line.is_empty() {
-            return Err(sock_err(format!(
-                "the handler closed the connection before its {what}"
-            )));
+            return Err(sock_err(SocketFailure::Closed(what)));
         }
         Ok(line)
     };
     let line = read("hello")?;
-    let hello: HandlerHello = serde_json::from_str(line.trim())
-        .map_err(|e| sock_err(format!("bad hello '{}': {e}", line.trim())))?;
+    let hello: HandlerHello = serde_json::from_str(line.trim()).map_err(|source| {
+        sock_err(SocketFailure::BadHello {
+            line: line.trim().to_string(),
+            source,
+        })
+    })?;
     let line = read("acknowledgement")?;
-    let ack: HandlerAck = parse_ack(&line)
-        .map_err(|e| sock_err(format!("bad acknowledgement '{}': {e}", line.trim())))?;
-    if let Some(e) = &ack.error {
-        return Err(sock_err(format!("the handler refused the VM: {e}")));
+    let ack: HandlerAck = parse_ack(&line).map_err(|source| {
+        sock_err(SocketFailure::BadAck {
+            line: line.trim().to_string(),
+            source,
+        })
+    })?;
+    if let Some(e) = ack.error {
+        return Err(sock_err(SocketFailure::Refused(e)));
     }
     Ok((stream, HandlerReply::Extended { hello, ack }))
 }
@@ -384,34 +480,31 @@ fn read_line_within(
 pub fn receive_from_vmm(
     stream: &UnixStream,
 ) -> Result<(Uffd, Vec<GuestRegionUffdMapping>), UffdError> {
-    let err = |reason: String| UffdError::Socket {
-        path: PathBuf::from("<connection>"),
-        reason,
-    };
     stream
         .set_read_timeout(Some(RECEIVE_TIMEOUT))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| UffdError::Vmm(SocketFailure::SetTimeout(e)))?;
     // Zero-length datagrams are legal: retry a few times, as Firecracker's handlers do.
     for _ in 0..5 {
-        let (body, fd) = recv_fd(stream).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => err(format!(
-                "the VMM sent no regions within {} s",
-                RECEIVE_TIMEOUT.as_secs()
-            )),
-            _ => err(format!("receive: {e}")),
+        let (body, fd) = recv_fd(stream).map_err(|e| {
+            UffdError::Vmm(match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    SocketFailure::NoRegions
+                }
+                _ => SocketFailure::Receive(e),
+            })
         })?;
         let Some(fd) = fd else {
             if body.is_empty() {
                 continue;
             }
-            return Err(err("message carries no userfaultfd".into()));
+            return Err(UffdError::Vmm(SocketFailure::NoDescriptor));
         };
         let regions = parse_regions(&body)?;
         check_is_userfaultfd(&fd)?;
         let _ = stream.set_read_timeout(None);
         return Ok((Uffd::from_fd(fd), regions));
     }
-    Err(err("no message with a userfaultfd".into()))
+    Err(UffdError::Vmm(SocketFailure::OnlyEmpty))
 }
 
 /// Refuses a passed descriptor that is not a userfaultfd: serving "faults" read from
@@ -577,7 +670,10 @@ mod tests {
         let (vmm, handler) = UnixStream::pair().expect("socketpair");
         let started = Instant::now();
         let e = receive_from_vmm(&handler).expect_err("nothing sent");
-        assert!(e.to_string().contains("sent no regions within"), "{e}");
+        assert!(
+            matches!(e, UffdError::Vmm(SocketFailure::NoRegions)),
+            "{e:?}"
+        );
         assert!(started.elapsed() < RECEIVE_TIMEOUT + Duration::from_secs(2));
         drop(vmm);
     }

@@ -24,3 +24,8 @@ pub use serve::{install, ms_since, serve, ServeStats, StopSignal};
 
 /// Page size the handler serves: the guest's.
 pub const PAGE: u64 = snapbpf_guest_abi::PAGE_SIZE;
+
+/// The huge page size a VMM may announce for a region backed by hugetlbfs (Firecracker's
+/// `huge_pages: "2M"`): such a region is filled, and its faults served, in whole 2 MiB
+/// pages, since the kernel fills hugetlb memory only that way.
+pub const HUGETLB_PAGE: u64 = 2 << 20;

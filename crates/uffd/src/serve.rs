@@ -39,7 +39,8 @@ pub fn serve(
     record: bool,
 ) -> Result<ServeStats, UffdError> {
     let mut stats = ServeStats::default();
-    let mut page = vec![0u8; PAGE as usize];
+    // One buffer per page size in use: a 4 KiB page and, for hugetlbfs regions, a 2 MiB one.
+    let mut pages = PageBuffers::default();
     let mut msgs = [UffdMsg::default(); 64];
     let mut queue: VecDeque<UffdMsg> = VecDeque::new();
     let mut removed = Removed::default();
@@ -48,11 +49,15 @@ pub fn serve(
             match msg.event {
                 UFFD_EVENT_REMOVE => removed.add(msg.arg[0], msg.arg[1]),
                 UFFD_EVENT_PAGEFAULT => {
-                    let addr = msg.arg[1] & !(PAGE - 1);
-                    let offset = regions
+                    let region = regions
                         .iter()
-                        .find_map(|r| r.file_offset(addr))
-                        .ok_or(UffdError::Stray(addr))?;
+                        .find(|r| r.file_offset(msg.arg[1]).is_some())
+                        .ok_or(UffdError::Stray(msg.arg[1]))?;
+                    // Filled in the region's own pages: a hugetlbfs fault takes the whole
+                    // 2 MiB page around it (regions are aligned to their page size).
+                    let page_size = region.page_size;
+                    let addr = msg.arg[1] & !(page_size - 1);
+                    let offset = region.file_offset(addr).ok_or(UffdError::Stray(addr))?;
                     let mut have_page = false;
                     // Read the clock only once a copy meets EAGAIN, not on every fault.
                     let mut settle_by = None;
@@ -60,19 +65,25 @@ pub fn serve(
                         // Decided on every attempt: a removal read while retrying turns
                         // this fault into a zero page.
                         let filled = if removed.contains(addr) {
-                            uffd.try_zeropage(addr, PAGE)?
+                            if page_size == PAGE {
+                                uffd.try_zeropage(addr, PAGE)?
+                            } else {
+                                // hugetlbfs has no UFFDIO_ZEROPAGE: copy a zeroed page.
+                                uffd.try_copy(addr, pages.zeroed(page_size))?
+                            }
                         } else {
+                            let page = pages.get(page_size);
                             if !have_page {
-                                file.read_exact_at(&mut page, offset).map_err(|source| {
+                                file.read_exact_at(page, offset).map_err(|source| {
                                     UffdError::Source {
                                         offset,
-                                        len: PAGE,
+                                        len: page_size,
                                         source,
                                     }
                                 })?;
                                 have_page = true;
                             }
-                            uffd.try_copy(addr, &page)?
+                            uffd.try_copy(addr, page)?
                         };
                         match filled {
                             Filled::Done(_) => break,
@@ -144,6 +155,32 @@ pub fn serve(
     }
 }
 
+/// Page buffers of the sizes a handler serves, allocated on first use.
+#[derive(Debug, Default)]
+struct PageBuffers {
+    small: Vec<u8>,
+    huge: Vec<u8>,
+}
+
+impl PageBuffers {
+    fn get(&mut self, page_size: u64) -> &mut [u8] {
+        let buf = if page_size == PAGE {
+            &mut self.small
+        } else {
+            &mut self.huge
+        };
+        buf.resize(page_size as usize, 0);
+        buf
+    }
+
+    /// A page of zeros (the buffer is reused, so it is cleared here).
+    fn zeroed(&mut self, page_size: u64) -> &[u8] {
+        let buf = self.get(page_size);
+        buf.fill(0);
+        buf
+    }
+}
+
 /// Longest a fault's copy may keep meeting `EAGAIN` with no event to explain it.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -181,20 +218,48 @@ impl Removed {
 /// Installs pages of `data` into guest memory with `UFFDIO_COPY`, one call per run of
 /// pages that are contiguous both in `offsets` (file offsets, in `data`'s order) and in
 /// `data`. Returns (bytes installed, calls made).
+///
+/// A working set is recorded in 4 KiB pages, but hugetlbfs memory is filled only in whole
+/// 2 MiB pages: in a region with [`crate::HUGETLB_PAGE`]s, each huge page the working set touches
+/// is read whole from `memory` (the file the regions map) and installed once.
 pub fn install(
     uffd: &Uffd,
     regions: &[GuestRegionUffdMapping],
     offsets: &[u64],
     data: &[u8],
+    memory: &File,
 ) -> Result<(u64, u64), UffdError> {
     let mut i = 0usize;
     let (mut bytes, mut calls) = (0u64, 0u64);
+    let mut huge = Vec::new();
+    let mut huge_done = std::collections::HashSet::new();
     while i < offsets.len() {
         let start = offsets[i];
         let region = regions
             .iter()
             .find(|r| r.host_addr(start).is_some())
             .ok_or(UffdError::Stray(start))?;
+        if region.page_size != PAGE {
+            let page_offset = start & !(region.page_size - 1);
+            // A working set is in fault order: a huge page's pages may be far apart.
+            if huge_done.insert(page_offset) {
+                huge.resize(region.page_size as usize, 0);
+                memory
+                    .read_exact_at(&mut huge, page_offset)
+                    .map_err(|source| UffdError::Source {
+                        offset: page_offset,
+                        len: region.page_size,
+                        source,
+                    })?;
+                let dst = region
+                    .host_addr(page_offset)
+                    .ok_or(UffdError::Stray(page_offset))?;
+                bytes += uffd.copy_pages(dst, &huge, region.page_size)?;
+                calls += 1;
+            }
+            i += 1;
+            continue;
+        }
         let mut j = i + 1;
         while j < offsets.len()
             && offsets[j] == offsets[j - 1] + PAGE
@@ -202,9 +267,12 @@ pub fn install(
         {
             j += 1;
         }
-        let src = data
-            .get(i * PAGE as usize..j * PAGE as usize)
-            .ok_or_else(|| UffdError::BadRegions("working set shorter than its trace".into()))?;
+        let src =
+            data.get(i * PAGE as usize..j * PAGE as usize)
+                .ok_or(UffdError::ShortWorkingSet {
+                    pages: offsets.len() as u64,
+                    bytes: data.len() as u64,
+                })?;
         let dst = region.host_addr(start).ok_or(UffdError::Stray(start))?;
         bytes += uffd.copy(dst, src)?;
         calls += 1;
@@ -409,6 +477,7 @@ mod tests {
             &regions,
             &[2 * PAGE, 3 * PAGE],
             &data[2 * PAGE as usize..4 * PAGE as usize],
+            &file,
         )
         .expect("install");
         assert_eq!((bytes, calls), (2 * PAGE, 1));

@@ -160,7 +160,7 @@ pub fn listen(
                         let _ = acknowledge(
                             &stream,
                             &HandlerAck {
-                                error: Some(chain(&e)),
+                                error: Some(snapbpf_store::error_chain(&e)),
                                 ..HandlerAck::default()
                             },
                         );
@@ -234,18 +234,6 @@ fn peer_credentials(stream: &UnixStream) -> Option<(i32, u32, u32)> {
         )
     };
     (rc == 0).then_some((cred.pid, cred.uid, cred.gid))
-}
-
-/// An error and its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// A counting semaphore bounding the sessions served at once.

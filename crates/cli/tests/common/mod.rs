@@ -129,3 +129,37 @@ pub fn flip_keeping_mtime(path: &Path, at: u64) {
     f.write_all_at(&[!byte[0]], at).expect("write");
     f.set_modified(mtime).expect("put the mtime back");
 }
+
+/// A running `snapbpf uffd-handler`, killed on drop.
+pub struct Handler(std::process::Child);
+
+/// Starts `snapbpf uffd-handler --socket SOCKET ARGS...` and waits until it listens.
+pub fn start_handler(socket: &Path, args: &[&std::ffi::OsStr]) -> Handler {
+    let handler = Handler(
+        Command::new(bin())
+            .arg("uffd-handler")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the handler"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handler never listened on {socket:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    handler
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

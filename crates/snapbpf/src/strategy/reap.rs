@@ -140,7 +140,10 @@ pub fn prefetch(
     let started = Instant::now();
     let buf = read_ws(snapshot, trace)?;
     let checked_ms = uffd::ms_since(started);
-    let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice())?;
+    // Read only for hugetlbfs regions (whole 2 MiB pages around the working set).
+    let memory = std::fs::File::open(snapshot.memory_path())
+        .map_err(StrategyError::io("open the snapshot's memory"))?;
+    let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice(), &memory)?;
     tracing::debug!(
         "reap prefetch: read and CRC {checked_ms:.1} ms, install {:.1} ms",
         uffd::ms_since(started) - checked_ms
