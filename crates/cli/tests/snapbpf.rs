@@ -269,3 +269,122 @@ fn trace_and_prefetch_any_process() {
         "nonexistent",
     );
 }
+
+/// `trace --pid` attaches to a process that is already running (as an orchestrator
+/// attaches to a restored Firecracker before its first invocation) and captures the
+/// pages that process touches after the attach: cold ones (read from disk), and ones
+/// another process had already cached (the process only faults them in). Accesses by
+/// other processes to the same file are not its working set.
+#[test]
+fn trace_attaches_to_a_running_process() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let file = dir.path().join("memory");
+    // Pages [0, 4096) are touched after the attach, [4096, 8192) only by another process,
+    // [8192, 12288) before the attach.
+    let pages = 12288u64; // 48 MiB
+    let bytes: Vec<u8> = (0..pages * 4096).map(|i| (i / 4096 % 251) as u8).collect();
+    std::fs::write(&file, &bytes).expect("write");
+    // The running process: maps the file with readahead off, touches some pages, says
+    // "ready", then touches the pages it is sent and says "done".
+    let script = "import mmap,sys\nf=open(sys.argv[1],'rb')\n\
+        m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)\nm.madvise(mmap.MADV_RANDOM)\n\
+        s=sum(m[p*4096] for p in range(8192,12288,97))\nprint('ready',flush=True)\n\
+        todo=[int(x) for x in sys.stdin.readline().split()]\n\
+        s+=sum(m[p*4096+5] for p in todo)\nprint('done',s,flush=True)\nsys.stdin.readline()\n";
+    let mut vmm = Command::new("python3")
+        .args(["-c", script])
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut to_vmm = vmm.stdin.take().expect("stdin");
+    let mut from_vmm = BufReader::new(vmm.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    from_vmm.read_line(&mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+
+    let ws = dir.path().join("attached.ws");
+    let mut trace = Command::new(bin())
+        .args(["trace", "--cold", "--file"])
+        .arg(&file)
+        .arg("--out")
+        .arg(&ws)
+        .arg("--pid")
+        .arg(vmm.id().to_string())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("trace");
+    let mut trace_err = BufReader::new(trace.stderr.take().expect("stderr"));
+    let mut attached = String::new();
+    while !attached.starts_with("attached:") {
+        attached.clear();
+        let n = trace_err.read_line(&mut attached).expect("stderr");
+        assert!(n > 0, "trace ended before attaching");
+    }
+
+    // After the attach: the pages to touch are in the first half of the file; half of
+    // them another process (this test) caches first. That process also reads pages of
+    // the second half, which the traced process never touches.
+    let todo: Vec<u64> = (0..4096u64).filter(|p| p % 5 == 1 || p % 11 == 0).collect();
+    let noise: Vec<u64> = (4096..8192).step_by(3).collect();
+    {
+        use std::os::unix::fs::FileExt;
+        let other = std::fs::File::open(&file).expect("open");
+        let mut page = vec![0u8; 4096];
+        for p in todo.iter().step_by(2).chain(&noise) {
+            other.read_exact_at(&mut page, p * 4096).expect("read");
+        }
+    }
+    let list: Vec<String> = todo.iter().map(|p| p.to_string()).collect();
+    writeln!(to_vmm, "{}", list.join(" ")).expect("send");
+    line.clear();
+    from_vmm.read_line(&mut line).expect("done");
+    assert!(line.starts_with("done"), "{line}");
+
+    // Ctrl-C ends the trace, which still writes the working set.
+    // SAFETY: kill(2) on the child we started.
+    assert_eq!(unsafe { libc::kill(trace.id() as i32, libc::SIGINT) }, 0);
+    let out = trace.wait_with_output().expect("trace ends");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut trace_err, &mut rest);
+    assert!(out.status.success(), "trace: {rest}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopped by signal"),
+        "{:?}",
+        out.stdout
+    );
+    let _ = writeln!(to_vmm);
+    let _ = vmm.wait();
+
+    let captured: std::collections::BTreeSet<u64> = ws_pages(&ws).into_iter().collect();
+    let found = todo.iter().filter(|p| captured.contains(p)).count();
+    let recall = found as f64 / todo.len() as f64;
+    assert!(
+        recall >= 0.99,
+        "recall {recall:.4}: {found} of {} pages touched after the attach",
+        todo.len()
+    );
+    let foreign = noise.iter().filter(|p| captured.contains(p)).count();
+    assert_eq!(foreign, 0, "pages only another process read were captured");
+
+    // A process that is not there is refused at once.
+    fails(
+        &[
+            "trace",
+            "--file",
+            file.to_str().expect("UTF-8"),
+            "--out",
+            ws.to_str().expect("UTF-8"),
+            "--pid",
+            "999999999",
+        ],
+        "no process 999999999",
+    );
+}

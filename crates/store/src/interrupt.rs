@@ -6,11 +6,15 @@
 //! returned guard unregisters it. [`install`] makes the signals run every registered undo
 //! on a thread of their own, say so on one line, and exit with 128 + the signal number.
 //! Without [`install`], registering costs nothing and the signals keep their defaults.
+//!
+//! Work that ends when the user says so (`snapbpf trace --pid` until Ctrl-C) holds a
+//! [`Finish`]: while it is held, the first signal is a request to finish, which the work
+//! polls; a second signal interrupts as above.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 type Undo = Box<dyn Fn() + Send + Sync>;
@@ -41,6 +45,47 @@ pub fn on_interrupt(what: &'static str, undo: impl Fn() + Send + Sync + 'static)
         all.insert(id, (what, Box::new(undo)));
     }
     Guard(id)
+}
+
+/// How many [`Finish`] guards are alive.
+static FINISH_HOLDERS: AtomicUsize = AtomicUsize::new(0);
+/// The signal that asked to finish (0: none yet).
+static FINISH_REQUESTED: AtomicI32 = AtomicI32::new(0);
+
+/// While alive, the first SIGINT, SIGTERM or SIGHUP asks the work to finish instead of
+/// interrupting it (see [`Finish::requested`]); a second signal interrupts as usual.
+#[derive(Debug)]
+#[must_use = "signals interrupt again as soon as the guard is dropped"]
+pub struct Finish(());
+
+/// Makes the next signal a request to finish, for as long as the guard lives.
+pub fn finish_on_signal() -> Finish {
+    FINISH_HOLDERS.fetch_add(1, Ordering::SeqCst);
+    Finish(())
+}
+
+impl Finish {
+    /// The signal that asked to finish, if one came.
+    pub fn requested(&self) -> Option<i32> {
+        match FINISH_REQUESTED.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        FINISH_HOLDERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "SIGHUP",
+    }
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
@@ -81,22 +126,29 @@ fn install_once() -> std::io::Result<()> {
             loop {
                 // SAFETY: reads one byte into a local from our pipe.
                 let n = unsafe { libc::read(read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-                if n == 1 {
-                    break;
-                }
                 if n < 0
                     && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
                 {
                     continue;
                 }
-                return;
+                if n != 1 {
+                    return;
+                }
+                let first_request = FINISH_HOLDERS.load(Ordering::SeqCst) > 0
+                    && FINISH_REQUESTED
+                        .compare_exchange(0, i32::from(byte), Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                if !first_request {
+                    break;
+                }
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}: finishing (send it again to abort)",
+                    signal_name(i32::from(byte))
+                );
             }
             let undone = undo_all();
-            let name = match i32::from(byte) {
-                libc::SIGINT => "SIGINT",
-                libc::SIGTERM => "SIGTERM",
-                _ => "SIGHUP",
-            };
+            let name = signal_name(i32::from(byte));
             let what = if undone.is_empty() {
                 "nothing to clean up".to_string()
             } else {

@@ -117,6 +117,9 @@ pub struct CaptureOptions {
     /// Pending bytes at which the kernel wakes the drain thread. `None`: a quarter of
     /// the ring. Waking for every event costs a context switch per page.
     pub wakeup_bytes: Option<u64>,
+    /// Only accesses made by this process (its PID as the initial PID namespace sees
+    /// it, which is the caller's when run on the host). `None`: every process.
+    pub process: Option<u32>,
 }
 
 impl Default for CaptureOptions {
@@ -126,6 +129,7 @@ impl Default for CaptureOptions {
             ring_buffer_bytes: 16 << 20,
             poll_interval: Duration::from_millis(20),
             wakeup_bytes: None,
+            process: None,
         }
     }
 }
@@ -569,6 +573,7 @@ fn load_skel<'obj>(
         ))?;
     rodata.target_dev = file.kernel_dev;
     rodata.target_ino = file.inode;
+    rodata.target_tgid = opts.process.unwrap_or(0);
     let rb = opts.ring_buffer_bytes.max(4096).next_power_of_two();
     // Wake the drain thread when a quarter of the ring is full; it also drains every
     // `poll_interval`.

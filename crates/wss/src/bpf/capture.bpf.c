@@ -52,6 +52,12 @@ struct trace_event_raw_mm_filemap_op_page_cache_range {
 const volatile __u32 target_dev = 0;
 const volatile __u64 target_ino = 0;
 /*
+ * When non-zero, only events raised by this process (thread group id, as the initial PID
+ * namespace numbers it) count: attaching to one running VMM among many on the same file.
+ * Page-cache insertions, faults and fault-around all run in the faulting task's context.
+ */
+const volatile __u32 target_tgid = 0;
+/*
  * Wake the consumer only once this many bytes are pending. Waking it for every event
  * costs a context switch per page on a 2-core host (measured: +33% on the traced
  * workload); the consumer also drains on a timer, so events are never stranded.
@@ -84,6 +90,8 @@ static __always_inline int emit(__u64 dev, __u64 ino, __u64 index, __u32 nr_page
 	struct snapbpf_event *e;
 
 	if (dev != target_dev || ino != target_ino)
+		return 0;
+	if (target_tgid && (__u32)(bpf_get_current_pid_tgid() >> 32) != target_tgid)
 		return 0;
 	count(SNAPBPF_CNT_MATCHED);
 
