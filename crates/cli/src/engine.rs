@@ -104,7 +104,7 @@ impl Engine for SnapbpfEngine {
                 input: cell.input,
                 timeout: cell.timeout,
             },
-            cold: cell.cold,
+            cache: snapbpf::launch::CacheStart::cold_if(cell.cold),
             concurrency: cell.concurrency,
         };
         Ok(launch::invoke(&req, &|| {

@@ -388,3 +388,51 @@ fn trace_attaches_to_a_running_process() {
         "no process 999999999",
     );
 }
+
+/// `prefetch` run while a VMM is already faulting on the same memory file (an
+/// orchestrator starting both at once): the VMM still runs on the snapshot's pages, and
+/// `invoke --as-is` leaves the page cache as the caller made it.
+#[test]
+fn prefetch_beside_a_faulting_vmm() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let s = snap.to_str().expect("UTF-8");
+    ok(&["record", s, "--strategy", "snapbpf"]);
+    let reference = checksums(&json(&["invoke", s, "--strategy", "linux-nora", "--cold"]));
+    let memory = snap.join("memory");
+    let faults =
+        |report: &serde_json::Value| report["runs"][0]["major_faults"].as_u64().expect("faults");
+
+    snapbpf_store::fsutil::evict(&memory).expect("evict");
+    let alone = json(&["invoke", s, "--strategy", "linux-nora", "--as-is"]);
+    assert_eq!(checksums(&alone), reference);
+    assert!(
+        faults(&alone) > 100,
+        "--as-is after an eviction starts cold: {alone}"
+    );
+
+    snapbpf_store::fsutil::evict(&memory).expect("evict");
+    let ws = snap.join("snapbpf.ws");
+    let prefetch = std::process::Command::new(bin())
+        .args(["prefetch", "--json", "--file"])
+        .arg(&memory)
+        .arg("--ws")
+        .arg(&ws)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("prefetch");
+    let beside = json(&["invoke", s, "--strategy", "linux-nora", "--as-is"]);
+    let prefetched = prefetch.wait_with_output().expect("prefetch ends");
+    assert!(prefetched.status.success(), "prefetch failed");
+    let report: serde_json::Value =
+        serde_json::from_slice(&prefetched.stdout).expect("prefetch JSON");
+    assert_eq!(report["missing_pages"].as_u64(), Some(0), "{report}");
+    assert_eq!(checksums(&beside), reference, "the VMM beside a prefetch");
+
+    let both = run(&["invoke", s, "--as-is", "--cold"]);
+    assert_eq!(both.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}

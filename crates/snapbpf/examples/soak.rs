@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             timeout: Duration::from_secs(120),
                         },
                         // Alternate cold and warm starts.
-                        cold: i % 2 == 0,
+                        cache: snapbpf::launch::CacheStart::cold_if(i % 2 == 0),
                         concurrency: conc,
                     },
                     &worker_cmd,

@@ -112,6 +112,29 @@ pub enum InvokeError {
     },
 }
 
+/// The page cache an invocation starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStart {
+    /// The strategy's files evicted first (checked with `mincore`).
+    Cold,
+    /// The memory file loaded fully first.
+    Warm,
+    /// As the caller left it: for composing with a prefetch run beside the VMM
+    /// (`snapbpf prefetch` started with it, as an orchestrator does for Firecracker).
+    AsIs,
+}
+
+impl CacheStart {
+    /// `Cold` when `cold`, else `Warm`.
+    pub fn cold_if(cold: bool) -> Self {
+        if cold {
+            Self::Cold
+        } else {
+            Self::Warm
+        }
+    }
+}
+
 /// A request for [`invoke`].
 #[derive(Debug, Clone)]
 pub struct InvokeRequest {
@@ -121,8 +144,8 @@ pub struct InvokeRequest {
     pub spec: StrategySpec,
     /// Input and timeout.
     pub run: RunOptions,
-    /// Evict the snapshot's files first; otherwise load the memory file fully (warm).
-    pub cold: bool,
+    /// The page cache the VMs start from.
+    pub cache: CacheStart,
     /// Number of VMs started together.
     pub concurrency: u32,
 }
@@ -202,16 +225,20 @@ pub fn invoke(
     let strategy = req.spec.build();
     strategy.check(&snapshot)?;
     let files = strategy.cold_files(&snapshot);
-    if req.cold {
-        for f in &files {
-            fsutil::evict(f)?;
+    match req.cache {
+        CacheStart::Cold => {
+            for f in &files {
+                fsutil::evict(f)?;
+            }
         }
-    } else {
-        let memory = snapshot.memory_path();
-        fsutil::make_resident(&memory).map_err(|source| InvokeError::Warm {
-            path: memory.clone(),
-            source,
-        })?;
+        CacheStart::Warm => {
+            let memory = snapshot.memory_path();
+            fsutil::make_resident(&memory).map_err(|source| InvokeError::Warm {
+                path: memory.clone(),
+                source,
+            })?;
+        }
+        CacheStart::AsIs => {}
     }
 
     let worker_err =
@@ -334,7 +361,7 @@ pub fn invoke(
         function: snapshot.meta.function.clone(),
         strategy: req.spec.label(),
         input: req.run.input,
-        cold: req.cold,
+        cold: req.cache == CacheStart::Cold,
         concurrency: req.concurrency,
         runs,
         memory: MemoryReport {

@@ -121,7 +121,7 @@ pub fn profile(
                 dir: snapshot.dir.clone(),
                 spec,
                 run: RunOptions { input, timeout },
-                cold: true,
+                cache: crate::launch::CacheStart::Cold,
                 concurrency: 1,
             };
             launch::invoke(&req, worker)

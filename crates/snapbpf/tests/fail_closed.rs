@@ -107,7 +107,7 @@ fn a_silent_worker_is_killed_at_the_deadline() {
                 input: 0,
                 timeout: Duration::from_secs(30),
             },
-            cold: false,
+            cache: snapbpf::launch::CacheStart::Warm,
             concurrency: 1,
         },
         // Reads nothing, says nothing.

@@ -19,6 +19,10 @@ pub struct Args {
     /// Evict the snapshot from the page cache first (otherwise it is loaded fully: warm).
     #[arg(long)]
     cold: bool,
+    /// Leave the page cache as it is (neither evict nor load): to compose with a prefetch
+    /// run beside the VMM, e.g. `snapbpf prefetch` started at the same time.
+    #[arg(long, conflicts_with = "cold")]
+    as_is: bool,
     /// Number of VMs restored and run at once, one process each.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
@@ -87,7 +91,11 @@ pub fn run(args: Args) -> Result<()> {
             input: args.input,
             timeout: super::secs(args.timeout_secs),
         },
-        cold: args.cold,
+        cache: match (args.cold, args.as_is) {
+            (true, _) => launch::CacheStart::Cold,
+            (false, true) => launch::CacheStart::AsIs,
+            (false, false) => launch::CacheStart::Warm,
+        },
         concurrency: args.concurrency,
     };
     let exe = super::current_exe()?;
