@@ -64,6 +64,20 @@ pub fn stage_guest_sources(crates: &std::path::Path) -> std::io::Result<std::pat
         &members,
         r#"members = ["crates/guest-abi", "crates/functions"]"#,
     );
+    // The guest crates inherit no dependency from the workspace: leave the host's list
+    // out, so adding a host dependency does not move the staging directory (whose path
+    // feeds the guest's symbol hashes, hence its digest and every snapshot's binding).
+    let mut in_host_deps = false;
+    let manifest: String = manifest
+        .lines()
+        .filter(|line| {
+            if line.starts_with('[') {
+                in_host_deps = line.trim() == "[workspace.dependencies]";
+            }
+            !in_host_deps
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
     contents.push((std::path::PathBuf::from("Cargo.toml"), manifest.into_bytes()));
     // FNV-1a over every path and content: the staging directory's name.
     let mut hash = 0xcbf2_9ce4_8422_2325u64;

@@ -12,18 +12,6 @@ use common::*;
 
 const BASELINES: [&str; 2] = ["reap", "faasnap"];
 
-fn fresh_checksums(function: &str) -> Vec<String> {
-    let inputs = snapbpf_functions::info(function)
-        .expect("function exists")
-        .inputs;
-    (0..inputs)
-        .map(|i| {
-            let r = json(&["boot", function, "--input", &i.to_string()]);
-            r["checksum"].as_str().expect("checksum").to_string()
-        })
-        .collect()
-}
-
 fn record(snap: &str, strategy: &str, input: u32) -> serde_json::Value {
     json(&[
         "record",

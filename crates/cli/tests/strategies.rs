@@ -10,7 +10,14 @@ fn strategies_lists_the_registry() {
     let names: Vec<&str> = list.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(
         names,
-        ["linux-nora", "linux-ra", "reap", "faasnap", "snapbpf"]
+        [
+            "linux-nora",
+            "linux-ra",
+            "reap",
+            "faasnap",
+            "snapbpf",
+            "sabre"
+        ]
     );
     let of = |name: &str| {
         list.iter()
@@ -30,6 +37,10 @@ fn strategies_lists_the_registry() {
     assert_eq!(
         of("reap")["artifacts"],
         serde_json::json!(["reap.ws", "reap.trace"])
+    );
+    assert_eq!(
+        of("sabre")["artifacts"],
+        serde_json::json!(["sabre.parts", "sabre.stream"])
     );
     for s in list {
         assert!(

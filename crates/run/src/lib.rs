@@ -34,8 +34,28 @@ pub struct PrefetchReport {
     pub ranges: u64,
     /// Wall time of the prefetch, ms.
     pub ms: f64,
+    /// For a compressed working set: what was read and how it was decompressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionReport>,
 }
 
+/// How a compressed working set was restored (Sabre).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompressionReport {
+    /// Bytes read: the compressed stream.
+    pub compressed_bytes: u64,
+    /// Bytes of pages it holds.
+    pub raw_bytes: u64,
+    /// Time spent in reads, ms.
+    pub read_ms: f64,
+    /// Time spent decompressing, summed over threads, ms.
+    pub decompress_ms: f64,
+    /// Time spent installing pages, summed over threads, ms.
+    pub install_ms: f64,
+    /// Share of the decompression time the pipeline overlapped with other work (0 to 1):
+    /// (read + decompress + install - wall) / decompress.
+    pub decompress_hidden: f64,
+}
 /// The error a helper thread ends with: its own typed error, kept whole as the source.
 pub type HelperError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -356,6 +356,8 @@ pub fn invoke(
                 bytes: a.bytes + p.bytes,
                 ranges: a.ranges + p.ranges,
                 ms: a.ms.max(p.ms),
+                // Per VM alike: the first VM's stands for all.
+                compression: a.compression.or(p.compression),
             });
     Ok(InvokeReport {
         function: snapshot.meta.function.clone(),

@@ -163,3 +163,16 @@ impl Drop for Handler {
         let _ = self.0.wait();
     }
 }
+
+/// The checksum of a freshly booted VM running `function`, for each of its inputs.
+pub fn fresh_checksums(function: &str) -> Vec<String> {
+    let inputs = snapbpf_functions::info(function)
+        .expect("function exists")
+        .inputs;
+    (0..inputs)
+        .map(|i| {
+            let r = json(&["boot", function, "--input", &i.to_string()]);
+            r["checksum"].as_str().expect("checksum").to_string()
+        })
+        .collect()
+}

@@ -274,6 +274,7 @@ fn load_working_set(ws: &File, regions: &[Region]) -> std::io::Result<PrefetchRe
         bytes,
         ranges,
         ms: started.elapsed().as_secs_f64() * 1e3,
+        compression: None,
     })
 }
 

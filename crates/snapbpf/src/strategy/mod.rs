@@ -17,6 +17,7 @@ pub mod faasnap;
 pub mod linux;
 pub mod reap;
 pub mod registry;
+pub mod sabre;
 pub mod snapbpf;
 
 pub use registry::{SpecError, StrategySpec, REGISTRY};
@@ -84,6 +85,9 @@ pub enum StrategyError {
     /// A userfaultfd operation or handler handshake failed.
     #[error(transparent)]
     Uffd(#[from] snapbpf_uffd::UffdError),
+    /// Sabre's compressed working set does not decode.
+    #[error("Sabre's compressed working set")]
+    Pipeline(#[source] Box<sabre::PipelineError>),
     /// Userfaultfd-backed guest memory could not be set up or served.
     #[error(transparent)]
     Backend(#[from] crate::uffd_backend::BackendError),

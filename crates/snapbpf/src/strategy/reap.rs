@@ -267,6 +267,7 @@ impl Strategy for Reap {
                 bytes: ack.bytes,
                 ranges: ack.ranges,
                 ms: ack.ms,
+                compression: None,
             })
         })?)
     }
@@ -278,19 +279,31 @@ impl Strategy for Reap {
         timeout: Duration,
     ) -> Result<RecordReport, StrategyError> {
         let started = Instant::now();
-        let path = snapshot.memory_path();
-        let memory_file =
-            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
-        let (memory, recorder) = UffdMemory::new(snapshot.meta.mem_bytes)?.record(memory_file)?;
-        super::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
-        let log = recorder.finish()?;
-        if log.is_empty() {
-            return Err(StrategyError::io("record")(std::io::Error::other(
-                "the recorded invocation faulted no page",
-            )));
-        }
+        let log = record_faults(snapshot, input, timeout)?;
         write_artifacts(snapshot, &log, input, started)
     }
+}
+
+/// REAP's record phase: runs one invocation with every fault served on demand from the
+/// snapshot's memory file and returns the file offsets of the pages faulted, in fault
+/// order (also Sabre's working set).
+pub fn record_faults(
+    snapshot: &Snapshot,
+    input: u32,
+    timeout: Duration,
+) -> Result<Vec<u64>, StrategyError> {
+    let path = snapshot.memory_path();
+    let memory_file =
+        File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+    let (memory, recorder) = UffdMemory::new(snapshot.meta.mem_bytes)?.record(memory_file)?;
+    super::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
+    let log = recorder.finish()?;
+    if log.is_empty() {
+        return Err(StrategyError::io("record")(std::io::Error::other(
+            "the recorded invocation faulted no page",
+        )));
+    }
+    Ok(log)
 }
 
 /// Writes `reap.ws` (the pages at `offsets`, in order) and then `reap.trace`.

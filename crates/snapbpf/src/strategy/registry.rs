@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{faasnap, linux, reap, snapbpf, Strategy};
+use super::{faasnap, linux, reap, sabre, snapbpf, Strategy};
 
 /// One option a strategy takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,6 +79,8 @@ pub enum StrategySpec {
     Faasnap(faasnap::FaasnapOptions),
     /// SnapBPF.
     Snapbpf(snapbpf::SnapbpfOptions),
+    /// Sabre.
+    Sabre(sabre::SabreOptions),
 }
 
 /// Every strategy, in the order tables and charts show them.
@@ -88,6 +90,7 @@ pub static REGISTRY: &[&StrategyInfo] = &[
     &reap::INFO,
     &faasnap::INFO,
     &snapbpf::INFO,
+    &sabre::INFO,
 ];
 
 /// Errors parsing a strategy spec.
@@ -206,12 +209,14 @@ fn option_list(info: &StrategyInfo) -> String {
 }
 
 /// The paper's evaluation, as the bench runs it by default: the strategies compared at
-/// every concurrency level (Figures 3a-3c): every strategy as its paper describes it, plus
+/// every concurrency level (Figures 3a-3c): every strategy as its paper describes it (Sabre
+/// beside REAP, whose working set it compresses), plus
 /// huge page-cache folios for linux-ra and SnapBPF.
 pub const DEFAULT_COMPARISON: &[&str] = &[
     "linux-nora",
     "linux-ra",
     "reap",
+    "sabre",
     "faasnap",
     "snapbpf",
     "linux-ra:thp",
@@ -280,6 +285,7 @@ impl StrategySpec {
             Self::Reap(o) => o,
             Self::Faasnap(o) => o,
             Self::Snapbpf(o) => o,
+            Self::Sabre(o) => o,
         }
     }
 
@@ -391,7 +397,17 @@ mod tests {
             assert_eq!(spec.build().name(), info.name);
             assert_eq!(StrategySpec::parse(&spec.to_arg()), Ok(spec.clone()));
             for o in info.options {
+                // A value of the option's kind: the first of a choice, a number, a path.
                 let text = match o.value {
+                    Some(v) if v.contains('|') => {
+                        format!(
+                            "{}:{}={}",
+                            info.name,
+                            o.name,
+                            v.split('|').next().unwrap_or(v)
+                        )
+                    }
+                    Some("N") => format!("{}:{}=2", info.name, o.name),
                     Some(_) => format!("{}:{}=/x", info.name, o.name),
                     None => format!("{}:{}", info.name, o.name),
                 };

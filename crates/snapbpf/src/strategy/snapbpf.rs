@@ -247,6 +247,7 @@ impl Strategy for SnapBpf {
                         bytes: ranges.iter().map(|r| r.len_bytes()).sum(),
                         ranges: ranges.len() as u64,
                         ms: 0.0,
+                        compression: None,
                     };
                     let mut elapsed = Duration::ZERO;
                     if readahead_first {
