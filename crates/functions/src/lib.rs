@@ -55,7 +55,7 @@ mod linalg;
 mod linpack;
 mod pyaes;
 mod rnn;
-mod runtime;
+pub mod runtime;
 mod synth;
 #[cfg(test)]
 mod tests;

@@ -80,11 +80,11 @@ impl Runtime {
                     next: 0,
                     attribute: 0,
                     refcount: 1,
-                    payload: random_words(&mut rng, words),
+                    payload: heap_words(&mut rng, words),
                 });
                 if rng.below(3) == 0 {
                     let garbage_words = object_words(&mut rng);
-                    garbage.push(random_words(&mut rng, garbage_words));
+                    garbage.push(heap_words(&mut rng, garbage_words));
                 }
             }
             let len = objects.len() - first;
@@ -189,9 +189,107 @@ fn object_words(rng: &mut Rng) -> usize {
     }
 }
 
-/// A boxed slice of `words` random words.
-fn random_words(rng: &mut Rng, words: usize) -> Box<[u64]> {
-    (0..words).map(|_| rng.next_u64()).collect()
+/// Where the simulated interpreter's heap lives (pointers in payloads point into it).
+const HEAP_BASE: u64 = 0x0000_7f3a_5c00_0000;
+/// Type objects payloads point to (a few dozen built-in and library types).
+const TYPE_OBJECTS: usize = 48;
+/// Identifiers and strings an interpreter heap is full of (attribute and method names,
+/// module paths, dictionary keys), as they sit in string objects.
+const IDENTIFIERS: [&[u8]; 32] = [
+    b"__init__",
+    b"self",
+    b"__name__",
+    b"__dict__",
+    b"return",
+    b"append",
+    b"items",
+    b"keys",
+    b"value",
+    b"numpy",
+    b"ndarray",
+    b"float64",
+    b"int64",
+    b"dtype",
+    b"shape",
+    b"__call__",
+    b"encoding",
+    b"utf-8",
+    b"request",
+    b"response",
+    b"headers",
+    b"content",
+    b"json",
+    b"loads",
+    b"module",
+    b"__file__",
+    b"site-packages",
+    b"/usr/lib/python3.11",
+    b"typing",
+    b"Optional",
+    b"__module__",
+    b"__qualname__",
+];
+
+/// A boxed slice of `words` words with the structure of interpreter heap objects: an
+/// object header (a pointer to one of a few type objects, then a reference count or
+/// length), then fields mixing pointers into the heap, small and tagged integers,
+/// identifier strings and bytecode-like runs, with some high-entropy words (hashes,
+/// floats). Uniform random bytes, which no real heap holds, would make every page of the
+/// runtime incompressible; real interpreter heaps compress about 3-4x with zstd.
+fn heap_words(rng: &mut Rng, words: usize) -> Box<[u64]> {
+    let mut out = Vec::with_capacity(words);
+    out.push(HEAP_BASE + rng.below(TYPE_OBJECTS) as u64 * 0x1a0);
+    if words > 1 {
+        out.push(1 + rng.below(64) as u64);
+    }
+    // Allocators place related objects together: most pointers stay near home.
+    let home = HEAP_BASE + ((rng.below(512) as u64) << 16);
+    while out.len() < words {
+        match rng.below(100) {
+            // A pointer to a nearby object (16-byte aligned), or to a type or module.
+            0..24 => out.push(home + rng.below(4096) as u64 * 16),
+            24..30 => out.push(HEAP_BASE + rng.below(TYPE_OBJECTS) as u64 * 0x1a0),
+            // NULL fields and padding.
+            30..40 => out.push(0),
+            // Small integers, lengths, and tagged small ints.
+            40..55 => out.push(rng.below(256) as u64),
+            55..60 => out.push((rng.below(1 << 16) as u64) << 1 | 1),
+            // An identifier string, 8 bytes per word, NUL-padded.
+            60..86 => {
+                let name = IDENTIFIERS[rng.below(IDENTIFIERS.len())];
+                for chunk in name.chunks(8) {
+                    let mut word = [0u8; 8];
+                    word[..chunk.len()].copy_from_slice(chunk);
+                    out.push(u64::from_le_bytes(word));
+                }
+            }
+            // Bytecode: (opcode, argument) byte pairs from a small instruction set.
+            86..96 => {
+                let mut word = [0u8; 8];
+                for pair in word.chunks_mut(2) {
+                    pair[0] = [0x64, 0x7c, 0x83, 0x53, 0x74, 0x6a, 0xa0, 0x01][rng.below(8)];
+                    pair[1] = rng.below(16) as u8;
+                }
+                out.push(u64::from_le_bytes(word));
+            }
+            // Hashes, floats, identities: no structure.
+            _ => out.push(rng.next_u64()),
+        }
+    }
+    out.truncate(words);
+    out.into_boxed_slice()
+}
+
+/// The runtime footprint's payload bytes for `payload_bytes` and `seed`, as its objects
+/// hold them (little-endian words, object after object): for measuring what the heap's
+/// pages compress to.
+pub fn footprint_bytes(payload_bytes: usize, seed: u64) -> Vec<u8> {
+    let runtime = Runtime::build(payload_bytes, seed);
+    runtime
+        .objects
+        .iter()
+        .flat_map(|o| o.payload.iter().flat_map(|w| w.to_le_bytes()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -471,7 +471,7 @@ impl Strategy for Sabre {
         let r = load(snapshot)?;
         let h = &r.header;
         Ok(format!(
-            "{} pages in {} partitions, {} level {}, {} placement, ratio {:.2} ({} bytes), recorded with input {}",
+            "{} pages in {} partitions, {} level {}, {} placement, ratio {:.3} ({} bytes), compressed in {:.0} ms ({:.3} CPU s), recorded with input {}",
             h.pages,
             h.partitions,
             h.codec.name(),
@@ -479,6 +479,8 @@ impl Strategy for Sabre {
             h.placement.name(),
             r.raw_bytes() as f64 / h.stream_bytes as f64,
             h.stream_bytes,
+            h.compress_ms,
+            h.compress_cpu_s,
             h.input
         ))
     }
