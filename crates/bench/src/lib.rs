@@ -222,6 +222,25 @@ pub struct BenchConfig {
     /// bound is measured with the ranges it prefetches (empty as `baseline`).
     #[serde(default)]
     pub subject: String,
+    /// The storage class VMs read their snapshots from (`native` when not recorded).
+    #[serde(default)]
+    pub device: DeviceStamp,
+}
+
+/// The device profile of a run and what the device delivered to our own direct reads,
+/// with and without the profile's throttle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStamp {
+    /// Profile name (`native`, `sata`); empty in results written before profiles.
+    pub profile: String,
+    /// Sequential 4 MiB direct reads through the profile, MB/s.
+    pub seq_mb_s: Option<f64>,
+    /// Random 4 KiB direct reads through the profile, per second.
+    pub rand_4k_iops: Option<f64>,
+    /// The same two without a throttle.
+    pub native_seq_mb_s: Option<f64>,
+    /// The same two without a throttle.
+    pub native_rand_4k_iops: Option<f64>,
 }
 
 /// One measured invocation (all VMs of one run).

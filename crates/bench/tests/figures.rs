@@ -42,6 +42,7 @@ fn config(concurrency: Vec<u32>) -> BenchConfig {
         timeout: Duration::from_secs(1),
         baseline: "linux-ra".into(),
         subject: "snapbpf".into(),
+        device: Default::default(),
     }
 }
 

@@ -17,6 +17,8 @@ use snapbpf_bench::{
 pub struct SnapbpfEngine {
     /// This executable.
     pub exe: PathBuf,
+    /// The storage class every VM reads its snapshot from.
+    pub device: snapbpf::device::DeviceProfile,
 }
 
 /// The harness's description of `spec`.
@@ -105,6 +107,7 @@ impl Engine for SnapbpfEngine {
                 timeout: cell.timeout,
             },
             cache: snapbpf::launch::CacheStart::cold_if(cell.cold),
+            device: self.device,
             concurrency: cell.concurrency,
         };
         Ok(launch::invoke(&req, &|| {

@@ -210,3 +210,48 @@ fn damaged_sabre_recordings_never_serve_wrong_pages() {
         "recorded for another version of the snapshot's memory file",
     );
 }
+
+/// `--device sata` runs the VMs in a blkio cgroup throttling the snapshot's disk: results
+/// stay correct, and the cgroup is gone afterwards. (How much slower it reads is measured
+/// by `snapbpf bench --device sata`, not tested.)
+#[test]
+fn a_device_profile_throttles_and_cleans_up() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap_path = snapshot(dir.path(), "pyaes");
+    let snap = snap_path.to_str().expect("UTF-8 path");
+    let want = fresh_checksums("pyaes");
+    json(&["record", snap, "--strategy", "sabre"]);
+    for strategy in ["linux-nora", "sabre"] {
+        let report = json(&[
+            "invoke",
+            snap,
+            "--strategy",
+            strategy,
+            "--cold",
+            "--device",
+            "sata",
+            "--concurrency",
+            "2",
+        ]);
+        assert_eq!(checksums(&report), vec![want[0].clone(); 2], "{strategy}");
+    }
+    let left: Vec<_> = [
+        "/sys/fs/cgroup/blkio",
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+    ]
+    .iter()
+    .filter_map(|root| std::fs::read_dir(root).ok())
+    .flatten()
+    .filter_map(|e| e.ok())
+    .filter(|e| e.file_name().to_string_lossy().starts_with("snapbpf-sata-"))
+    .map(|e| e.path())
+    .collect();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+    let bad = run(&["invoke", snap, "--device", "floppy"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device profile"));
+}

@@ -7,13 +7,13 @@
 //! the objects it looks up), and bumps reference counts on what it touches, so it also
 //! writes to some snapshot pages.
 //!
-//! [`Runtime`] reproduces that footprint:
-//! - [`Runtime::build`] allocates boxed objects of skewed sizes grouped into modules, with
+//! `Runtime` reproduces that footprint:
+//! - `Runtime::build` allocates boxed objects of skewed sizes grouped into modules, with
 //!   links that form a pseudo-random chain through each module (pointer chasing, not a
 //!   sequential scan). While building it also allocates and frees scratch objects between
 //!   the kept ones, so the heap has holes full of stale data, as a real runtime's has after
 //!   imports; later fresh allocations reuse those holes.
-//! - [`Runtime::walk`] visits the core modules (always) plus an input-dependent third of the
+//! - `Runtime::walk` visits the core modules (always) plus an input-dependent third of the
 //!   other modules, reads every payload byte of the visited objects, and increments then
 //!   decrements their reference counts. About 57 % of the runtime's payload is read per
 //!   invocation; two inputs share the core modules and about a third of the rest (about

@@ -81,7 +81,10 @@ pub enum InvokeError {
     /// The snapshot directory is being recorded into.
     #[error(transparent)]
     Lock(#[from] snapbpf_store::lock::LockError),
-    /// Bad concurrency.
+    /// The device profile's throttle could not be set up.
+    #[error(transparent)]
+    Throttle(#[from] crate::device::ThrottleError),
+    /// The number of VMs is out of range.
     #[error("--concurrency must be between 1 and 64, got {0}")]
     Concurrency(u32),
     /// Input out of range.
@@ -148,6 +151,8 @@ pub struct InvokeRequest {
     pub cache: CacheStart,
     /// Number of VMs started together.
     pub concurrency: u32,
+    /// The storage class the VMs read the snapshot from.
+    pub device: crate::device::DeviceProfile,
 }
 
 /// What went wrong with one worker process.
@@ -269,6 +274,8 @@ pub fn invoke(
         });
     // The run's own watchdog ends a VM at its timeout; these only catch a worker that is
     // stuck outside it.
+    // Every VM's reads of the snapshot's device go through the profile's throttle.
+    let throttle = crate::device::Throttle::new(req.device, &req.dir)?;
     let ready_by = Instant::now() + READY_DEADLINE;
     let result = (|| {
         for index in 0..req.concurrency as usize {
@@ -284,6 +291,9 @@ pub fn invoke(
                     source: std::io::ErrorKind::BrokenPipe.into(),
                 })
             })?;
+            if let Some(throttle) = &throttle {
+                throttle.add_process(child.id())?;
+            }
             send(&mut child, &args_line).map_err(worker_err(index))?;
             if let Ok(mut pids) = pids.lock() {
                 pids.push(child.id());

@@ -17,6 +17,7 @@
 //! - [`uffd_backend`]: guest memory served through userfaultfd, in process or by an
 //!   external handler.
 
+pub mod device;
 pub mod launch;
 pub mod measure;
 pub mod profile;

@@ -122,6 +122,7 @@ pub fn profile(
                 spec,
                 run: RunOptions { input, timeout },
                 cache: crate::launch::CacheStart::Cold,
+                device: crate::device::DeviceProfile::Native,
                 concurrency: 1,
             };
             launch::invoke(&req, worker)

@@ -51,6 +51,11 @@ pub struct Args {
     /// Longest one invocation may run, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// The storage VMs read snapshots from: `native` (the host's device) or `sata` (reads
+    /// throttled to a SATA SSD's 550 MB/s and 95k IOPS, the papers' class, by a blkio
+    /// cgroup).
+    #[arg(long, default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
+    device: snapbpf::device::DeviceProfile,
     /// Measure nothing: redraw the tables and charts of an earlier run from its
     /// results.json into --out (default: the run's directory).
     #[arg(long, value_name = "RESULTS_JSON")]
@@ -134,7 +139,10 @@ pub fn run(args: Args) -> Result<()> {
         timeout: super::secs(args.timeout_secs),
         baseline: registry::baseline().label(),
         subject: registry::subject().label(),
+        device: snapbpf_bench::DeviceStamp::default(),
     };
+    let mut config = config;
+    config.device = measure_device(args.device, &config.out)?;
     let exe = super::current_exe()?;
     eprintln!(
         "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
@@ -147,7 +155,11 @@ pub fn run(args: Args) -> Result<()> {
         config.repeat,
         config.out.display()
     );
-    let results = snapbpf_bench::run(&config, &SnapbpfEngine { exe }, env!("SNAPBPF_GIT_REV"))?;
+    let engine = SnapbpfEngine {
+        exe,
+        device: args.device,
+    };
+    let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
     snapbpf_bench::write_results(&results)?;
     println!("{}", snapbpf_bench::report::console(&results));
     eprintln!(
@@ -157,4 +169,59 @@ pub fn run(args: Args) -> Result<()> {
         config.out.display()
     );
     Ok(())
+}
+
+/// What the device under `out` delivers to direct reads of a 256 MiB probe file, with
+/// and without `profile`'s throttle (refused where the profile cannot be applied).
+fn measure_device(
+    profile: snapbpf::device::DeviceProfile,
+    out: &std::path::Path,
+) -> Result<snapbpf_bench::DeviceStamp> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let probe = out.join(".device-probe");
+    let _remove = RemoveOnDrop(probe.clone());
+    let block: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut file = std::fs::File::create(&probe).context("create the device probe")?;
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut file, &block).context("write the device probe")?;
+    }
+    file.sync_all().context("sync the device probe")?;
+    let native = snapbpf::device::measure(&probe).context("measure the device")?;
+    let mut stamp = snapbpf_bench::DeviceStamp {
+        profile: profile.name().into(),
+        native_seq_mb_s: Some(native.seq_mb_s),
+        native_rand_4k_iops: Some(native.rand_4k_iops),
+        ..Default::default()
+    };
+    if let Some(throttle) = snapbpf::device::Throttle::new(profile, out)? {
+        if let Some(speed) = throttle.run_throttled(|| snapbpf::device::measure(&probe))? {
+            let speed = speed.context("measure the throttled device")?;
+            stamp.seq_mb_s = Some(speed.seq_mb_s);
+            stamp.rand_4k_iops = Some(speed.rand_4k_iops);
+        }
+    } else {
+        stamp.seq_mb_s = stamp.native_seq_mb_s;
+        stamp.rand_4k_iops = stamp.native_rand_4k_iops;
+    }
+    eprintln!(
+        "bench: device {}: {:.0} MB/s sequential, {:.0} random 4 KiB reads/s (unthrottled: {:.0} MB/s, {:.0}/s)",
+        stamp.profile,
+        stamp.seq_mb_s.unwrap_or(f64::NAN),
+        stamp.rand_4k_iops.unwrap_or(f64::NAN),
+        native.seq_mb_s,
+        native.rand_4k_iops
+    );
+    Ok(stamp)
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

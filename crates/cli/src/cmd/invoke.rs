@@ -29,6 +29,10 @@ pub struct Args {
     /// Longest an invocation may run, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// The storage the VMs read the snapshot from: `native`, or `sata` (a blkio cgroup
+    /// throttles reads of the snapshot's disk to 550 MB/s and 95k IOPS).
+    #[arg(long, default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
+    device: snapbpf::device::DeviceProfile,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -97,6 +101,7 @@ pub fn run(args: Args) -> Result<()> {
             (false, false) => launch::CacheStart::Warm,
         },
         concurrency: args.concurrency,
+        device: args.device,
     };
     let exe = super::current_exe()?;
     let report = launch::invoke(&req, &|| super::worker_command(&exe))?;
