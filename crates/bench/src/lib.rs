@@ -276,6 +276,25 @@ pub struct Stamp {
 }
 
 impl BenchConfig {
+    /// Refuses a configuration that cannot run (unknown functions, no samples), before
+    /// anything is measured or written.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        for f in &self.functions {
+            if snapbpf_functions::info(f).is_none() {
+                return Err(BenchError::UnknownFunction(f.clone()));
+            }
+        }
+        if self.repeat == 0 {
+            return Err(BenchError::Config("--repeat must be at least 1".into()));
+        }
+        if self.concurrency.is_empty() || self.concurrency.contains(&0) {
+            return Err(BenchError::Config(
+                "--concurrency needs levels of at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every strategy to measure with the concurrency levels it is measured at, in run
     /// order: the comparison strategies at every level, then the breakdown variants that
     /// are not among them with one VM.
@@ -425,19 +444,7 @@ pub fn run(
     engine: &dyn Engine,
     git_rev: &str,
 ) -> Result<BenchResults, BenchError> {
-    for f in &config.functions {
-        if snapbpf_functions::info(f).is_none() {
-            return Err(BenchError::UnknownFunction(f.clone()));
-        }
-    }
-    if config.repeat == 0 {
-        return Err(BenchError::Config("--repeat must be at least 1".into()));
-    }
-    if config.concurrency.is_empty() || config.concurrency.contains(&0) {
-        return Err(BenchError::Config(
-            "--concurrency needs levels of at least 1".into(),
-        ));
-    }
+    config.validate()?;
     let plan = config.plan();
     if plan.is_empty() {
         return Err(BenchError::Config("no strategy to measure".into()));

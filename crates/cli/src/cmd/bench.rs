@@ -51,11 +51,11 @@ pub struct Args {
     /// Longest one invocation may run, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
-    /// The storage VMs read snapshots from: `native` (the host's device) or `sata` (reads
-    /// throttled to a SATA SSD's 550 MB/s and 95k IOPS, the papers' class, by a blkio
-    /// cgroup).
-    #[arg(long, default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
-    device: snapbpf::device::DeviceProfile,
+    /// The storage VMs read snapshots from, comma-separated: `native` (the host's device)
+    /// and/or `sata` (reads throttled to a SATA SSD's 550 MB/s and 95k IOPS, the papers'
+    /// class, by a blkio cgroup). Several: one run each, into --out/PROFILE.
+    #[arg(long, value_delimiter = ',', default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
+    device: Vec<snapbpf::device::DeviceProfile>,
     /// Measure nothing: redraw the tables and charts of an earlier run from its
     /// results.json into --out (default: the run's directory).
     #[arg(long, value_name = "RESULTS_JSON")]
@@ -141,33 +141,42 @@ pub fn run(args: Args) -> Result<()> {
         subject: registry::subject().label(),
         device: snapbpf_bench::DeviceStamp::default(),
     };
-    let mut config = config;
-    config.device = measure_device(args.device, &config.out)?;
+    config.validate()?;
     let exe = super::current_exe()?;
-    eprintln!(
-        "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
-         {} warm-up(s) and {} sample(s) per cell; into {}",
-        config.functions.len(),
-        config.strategies.len(),
-        config.concurrency,
-        config.plan().len() - config.strategies.len(),
-        config.warmup,
-        config.repeat,
-        config.out.display()
-    );
-    let engine = SnapbpfEngine {
-        exe,
-        device: args.device,
-    };
-    let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
-    snapbpf_bench::write_results(&results)?;
-    println!("{}", snapbpf_bench::report::console(&results));
-    eprintln!(
-        "raw samples: {}; tables: {}; charts: {}/fig*.svg and .png",
-        config.out.join("results.json").display(),
-        config.out.join("summary.md").display(),
-        config.out.display()
-    );
+    // Several profiles: one full run each, into a subdirectory named by the profile.
+    let several = args.device.len() > 1;
+    for &device in &args.device {
+        let mut config = config.clone();
+        if several {
+            config.out = config.out.join(device.name());
+        }
+        config.device = measure_device(device, &config.out)?;
+        eprintln!(
+            "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
+             {} warm-up(s) and {} sample(s) per cell; device {}; into {}",
+            config.functions.len(),
+            config.strategies.len(),
+            config.concurrency,
+            config.plan().len() - config.strategies.len(),
+            config.warmup,
+            config.repeat,
+            device.name(),
+            config.out.display()
+        );
+        let engine = SnapbpfEngine {
+            exe: exe.clone(),
+            device,
+        };
+        let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
+        snapbpf_bench::write_results(&results)?;
+        println!("{}", snapbpf_bench::report::console(&results));
+        eprintln!(
+            "raw samples: {}; tables: {}; charts: {}/fig*.svg and .png",
+            config.out.join("results.json").display(),
+            config.out.join("summary.md").display(),
+            config.out.display()
+        );
+    }
     Ok(())
 }
 
