@@ -2,7 +2,12 @@
 """Sabre against REAP, per function (docs/sabre.md).
 
 usage: scripts/measure-sabre.py REPS FUNCTIONS OUT.json
+       scripts/measure-sabre.py --sweep FUNCTIONS OUT.json
   e.g. scripts/measure-sabre.py 3 all docs/results/sabre/run1.json
+
+--sweep checks correctness only: for every function, codec and placement, a recording with
+input 0 and a cold restore of every input with one VM and with ten, each checksum against
+a fresh boot's.
 
 For each function: a snapshot, REAP's recording, and Sabre recorded with each codec
 (lz4, zstd level 3, zstd level 3 with a trained dictionary, zstd-dict level 10): working-set
@@ -48,13 +53,53 @@ def described(snap):
     sys.exit(f"{snap}: no sabre recording described")
 
 
+def function_list(arg, workloads_only=True):
+    if arg != "all":
+        return arg.split(",")
+    listed = snapbpf("functions").splitlines()[1:]
+    return [l.split()[0] for l in listed if l and not (workloads_only and l.startswith("heapcheck"))]
+
+
+def write_json(out, out_path):
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    with open(out_path + ".tmp", "w") as fh:
+        json.dump(out, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(out_path + ".tmp", out_path)
+
+
+def sweep(functions, out_path):
+    git = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "HEAD"], text=True).strip()
+    out = {"git": git, "kernel": os.uname().release, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "checked": []}
+    for f in functions:
+        snap = f"/var/tmp/sabre-sweep-{f}"
+        snapbpf("snapshot", f, "--out", snap, "--force")
+        inputs = int([l.split()[2] for l in snapbpf("functions").splitlines()[1:] if l.split()[0] == f][0])
+        reference = [json.loads(snapbpf("boot", f, "--input", str(i), "--json"))["checksum"] for i in range(inputs)]
+        for codec in ["zstd-dict", "zstd", "lz4"]:
+            for placement in ["single", "scattered"]:
+                spec = f"sabre:codec={codec}:placement={placement}"
+                snapbpf("record", snap, "--strategy", spec, "--json")
+                for i in range(inputs):
+                    for vms in [1, 10]:
+                        r = json.loads(snapbpf("invoke", snap, "--strategy", spec, "--cold", "--input", str(i),
+                                               "--concurrency", str(vms), "--json"))
+                        got = [run["checksum"] for run in r["runs"]]
+                        if got != [reference[i]] * vms:
+                            sys.exit(f"{f} {spec} input {i} x{vms}: {got} != fresh boot {reference[i]}")
+                        out["checked"].append({"function": f, "spec": spec, "input": i, "vms": vms,
+                                               "checksum": reference[i]})
+                print(f"{f} {spec}: every input, 1 and 10 VMs, equal to the fresh boot", flush=True)
+        subprocess.run(["rm", "-rf", snap])
+    write_json(out, out_path)
+    print(f"{len(out['checked'])} restores, every checksum equal to the fresh boot's")
+
+
 def main():
     reps, functions, out_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    if functions == "all":
-        listed = snapbpf("functions").splitlines()[1:]
-        functions = [l.split()[0] for l in listed if l and not l.startswith("heapcheck")]
-    else:
-        functions = functions.split(",")
+    functions = function_list(functions)
     git = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "HEAD"], text=True).strip()
     out = {"git": git, "kernel": os.uname().release, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "reps": reps, "codecs": [], "restores": [], "memory": []}
@@ -93,12 +138,7 @@ def main():
             out["memory"].append(row)
             print(json.dumps(row), flush=True)
         subprocess.run(["rm", "-rf", snap])
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with open(out_path + ".tmp", "w") as fh:
-        json.dump(out, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(out_path + ".tmp", out_path)
+    write_json(out, out_path)
     summarize(out)
 
 
@@ -131,5 +171,7 @@ def summarize(out):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--summarize":
         summarize(json.load(open(sys.argv[2])))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--sweep":
+        sweep(function_list(sys.argv[2], workloads_only=False), sys.argv[3])
     else:
         main()
