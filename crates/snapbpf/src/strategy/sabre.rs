@@ -982,6 +982,74 @@ fn eof_as_truncated(e: std::io::Error) -> PipelineError {
     }
 }
 
+/// A decoder of the single placement's one frame, reading from `input`.
+fn stream_decoder<'a, R: std::io::BufRead + 'a>(
+    codec: Codec,
+    input: R,
+    dict: &[u8],
+) -> Result<Box<dyn Read + 'a>, PipelineError> {
+    Ok(match codec {
+        Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
+        _ => Box::new(
+            zstd::stream::read::Decoder::with_dictionary(input, dict).map_err(|source| {
+                PipelineError::Decode {
+                    index: 0,
+                    offset: 0,
+                    source,
+                }
+            })?,
+        ),
+    })
+}
+
+/// Decompresses the scattered placement's frames, one partition at a time.
+enum FrameDecoder {
+    Zstd(Box<zstd::bulk::Decompressor<'static>>),
+    Lz4,
+}
+
+impl FrameDecoder {
+    fn new(codec: Codec, dict: &[u8]) -> Result<Self, PipelineError> {
+        Ok(match codec {
+            Codec::Lz4 => Self::Lz4,
+            _ => Self::Zstd(Box::new(
+                zstd::bulk::Decompressor::with_dictionary(dict).map_err(|source| {
+                    PipelineError::Decode {
+                        index: 0,
+                        offset: 0,
+                        source,
+                    }
+                })?,
+            )),
+        })
+    }
+
+    /// Decompresses partition `index`'s `frame` into `out` (resized to the partition),
+    /// checks it, and returns the checked pages.
+    fn decode<'o>(
+        &mut self,
+        index: usize,
+        p: &Partition,
+        frame: &[u8],
+        out: &'o mut Vec<u8>,
+    ) -> Result<&'o [u8], PipelineError> {
+        out.resize(p.raw_bytes(), 0);
+        let n = match self {
+            Self::Zstd(d) => d.decompress_to_buffer(frame, &mut out[..]),
+            Self::Lz4 => {
+                lz4_flex::block::decompress_into(frame, &mut out[..]).map_err(std::io::Error::other)
+            }
+        }
+        .map_err(|source| PipelineError::Decode {
+            index,
+            offset: p.offset,
+            source,
+        })?;
+        check_partition(index, p, &out[..n])?;
+        Ok(&out[..n])
+    }
+}
+
 /// Single-chunk placement: this thread decodes the one stream partition by partition into
 /// staging buffers; an installer thread copies each into guest memory as it completes.
 /// Returns (decompress time, install time).
@@ -992,18 +1060,7 @@ fn single(
     incoming: &mut Incoming,
 ) -> Result<(Duration, Duration), PipelineError> {
     let dict = read_dict(incoming, rec)?;
-    let mut decoder: Box<dyn Read + '_> = match rec.header.codec {
-        Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(&mut *incoming)),
-        _ => Box::new(
-            zstd::stream::read::Decoder::with_dictionary(&mut *incoming, &dict).map_err(
-                |source| PipelineError::Decode {
-                    index: 0,
-                    offset: rec.partitions[0].offset,
-                    source,
-                },
-            )?,
-        ),
-    };
+    let mut decoder = stream_decoder(rec.header.codec, &mut *incoming, &dict)?;
     let (full_tx, full_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(4);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     let times = std::thread::scope(|s| {
@@ -1090,16 +1147,7 @@ fn scattered(
             let worker = std::thread::Builder::new()
                 .name(format!("sabre-decompress-{n}"))
                 .spawn_scoped(s, move || -> Result<(Duration, Duration), PipelineError> {
-                    let mut zstd_d = match rec.header.codec {
-                        Codec::Lz4 => None,
-                        _ => Some(zstd::bulk::Decompressor::with_dictionary(dict).map_err(
-                            |source| PipelineError::Decode {
-                                index: 0,
-                                offset: 0,
-                                source,
-                            },
-                        )?),
-                    };
+                    let mut frames = FrameDecoder::new(rec.header.codec, dict)?;
                     let (mut decompress, mut install) = (Duration::ZERO, Duration::ZERO);
                     let mut out = Vec::new();
                     loop {
@@ -1112,22 +1160,11 @@ fn scattered(
                         };
                         let p = &rec.partitions[index];
                         let t = Instant::now();
-                        out.resize(p.raw_bytes(), 0);
-                        let n = match zstd_d.as_mut() {
-                            Some(d) => d.decompress_to_buffer(&frame, &mut out[..]),
-                            None => lz4_flex::block::decompress_into(&frame, &mut out[..])
-                                .map_err(std::io::Error::other),
-                        }
-                        .map_err(|source| PipelineError::Decode {
-                            index,
-                            offset: p.offset,
-                            source,
-                        })?;
+                        let pages = frames.decode(index, p, &frame, &mut out)?;
                         decompress += t.elapsed();
-                        check_partition(index, p, &out[..n])?;
                         let dst = destination(regions, index, p)?;
                         let t = Instant::now();
-                        uffd.copy(dst, &out[..n])
+                        uffd.copy(dst, pages)
                             .map_err(|source| PipelineError::Install { index, source })?;
                         install += t.elapsed();
                     }
@@ -1187,18 +1224,7 @@ pub fn decode_all(
     let mut rest = &stream[dict_len..];
     match rec.header.placement {
         Placement::Single => {
-            let mut decoder: Box<dyn Read> = match rec.header.codec {
-                Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(&mut rest)),
-                _ => Box::new(
-                    zstd::stream::read::Decoder::with_dictionary(&mut rest, dict).map_err(
-                        |source| PipelineError::Decode {
-                            index: 0,
-                            offset: 0,
-                            source,
-                        },
-                    )?,
-                ),
-            };
+            let mut decoder = stream_decoder(rec.header.codec, &mut rest, dict)?;
             for (index, p) in rec.partitions.iter().enumerate() {
                 let mut data = vec![0u8; p.raw_bytes()];
                 decoder
@@ -1221,35 +1247,14 @@ pub fn decode_all(
             }
         }
         Placement::Scattered => {
-            let mut zstd_d =
-                match rec.header.codec {
-                    Codec::Lz4 => None,
-                    _ => Some(zstd::bulk::Decompressor::with_dictionary(dict).map_err(
-                        |source| PipelineError::Decode {
-                            index: 0,
-                            offset: 0,
-                            source,
-                        },
-                    )?),
-                };
+            let mut frames = FrameDecoder::new(rec.header.codec, dict)?;
+            let mut out = Vec::new();
             for (index, p) in rec.partitions.iter().enumerate() {
                 let frame = rest
                     .get(..p.compressed as usize)
                     .ok_or(PipelineError::Truncated)?;
                 rest = &rest[p.compressed as usize..];
-                let mut out = vec![0u8; p.raw_bytes()];
-                let n = match zstd_d.as_mut() {
-                    Some(d) => d.decompress_to_buffer(frame, &mut out[..]),
-                    None => lz4_flex::block::decompress_into(frame, &mut out[..])
-                        .map_err(std::io::Error::other),
-                }
-                .map_err(|source| PipelineError::Decode {
-                    index,
-                    offset: p.offset,
-                    source,
-                })?;
-                check_partition(index, p, &out[..n])?;
-                each(p, &out[..n])?;
+                each(p, frames.decode(index, p, frame, &mut out)?)?;
             }
             if !rest.is_empty() {
                 return Err(PipelineError::Trailing.into());
