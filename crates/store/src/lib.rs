@@ -20,6 +20,7 @@ pub mod identity;
 pub mod interrupt;
 pub mod lock;
 pub mod snapshot;
+pub mod unix;
 pub mod verify;
 
 pub use identity::FileIdentity;
