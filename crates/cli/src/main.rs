@@ -32,6 +32,7 @@ enum Command {
     Prefetch(cmd::prefetch::Args),
     Profile(cmd::profile::Args),
     UffdHandler(cmd::uffd_handler::Args),
+    Store(cmd::store::Args),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -62,6 +63,7 @@ fn main() {
         Command::Prefetch(a) => cmd::prefetch::run(a),
         Command::Profile(a) => cmd::profile::run(a),
         Command::UffdHandler(a) => cmd::uffd_handler::run(a),
+        Command::Store(a) => cmd::store::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {

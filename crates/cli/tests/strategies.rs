@@ -16,7 +16,8 @@ fn strategies_lists_the_registry() {
             "reap",
             "faasnap",
             "snapbpf",
-            "sabre"
+            "sabre",
+            "snapfaas"
         ]
     );
     let of = |name: &str| {

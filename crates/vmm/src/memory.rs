@@ -34,6 +34,17 @@ pub enum MemoryError {
         /// Size of guest memory.
         size: u64,
     },
+    /// Filling guest memory from a file failed.
+    #[error("cannot fill guest memory {gpa:#x}+{len:#x} from its source")]
+    Fill {
+        /// Start of the range.
+        gpa: u64,
+        /// Length of the range.
+        len: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Huge pages were asked for but the system has transparent huge pages off.
     #[error("huge pages need transparent huge pages, but {THP_ENABLED} is \"never\" (set it to \"madvise\" or \"always\")")]
     HugePagesDisabled,
@@ -373,6 +384,23 @@ impl GuestMemory {
         // cannot overlap guest memory we own exclusively while the vCPU is stopped.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
         Ok(())
+    }
+
+    /// Fills guest memory `[gpa, gpa + len)` with `file`'s bytes from `offset` (`pread`
+    /// straight into guest memory: one copy, no bounce buffer).
+    pub fn fill_from(
+        &self,
+        gpa: u64,
+        len: u64,
+        file: &File,
+        offset: u64,
+    ) -> Result<(), MemoryError> {
+        let dst = self.host_range(gpa, len)?;
+        // SAFETY: dst..dst+len lies in our mapping (checked above) and is written only by
+        // this call while no vCPU runs; no Rust reference into guest memory exists.
+        let slice = unsafe { std::slice::from_raw_parts_mut(dst, len as usize) };
+        std::os::unix::fs::FileExt::read_exact_at(file, slice, offset)
+            .map_err(|source| MemoryError::Fill { gpa, len, source })
     }
 
     /// Copies guest memory at `gpa` into `buf`.

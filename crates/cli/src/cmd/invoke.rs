@@ -60,6 +60,9 @@ pub struct StrategyArgs {
     /// Strategy option `uffd-handler=SOCKET`.
     #[arg(long, value_name = "SOCKET")]
     pub uffd_handler: Option<PathBuf>,
+    /// Strategy option `store=SOCKET`: the in-memory snapshot store (`snapbpf store serve`).
+    #[arg(long, value_name = "SOCKET")]
+    pub store: Option<PathBuf>,
 }
 
 impl StrategyArgs {
@@ -76,11 +79,13 @@ impl StrategyArgs {
                 options.push((option.to_string(), None));
             }
         }
-        if let Some(socket) = &self.uffd_handler {
-            options.push((
-                "uffd-handler".to_string(),
-                Some(socket.to_string_lossy().into_owned()),
-            ));
+        for (option, socket) in [("uffd-handler", &self.uffd_handler), ("store", &self.store)] {
+            if let Some(socket) = socket {
+                options.push((
+                    option.to_string(),
+                    Some(socket.to_string_lossy().into_owned()),
+                ));
+            }
         }
         StrategySpec::with_options(name, &options)
     }

@@ -9,6 +9,7 @@ pub mod prefetch;
 pub mod profile;
 pub mod record;
 pub mod snapshot;
+pub mod store;
 pub mod strategies;
 pub mod trace;
 pub mod uffd_handler;

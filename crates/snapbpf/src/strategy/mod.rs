@@ -19,6 +19,7 @@ pub mod reap;
 pub mod registry;
 pub mod sabre;
 pub mod snapbpf;
+pub mod snapfaas;
 
 pub use registry::{SpecError, StrategySpec, REGISTRY};
 
@@ -88,6 +89,9 @@ pub enum StrategyError {
     /// Sabre's compressed working set does not decode.
     #[error("Sabre's compressed working set")]
     Pipeline(#[source] Box<sabre::PipelineError>),
+    /// The in-memory snapshot store failed or refused.
+    #[error(transparent)]
+    Store(#[from] snapfaas::StoreStrategyError),
     /// Userfaultfd-backed guest memory could not be set up or served.
     #[error(transparent)]
     Backend(#[from] crate::uffd_backend::BackendError),

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{faasnap, linux, reap, sabre, snapbpf, Strategy};
+use super::{faasnap, linux, reap, sabre, snapbpf, snapfaas, Strategy};
 
 /// One option a strategy takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,6 +81,8 @@ pub enum StrategySpec {
     Snapbpf(snapbpf::SnapbpfOptions),
     /// Sabre.
     Sabre(sabre::SabreOptions),
+    /// SnapFaaS.
+    Snapfaas(snapfaas::SnapfaasOptions),
 }
 
 /// Every strategy, in the order tables and charts show them.
@@ -91,6 +93,7 @@ pub static REGISTRY: &[&StrategyInfo] = &[
     &faasnap::INFO,
     &snapbpf::INFO,
     &sabre::INFO,
+    &snapfaas::INFO,
 ];
 
 /// Errors parsing a strategy spec.
@@ -286,6 +289,7 @@ impl StrategySpec {
             Self::Faasnap(o) => o,
             Self::Snapbpf(o) => o,
             Self::Sabre(o) => o,
+            Self::Snapfaas(o) => o,
         }
     }
 

@@ -1,0 +1,221 @@
+//! The in-memory snapshot store (`snapbpf store`) and SnapFaaS over it, on real KVM: LRU
+//! eviction past the capacity, requests from many clients at once, bad requests, stale
+//! copies refused, a clean shutdown on SIGTERM, and restores by copy to the fresh boot's
+//! checksum.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `snapbpf store serve`, killed on drop if still running.
+struct Store {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Store {
+    fn start(dir: &Path, capacity: &str) -> Self {
+        let socket = dir.join("store.sock");
+        let child = Command::new(bin())
+            .args(["store", "serve", "--capacity", capacity, "--socket"])
+            .arg(&socket)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the store");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the store never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    fn sock(&self) -> &str {
+        self.socket.to_str().expect("UTF-8")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn held(store: &Store) -> Vec<String> {
+    let list = json(&["store", "list", "--socket", store.sock()]);
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|h| h["function"].as_str().expect("function").to_string())
+        .collect()
+}
+
+#[test]
+fn the_store_evicts_serves_many_and_shuts_down_cleanly() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let pyaes = snapshot(dir.path(), "pyaes");
+    let gzip = snapshot(dir.path(), "gzip");
+    // Room for one 64 MiB snapshot only.
+    let store = Store::start(dir.path(), "100M");
+    let s = store.sock();
+    ok(&[
+        "store",
+        "add",
+        pyaes.to_str().expect("UTF-8"),
+        "--socket",
+        s,
+    ]);
+    assert_eq!(held(&store), ["pyaes"]);
+    ok(&["store", "add", gzip.to_str().expect("UTF-8"), "--socket", s]);
+    assert_eq!(held(&store), ["gzip"], "the least recently used went");
+    let stats = json(&["store", "stats", "--socket", s]);
+    assert_eq!(stats["evictions"], 1, "{stats}");
+    assert_eq!(stats["bytes"], 64 << 20, "{stats}");
+
+    // 100 requests from 10 clients at once: none lost, every memfd the snapshot's memory.
+    let memory = std::fs::read(gzip.join("memory")).expect("read");
+    let identity: snapbpf_store::FileIdentity = serde_json::from_value(
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(gzip.join("snapshot.json")).expect("meta"),
+        )
+        .expect("JSON")["memory"]
+            .clone(),
+    )
+    .expect("identity");
+    let served: usize = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..10)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..10)
+                        .filter(|_| {
+                            let (fd, held, _) =
+                                snapbpf_memstore::get(&store.socket, &gzip, &identity)
+                                    .expect("get");
+                            let file = std::fs::File::from(fd);
+                            let mut page = vec![0u8; 4096];
+                            let at = (held.bytes / 2) & !4095;
+                            std::os::unix::fs::FileExt::read_exact_at(&file, &mut page, at)
+                                .expect("read the memfd");
+                            page == memory[at as usize..at as usize + 4096]
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().expect("client")).sum()
+    });
+    assert_eq!(served, 100);
+    let stats = json(&["store", "stats", "--socket", s]);
+    assert_eq!(stats["hits"], 100, "{stats}");
+
+    // Bad requests get a one-line error and leave the store serving.
+    fails(
+        &["store", "add", "/nonexistent", "--socket", s],
+        "cannot find",
+    );
+    fails(
+        &[
+            "store",
+            "add",
+            dir.path().to_str().expect("UTF-8"),
+            "--socket",
+            s,
+        ],
+        "snapshot.json",
+    );
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::os::unix::net::UnixStream::connect(&store.socket).expect("connect");
+        raw.write_all(b"{\"op\":\"explode\"}\n").expect("send");
+        let mut reply = String::new();
+        raw.read_to_string(&mut reply).expect("reply");
+        assert!(reply.contains("\"error\""), "{reply}");
+    }
+    fails(
+        &["store", "stats", "--socket", "/nonexistent.sock"],
+        "is `snapbpf store serve` running?",
+    );
+    ok(&[
+        "store",
+        "evict",
+        gzip.to_str().expect("UTF-8"),
+        "--socket",
+        s,
+    ]);
+    assert!(held(&store).is_empty());
+
+    // SIGTERM: the store stops, releases everything and removes its socket.
+    let mut store = store;
+    // SAFETY: kill(2) on the child we started.
+    let rc = unsafe { libc::kill(store.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = store.child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!store.socket.exists(), "socket removed");
+}
+
+/// SnapFaaS: restores copy the store's memory into each VM and give the fresh boot's
+/// checksum, one VM and ten, before and after the store evicts and reloads the snapshot;
+/// a store holding another version of the snapshot is refused.
+#[test]
+fn snapfaas_restores_from_the_store() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let pyaes = snapshot(dir.path(), "pyaes");
+    let gzip = snapshot(dir.path(), "gzip");
+    let p = pyaes.to_str().expect("UTF-8");
+    let g = gzip.to_str().expect("UTF-8");
+    let store = Store::start(dir.path(), "100M");
+    let s = store.sock();
+    fails(
+        &["invoke", p, "--strategy", "snapfaas"],
+        "pass --store SOCKET",
+    );
+    for (snap, function) in [(p, "pyaes"), (g, "gzip"), (p, "pyaes")] {
+        let want = fresh_checksums(function);
+        for (input, want) in want.iter().enumerate() {
+            for vms in ["1", "10"] {
+                let report = json(&[
+                    "invoke",
+                    snap,
+                    "--strategy",
+                    "snapfaas",
+                    "--store",
+                    s,
+                    "--cold",
+                    "--input",
+                    &input.to_string(),
+                    "--concurrency",
+                    vms,
+                ]);
+                let n: usize = vms.parse().expect("number");
+                assert_eq!(
+                    checksums(&report),
+                    vec![want.clone(); n],
+                    "{function} x{vms}"
+                );
+            }
+        }
+    }
+    let stats = json(&["store", "stats", "--socket", s]);
+    assert_eq!(
+        stats["evictions"], 2,
+        "pyaes, gzip, pyaes in 100 MiB: {stats}"
+    );
+    // The snapshot directory now holds another snapshot; the store's copy is stale.
+    ok(&["snapshot", "gzip", "--out", p, "--force"]);
+    fails(
+        &["invoke", p, "--strategy", "snapfaas", "--store", s],
+        "another version",
+    );
+}
