@@ -81,6 +81,7 @@ fn sample(function: &str, strategy: &str, vms: &[f64], cold: bool, mem_mib: u64)
                 total_kib: mem_mib * 1024,
                 page_cache_kib: mem_mib * 1024,
                 anon_kib: 0,
+                store_kib: 0,
             },
             prefetch: PrefetchReport::default(),
         },

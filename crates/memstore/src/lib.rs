@@ -335,10 +335,12 @@ fn load(dir: &Path) -> Result<(Held, OwnedFd), LoadError> {
     let meta = snapbpf_store::snapshot::parse_meta(&raw, &meta_path)?;
     let memory_path = dir.join(snapbpf_store::snapshot::MEMORY_FILE);
     snapbpf_store::verify::check(&memory_path, &meta.memory).map_err(LoadError::Stale)?;
-    let source = File::open(&memory_path).map_err(|source| LoadError::Read {
-        path: memory_path.clone(),
-        source,
-    })?;
+    // Read with O_DIRECT: the store's copy is the memory; the page cache would hold it twice.
+    let (source, _) =
+        snapbpf_store::fsutil::open_direct(&memory_path).map_err(|source| LoadError::Read {
+            path: memory_path.clone(),
+            source,
+        })?;
     let name = c"snapbpf-store";
     // SAFETY: memfd_create takes a NUL-terminated name and flags, returns a new fd or -1.
     let fd =
@@ -349,18 +351,33 @@ fn load(dir: &Path) -> Result<(Held, OwnedFd), LoadError> {
     // SAFETY: `fd` is a new descriptor nobody else owns.
     let memfd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     memfd.set_len(meta.memory.size).map_err(LoadError::Memfd)?;
-    let mut buf = vec![0u8; 4 << 20];
+    let chunk = 4u64 << 20;
+    let mut buf = snapbpf_store::fsutil::AlignedBuf::new(chunk).map_err(LoadError::Memfd)?;
     let mut offset = 0u64;
     while offset < meta.memory.size {
-        let n = ((meta.memory.size - offset) as usize).min(buf.len());
-        source
-            .read_exact_at(&mut buf[..n], offset)
+        let n = (meta.memory.size - offset).min(chunk) as usize;
+        let mut got = 0usize;
+        while got < n {
+            // Direct reads want whole blocks: ask for the rest of the buffer.
+            let read = snapbpf_store::fsutil::read_at(
+                &source,
+                &mut buf.as_mut_slice()[got..],
+                offset + got as u64,
+            )
             .map_err(|source| LoadError::Read {
                 path: memory_path.clone(),
                 source,
             })?;
+            if read == 0 {
+                return Err(LoadError::Read {
+                    path: memory_path.clone(),
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            got += read;
+        }
         memfd
-            .write_all_at(&buf[..n], offset)
+            .write_all_at(&buf.as_mut_slice()[..n], offset)
             .map_err(LoadError::Memfd)?;
         offset += n as u64;
     }

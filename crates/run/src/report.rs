@@ -8,12 +8,16 @@ use crate::{PrefetchReport, RunReport};
 /// System memory of a run, counted once for shared page cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryReport {
-    /// `page_cache_kib` + `anon_kib`.
+    /// `page_cache_kib` + `store_kib` + `anon_kib`.
     pub total_kib: u64,
     /// Resident page cache of the snapshot's files.
     pub page_cache_kib: u64,
     /// Sum of the VM processes' private anonymous memory.
     pub anon_kib: u64,
+    /// The in-memory snapshot store's copy of this snapshot, counted once however many VMs
+    /// restored from it (0 without a store).
+    #[serde(default)]
+    pub store_kib: u64,
 }
 
 /// The output of `snapbpf invoke --json`.

@@ -344,7 +344,8 @@ pub fn invoke(
             .sum::<u64>()
             * (fsutil::page_size() as u64 / 1024);
         let anon_kib = runs.iter().map(|r| r.rss_anon_kib).sum();
-        Ok((runs, page_cache_kib, anon_kib))
+        let store_kib = strategy.shared_memory_bytes(&snapshot) / 1024;
+        Ok((runs, page_cache_kib, anon_kib, store_kib))
     })();
     for (mut child, _) in children {
         drop(child.stdin.take());
@@ -358,7 +359,7 @@ pub fn invoke(
     if let Ok(mut pids) = pids.lock() {
         pids.clear();
     }
-    let (runs, page_cache_kib, anon_kib) = result?;
+    let (runs, page_cache_kib, anon_kib, store_kib) = result?;
     let prefetch =
         runs.iter()
             .filter_map(|r| r.prefetch)
@@ -377,9 +378,10 @@ pub fn invoke(
         concurrency: req.concurrency,
         runs,
         memory: MemoryReport {
-            total_kib: page_cache_kib + anon_kib,
+            total_kib: page_cache_kib + store_kib + anon_kib,
             page_cache_kib,
             anon_kib,
+            store_kib,
         },
         prefetch,
     })

@@ -169,6 +169,12 @@ pub trait Strategy: Send + Sync {
         None
     }
 
+    /// Bytes of `snapshot` held in memory outside the page cache and shared by every VM
+    /// (an in-memory snapshot store's copy), for the run's memory report; counted once.
+    fn shared_memory_bytes(&self, _snapshot: &Snapshot) -> u64 {
+        0
+    }
+
     /// Builds guest memory for one VM restored from `snapshot`.
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError>;
 
