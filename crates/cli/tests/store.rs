@@ -219,3 +219,45 @@ fn snapfaas_restores_from_the_store() {
         "another version",
     );
 }
+
+/// SnapBPF over the store: every VM maps the store's memfd privately, so ten VMs share one
+/// copy (SnapFaaS's ten VMs hold ten), and restores give the fresh boot's checksum.
+#[test]
+fn snapbpf_over_the_store_shares_one_copy() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let pyaes = snapshot(dir.path(), "pyaes");
+    let p = pyaes.to_str().expect("UTF-8");
+    ok(&["record", p, "--strategy", "snapbpf"]);
+    let store = Store::start(dir.path(), "1G");
+    let s = store.sock();
+    let want = fresh_checksums("pyaes");
+    let ten = |strategy: &str| {
+        let report = json(&[
+            "invoke",
+            p,
+            "--strategy",
+            strategy,
+            "--store",
+            s,
+            "--cold",
+            "--input",
+            "1",
+            "--concurrency",
+            "10",
+        ]);
+        assert_eq!(checksums(&report), vec![want[1].clone(); 10], "{strategy}");
+        assert_eq!(report["memory"]["store_kib"], 64 * 1024, "{report}");
+        report["memory"]["total_kib"].as_u64().expect("total")
+    };
+    let shared = ten("snapbpf");
+    let copied = ten("snapfaas");
+    assert!(
+        shared * 3 < copied,
+        "mapping shares the store's pages ({shared} KiB) where copying does not ({copied} KiB)"
+    );
+    let one = json(&["invoke", p, "--strategy", "snapbpf", "--store", s, "--cold"]);
+    assert_eq!(checksums(&one), vec![want[0].clone()]);
+}

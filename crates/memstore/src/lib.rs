@@ -638,3 +638,16 @@ pub fn get(
     }
     Ok((fd, held, reply.hit.unwrap_or(false)))
 }
+
+/// Bytes the store at `socket` holds of the snapshot in `dir` (0 if none, or if the store
+/// cannot be asked): for memory reports.
+pub fn held_bytes(socket: &Path, dir: &Path) -> u64 {
+    let Ok(dir) = store_key(dir) else {
+        return 0;
+    };
+    request(socket, &Request::List)
+        .ok()
+        .and_then(|(reply, _)| reply.snapshots)
+        .and_then(|held| held.into_iter().find(|h| h.dir == dir))
+        .map_or(0, |h| h.bytes)
+}

@@ -66,14 +66,19 @@ pub static INFO: StrategyInfo = StrategyInfo {
             help: "prefetch into the page cache without mapping the ranges into the VMM's page tables (the paper's prefetch exactly)",
         },
         THP_OPTION,
+        OptionInfo {
+            name: "store",
+            value: Some("SOCKET"),
+            help: "map guest memory from the in-memory snapshot store's memfd (`snapbpf store serve`) instead of the memory file: every VM shares the store's pages, with no disk I/O (`invoke --store SOCKET` sets it)",
+        },
     ],
     record: true,
     artifacts: &[WS_FILE],
     parse: |o| parse_as(o).map(StrategySpec::Snapbpf),
 };
 
-/// Options of `snapbpf`: the paper's breakdown variants and huge pages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Options of `snapbpf`: the paper's breakdown variants, huge pages, and the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapbpfOptions {
     /// Skip the working-set prefetch.
     #[serde(default)]
@@ -87,17 +92,22 @@ pub struct SnapbpfOptions {
     /// Back guest memory with huge page-cache folios.
     #[serde(default)]
     pub thp: bool,
+    /// Map guest memory from this in-memory snapshot store instead of the memory file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<PathBuf>,
 }
 
 impl StrategyOptions for SnapbpfOptions {
     const INFO: &'static StrategyInfo = &INFO;
-    fn set(&mut self, name: &str, _: Option<&str>) -> Result<(), String> {
-        match name {
-            "no-prefetch" => self.no_prefetch = true,
-            "no-pv" => self.no_pv = true,
-            "no-premap" => self.no_premap = true,
-            "thp" => self.thp = true,
-            other => return Err(format!("unexpected option {other}")),
+    fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), String> {
+        match (name, value) {
+            ("no-prefetch", _) => self.no_prefetch = true,
+            ("no-pv", _) => self.no_pv = true,
+            ("no-premap", _) => self.no_premap = true,
+            ("thp", _) => self.thp = true,
+            ("store", Some(path)) if !path.is_empty() => self.store = Some(PathBuf::from(path)),
+            ("store", _) => return Err("needs a socket path".into()),
+            (other, _) => return Err(format!("unexpected option {other}")),
         }
         Ok(())
     }
@@ -111,22 +121,26 @@ impl StrategyOptions for SnapbpfOptions {
         .into_iter()
         .filter(|(on, _)| *on)
         .map(|(_, name)| name.to_string())
+        .chain(self.store.iter().map(|p| format!("store={}", p.display())))
         .collect()
     }
     fn build(&self) -> Box<dyn Strategy> {
         Box::new(
-            SnapBpf::new(!self.no_prefetch, !self.no_pv, !self.no_premap).with_huge_pages(self.thp),
+            SnapBpf::new(!self.no_prefetch, !self.no_pv, !self.no_premap)
+                .with_huge_pages(self.thp)
+                .with_store(self.store.clone()),
         )
     }
 }
 
 /// The SnapBPF strategy and its breakdown variants.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SnapBpf {
     prefetch: bool,
     pv: bool,
     premap: bool,
     huge_pages: bool,
+    store: Option<PathBuf>,
 }
 
 impl SnapBpf {
@@ -138,7 +152,17 @@ impl SnapBpf {
             pv,
             premap,
             huge_pages: false,
+            store: None,
         }
+    }
+
+    /// Maps guest memory from the in-memory snapshot store at `socket` (its sealed memfd
+    /// of the snapshot) instead of the memory file. The pages are already in memory, shared
+    /// by every VM: nothing is read ahead; with pre-mapping the working set's ranges are
+    /// still mapped into the page tables before the vCPU needs them.
+    pub fn with_store(mut self, socket: Option<PathBuf>) -> Self {
+        self.store = socket;
+        self
     }
 
     /// Backs guest memory with huge page-cache folios. The prefetch then maps the
@@ -188,6 +212,12 @@ impl Strategy for SnapBpf {
         "snapbpf"
     }
 
+    fn shared_memory_bytes(&self, snapshot: &Snapshot) -> u64 {
+        self.store.as_ref().map_or(0, |socket| {
+            snapbpf_memstore::held_bytes(socket, &snapshot.dir)
+        })
+    }
+
     fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
         let mut files = vec![snapshot.memory_path()];
         if self.prefetch {
@@ -225,14 +255,22 @@ impl Strategy for SnapBpf {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let path = snapshot.memory_path();
-        let (file, window) = open_with_readahead_window(&path, PAPER_READAHEAD_KIB)?;
+        let (file, window) = match &self.store {
+            Some(socket) => {
+                let (memfd, _, _) =
+                    snapbpf_memstore::get(socket, &snapshot.dir, &snapshot.meta.memory)
+                        .map_err(super::snapfaas::StoreStrategyError::from)?;
+                (std::fs::File::from(memfd), None)
+            }
+            None => open_with_readahead_window(&snapshot.memory_path(), PAPER_READAHEAD_KIB)?,
+        };
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::On)?;
         if self.huge_pages {
             memory.use_huge_pages()?;
         }
-        let readahead_first = !self.huge_pages;
+        // From the store, the pages are in memory already: nothing to read ahead.
+        let readahead_first = !self.huge_pages && self.store.is_none();
         let premap = self.premap || self.huge_pages;
         // Prefetch on a thread started before the VM is built: its I/O overlaps VM
         // creation and the vCPU. With pre-mapping, the same thread then maps the

@@ -96,15 +96,9 @@ impl Strategy for Snapfaas {
     }
 
     fn shared_memory_bytes(&self, snapshot: &Snapshot) -> u64 {
-        let (Some(socket), Ok(dir)) = (&self.store, snapbpf_memstore::store_key(&snapshot.dir))
-        else {
-            return 0;
-        };
-        snapbpf_memstore::request(socket, &snapbpf_memstore::Request::List)
-            .ok()
-            .and_then(|(reply, _)| reply.snapshots)
-            .and_then(|held| held.into_iter().find(|h| h.dir == dir))
-            .map_or(0, |h| h.bytes)
+        self.store.as_ref().map_or(0, |socket| {
+            snapbpf_memstore::held_bytes(socket, &snapshot.dir)
+        })
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
