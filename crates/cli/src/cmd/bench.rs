@@ -108,15 +108,35 @@ pub fn run(args: Args) -> Result<()> {
             .map(|f| f.name.to_string())
             .collect()
     };
-    let strategies = if args.strategies.is_empty() {
-        parse_all(registry::DEFAULT_COMPARISON.iter().copied())?
-    } else {
-        parse_all(args.strategies.iter().map(String::as_str))?
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench-out"));
+    // Strategies that restore from the in-memory store use one the bench runs itself.
+    let store_socket = std::path::absolute(out.join("store.sock"))?;
+    let mut uses_store = false;
+    let mut with_store = |list: Vec<String>| -> Vec<String> {
+        list.into_iter()
+            .map(|text| {
+                let rewritten = bench_store_option(&text, &store_socket);
+                uses_store |= rewritten != text;
+                rewritten
+            })
+            .collect()
     };
+    let strategy_texts = if args.strategies.is_empty() {
+        registry::DEFAULT_COMPARISON
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.strategies.clone()
+    };
+    let strategies = parse_all(with_store(strategy_texts).iter().map(String::as_str))?;
     let breakdown = match args.breakdown.as_slice() {
         [] => parse_all(registry::DEFAULT_BREAKDOWN.iter().copied())?,
         [none] if none == "none" => Vec::new(),
-        list => parse_all(list.iter().map(String::as_str))?,
+        list => parse_all(with_store(list.to_vec()).iter().map(String::as_str))?,
     };
     let (repeat, warmup, warm_repeat) = if args.quick {
         (args.repeat.min(3), 0, 1)
@@ -132,10 +152,7 @@ pub fn run(args: Args) -> Result<()> {
         warmup,
         warm_repeat,
         input: args.input,
-        out: args
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("bench-out")),
+        out,
         timeout: super::secs(args.timeout_secs),
         baseline: registry::baseline().label(),
         subject: registry::subject().label(),
@@ -143,6 +160,17 @@ pub fn run(args: Args) -> Result<()> {
     };
     config.validate()?;
     let exe = super::current_exe()?;
+    let _store = if uses_store {
+        let capacity: u64 = config
+            .functions
+            .iter()
+            .filter_map(|f| snapbpf_functions::info(f))
+            .map(|f| u64::from(f.mem_mib) << 20)
+            .sum();
+        Some(BenchStore::start(&exe, &store_socket, capacity * 2)?)
+    } else {
+        None
+    };
     // Several profiles: one full run each, into a subdirectory named by the profile.
     let several = args.device.len() > 1;
     for &device in &args.device {
@@ -232,5 +260,71 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `text` with the bench's store socket as its `store` option, where the strategy takes
+/// one and none is given (`snapfaas`, which needs one) or it is given bare (`NAME:store`).
+fn bench_store_option(text: &str, socket: &std::path::Path) -> String {
+    let mut parts: Vec<String> = text.split(':').map(str::to_string).collect();
+    let option = format!("store={}", socket.display());
+    let mut changed = false;
+    for part in parts.iter_mut().skip(1) {
+        if part == "store" {
+            *part = option.clone();
+            changed = true;
+        }
+    }
+    let has_store = parts.iter().skip(1).any(|p| p.starts_with("store="));
+    if !changed && !has_store && parts[0] == "snapfaas" {
+        parts.push(option);
+    }
+    parts.join(":")
+}
+
+/// An in-memory snapshot store (`snapbpf store serve`) the bench runs for its store
+/// strategies, stopped (SIGTERM) when dropped.
+struct BenchStore(std::process::Child);
+
+impl BenchStore {
+    fn start(exe: &std::path::Path, socket: &std::path::Path, capacity: u64) -> Result<Self> {
+        use anyhow::Context;
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let child = std::process::Command::new(exe)
+            .args([
+                "store",
+                "serve",
+                "--capacity",
+                &capacity.to_string(),
+                "--socket",
+            ])
+            .arg(socket)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start the bench's snapshot store")?;
+        let store = Self(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !socket.exists() {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the bench's snapshot store never listened on {}",
+                    socket.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("bench: snapshot store on {}", socket.display());
+        Ok(store)
+    }
+}
+
+impl Drop for BenchStore {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child this value started and has not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
     }
 }
