@@ -37,6 +37,15 @@ fn a_copied_snapshot_restores_under_every_strategy() {
         .expect("checksum")
         .to_string();
     let all = strategies();
+    // The store strategies restore from an in-memory store of their own.
+    let store = Store::start(dir.path(), "1G");
+    let with_store = |args: &[&str], name: &str| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if name == "snapfaas" {
+            v.extend(["--store".to_string(), store.sock().to_string()]);
+        }
+        v
+    };
     for (name, records) in &all {
         if *records {
             json(&["record", original_s, "--strategy", name, "--input", "0"]);
@@ -56,15 +65,19 @@ fn a_copied_snapshot_restores_under_every_strategy() {
     let verified = json(&["verify", copy_s]);
     assert_eq!(verified["ok"], true, "{verified}");
     for (name, _) in &all {
-        let report = json(&[
-            "invoke",
-            copy_s,
-            "--strategy",
+        let args = with_store(
+            &[
+                "invoke",
+                copy_s,
+                "--strategy",
+                name,
+                "--input",
+                "1",
+                "--cold",
+            ],
             name,
-            "--input",
-            "1",
-            "--cold",
-        ]);
+        );
+        let report = json(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(checksums(&report), vec![want.clone()], "{name} on the copy");
     }
 
@@ -79,10 +92,12 @@ fn a_copied_snapshot_restores_under_every_strategy() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("memory"), "{stderr}");
-    // And no strategy restores from it.
+    // And no strategy restores from it: the store, asked again, checks it again.
+    ok(&["store", "evict", copy_s, "--socket", store.sock()]);
     for (name, _) in &all {
+        let args = with_store(&["invoke", copy_s, "--strategy", name], name);
         fails(
-            &["invoke", copy_s, "--strategy", name],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
             "memory file is not the one it was taken with",
         );
     }

@@ -5,46 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
-
-/// A running `snapbpf store serve`, killed on drop if still running.
-struct Store {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Store {
-    fn start(dir: &Path, capacity: &str) -> Self {
-        let socket = dir.join("store.sock");
-        let child = Command::new(bin())
-            .args(["store", "serve", "--capacity", capacity, "--socket"])
-            .arg(&socket)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the store");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "the store never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket }
-    }
-
-    fn sock(&self) -> &str {
-        self.socket.to_str().expect("UTF-8")
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn held(store: &Store) -> Vec<String> {
     let list = json(&["store", "list", "--socket", store.sock()]);

@@ -176,3 +176,45 @@ pub fn fresh_checksums(function: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A running `snapbpf store serve`, killed on drop if still running.
+pub struct Store {
+    /// The store process.
+    pub child: std::process::Child,
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+impl Store {
+    /// Starts a store with `capacity` listening in `dir`.
+    pub fn start(dir: &Path, capacity: &str) -> Self {
+        let socket = dir.join("store.sock");
+        let child = Command::new(bin())
+            .args(["store", "serve", "--capacity", capacity, "--socket"])
+            .arg(&socket)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the store");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    /// Its socket, as an argument.
+    pub fn sock(&self) -> &str {
+        self.socket.to_str().expect("UTF-8")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
