@@ -92,6 +92,29 @@ fn the_store_evicts_serves_many_and_shuts_down_cleanly() {
         ],
         "snapshot.json",
     );
+    // A snapshot.json that is a FIFO is refused, and does not hang the store's loader.
+    let fifo_dir = dir.path().join("fifo-snapshot");
+    std::fs::create_dir_all(&fifo_dir).expect("mkdir");
+    let fifo = std::ffi::CString::new(
+        fifo_dir
+            .join("snapshot.json")
+            .to_str()
+            .expect("UTF-8")
+            .as_bytes(),
+    )
+    .expect("no NUL");
+    // SAFETY: mkfifo with a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    fails(
+        &[
+            "store",
+            "add",
+            fifo_dir.to_str().expect("UTF-8"),
+            "--socket",
+            s,
+        ],
+        "cannot read",
+    );
     {
         use std::io::{Read, Write};
         let mut raw = std::os::unix::net::UnixStream::connect(&store.socket).expect("connect");

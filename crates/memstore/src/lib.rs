@@ -328,10 +328,12 @@ impl Store {
 /// memory file against its metadata.
 fn load(dir: &Path) -> Result<(Held, OwnedFd), LoadError> {
     let meta_path = dir.join(snapbpf_store::snapshot::META_FILE);
-    let raw = std::fs::read(&meta_path).map_err(|source| LoadError::Read {
-        path: meta_path.clone(),
-        source,
-    })?;
+    let raw =
+        snapbpf_store::fsutil::read_regular(&meta_path, snapbpf_store::snapshot::MAX_META_BYTES)
+            .map_err(|source| LoadError::Read {
+                path: meta_path.clone(),
+                source,
+            })?;
     let meta = snapbpf_store::snapshot::parse_meta(&raw, &meta_path)?;
     let memory_path = dir.join(snapbpf_store::snapshot::MEMORY_FILE);
     snapbpf_store::verify::check(&memory_path, &meta.memory).map_err(LoadError::Stale)?;

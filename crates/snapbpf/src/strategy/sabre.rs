@@ -595,10 +595,6 @@ struct Compressed {
     cpu_s: f64,
 }
 
-fn codec_err(what: &'static str) -> impl FnOnce(std::io::Error) -> StrategyError {
-    StrategyError::io(what)
-}
-
 /// Compresses `raw` partitions (file offset, pages) as `plan` says.
 fn compress(raw: &[(u64, Vec<u8>)], plan: Plan) -> Result<Compressed, StrategyError> {
     let started = Instant::now();
@@ -621,12 +617,14 @@ fn compress(raw: &[(u64, Vec<u8>)], plan: Plan) -> Result<Compressed, StrategyEr
                 Codec::Lz4 => None,
                 _ => Some(
                     zstd::bulk::Compressor::with_dictionary(plan.level, &dict)
-                        .map_err(codec_err("zstd compressor"))?,
+                        .map_err(StrategyError::io("zstd compressor"))?,
                 ),
             };
             for (offset, data) in raw {
                 let frame = match zstd_c.as_mut() {
-                    Some(c) => c.compress(data).map_err(codec_err("zstd compress"))?,
+                    Some(c) => c
+                        .compress(data)
+                        .map_err(StrategyError::io("zstd compress"))?,
                     None => lz4_flex::block::compress(data),
                 };
                 partitions.push(entry(*offset, data, frame.len() as u64));
@@ -640,7 +638,7 @@ fn compress(raw: &[(u64, Vec<u8>)], plan: Plan) -> Result<Compressed, StrategyEr
                     let mut enc = lz4_flex::frame::FrameEncoder::new(&mut out);
                     for (_, data) in raw {
                         std::io::Write::write_all(&mut enc, data)
-                            .map_err(codec_err("lz4 compress"))?;
+                            .map_err(StrategyError::io("lz4 compress"))?;
                     }
                     enc.finish()
                         .map_err(|e| StrategyError::io("lz4 compress")(std::io::Error::other(e)))?;
@@ -648,12 +646,12 @@ fn compress(raw: &[(u64, Vec<u8>)], plan: Plan) -> Result<Compressed, StrategyEr
                 _ => {
                     let mut enc =
                         zstd::stream::Encoder::with_dictionary(&mut out, plan.level, &dict)
-                            .map_err(codec_err("zstd compressor"))?;
+                            .map_err(StrategyError::io("zstd compressor"))?;
                     for (_, data) in raw {
                         std::io::Write::write_all(&mut enc, data)
-                            .map_err(codec_err("zstd compress"))?;
+                            .map_err(StrategyError::io("zstd compress"))?;
                     }
-                    enc.finish().map_err(codec_err("zstd compress"))?;
+                    enc.finish().map_err(StrategyError::io("zstd compress"))?;
                 }
             }
             for (offset, data) in raw {
