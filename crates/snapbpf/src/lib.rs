@@ -24,6 +24,7 @@ pub mod profile;
 pub use snapbpf_run as run;
 pub mod pv;
 pub mod snapshot;
+pub mod store_memory;
 pub mod strategy;
 pub mod uffd_backend;
 

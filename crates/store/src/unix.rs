@@ -209,10 +209,8 @@ pub fn send_fd(stream: &UnixStream, body: &[u8], fd: i32) -> std::io::Result<()>
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if n as usize != body.len() {
-        return Err(std::io::Error::other("short send"));
-    }
-    Ok(())
+    // A long body may go out in pieces: the descriptor went with the first.
+    std::io::Write::write_all(&mut &*stream, &body[n as usize..])
 }
 
 /// Receives one message (at most 64 KiB) and the first descriptor attached to it, if any.

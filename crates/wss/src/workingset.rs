@@ -44,6 +44,9 @@ use serde::{Deserialize, Serialize};
 use crate::capture::CapturedPages;
 pub use snapbpf_store::FileIdentity;
 
+/// File name of SnapBPF's working set in a snapshot directory (its strategy's artifact,
+/// which the in-memory store also reads to decide what to keep).
+pub const SNAPBPF_FILE: &str = "snapbpf.ws";
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"SNAPBPFW";
 /// Current format version.

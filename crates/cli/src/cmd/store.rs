@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use snapbpf_memstore::{Reply, Request};
+use snapbpf_memstore::{Backing, Held, Reply, Request};
 
 /// The in-memory snapshot store: snapshots' memory in sealed memfds, handed to VMMs.
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,15 @@ enum StoreCommand {
         /// (a number, with an optional K, M or G suffix of powers of 1024).
         #[arg(long, default_value = "4G", value_parser = parse_bytes)]
         capacity: u64,
+        /// Pages backing the memfds: none (4 KiB shmem), thp (shmem transparent huge
+        /// pages; needs shmem_enabled at advise or more) or hugetlb (the reserved 2 MiB
+        /// pool; restore by copy only).
+        #[arg(long, default_value = "none", value_parser = parse_backing)]
+        huge_pages: Backing,
+        /// When full, evict least recently used snapshots whole instead of first trimming
+        /// them to their recorded working sets (`snapbpf.ws`).
+        #[arg(long)]
+        no_trim: bool,
     },
     /// Load a snapshot into the store.
     Add {
@@ -76,34 +85,77 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a positive size (e.g. 512M, 4G)"))
 }
 
+fn parse_backing(s: &str) -> Result<Backing, String> {
+    Backing::ALL
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, b)| *b)
+        .ok_or_else(|| format!("'{s}' is not one of none, thp, hugetlb"))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn describe(h: &Held) -> String {
+    format!(
+        "{:<14} {:>8.1} MiB  {:<11} {}",
+        h.function,
+        mib(h.bytes),
+        h.resident.name(),
+        h.dir.display()
+    )
+}
+
 fn ask(socket: &std::path::Path, request: &Request) -> Result<Reply> {
     Ok(snapbpf_memstore::request(socket, request)?.0)
 }
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        StoreCommand::Serve { socket, capacity } => {
+        StoreCommand::Serve {
+            socket,
+            capacity,
+            huge_pages,
+            no_trim,
+        } => {
             eprintln!(
-                "store: serving on {} with {:.1} GiB (SIGINT or SIGTERM to stop)",
+                "store: serving on {} with {:.1} GiB of {} memory{} (SIGINT or SIGTERM to stop)",
                 socket.display(),
-                capacity as f64 / (1u64 << 30) as f64
+                capacity as f64 / (1u64 << 30) as f64,
+                match huge_pages {
+                    Backing::Shmem => "4 KiB shmem",
+                    Backing::Thp => "THP shmem",
+                    Backing::Hugetlb => "hugetlbfs",
+                },
+                if no_trim {
+                    ""
+                } else {
+                    ", trimming to working sets when full"
+                }
             );
-            let stats = snapbpf_memstore::serve(&socket, capacity)?;
+            let end = snapbpf_memstore::serve(
+                &socket,
+                snapbpf_memstore::Config {
+                    capacity,
+                    backing: huge_pages,
+                    trim: !no_trim,
+                },
+            )?;
+            let s = end.stats;
             eprintln!(
-                "store: stopped: {} hits, {} misses, {} evictions; every memfd released",
-                stats.hits, stats.misses, stats.evictions
+                "store: stopped: {} hits, {} misses, {} trims, {} evictions; {} memfds left open",
+                s.hits, s.misses, s.trims, s.evictions, end.memfds_left
             );
+            if end.memfds_left != 0 {
+                anyhow::bail!("{} memfds were not released", end.memfds_left);
+            }
         }
         StoreCommand::Add { dir, socket } => {
             let dir = snapbpf_memstore::store_key(&dir)?;
             let reply = ask(&socket, &Request::Add { dir })?;
             if let Some(h) = reply.held {
-                println!(
-                    "held {} ({}): {:.1} MiB",
-                    h.dir.display(),
-                    h.function,
-                    h.bytes as f64 / (1 << 20) as f64
-                );
+                println!("held {}", describe(&h));
             }
         }
         StoreCommand::List { socket, json } => {
@@ -112,12 +164,7 @@ pub fn run(args: Args) -> Result<()> {
                 println!("{}", serde_json::to_string(&held)?);
             } else {
                 for h in held {
-                    println!(
-                        "{:<14} {:>8.1} MiB  {}",
-                        h.function,
-                        h.bytes as f64 / (1 << 20) as f64,
-                        h.dir.display()
-                    );
+                    println!("{}", describe(&h));
                 }
             }
         }
@@ -135,12 +182,14 @@ pub fn run(args: Args) -> Result<()> {
                 println!("{}", serde_json::to_string(&stats)?);
             } else {
                 println!(
-                    "{} snapshots, {:.1} of {:.1} MiB; {} hits, {} misses, {} evictions",
+                    "{} snapshots, {:.1} of {:.1} MiB ({} pages); {} hits, {} misses, {} trims, {} evictions",
                     stats.snapshots,
-                    stats.bytes as f64 / (1 << 20) as f64,
-                    stats.capacity as f64 / (1 << 20) as f64,
+                    mib(stats.bytes),
+                    mib(stats.capacity),
+                    stats.backing.name(),
                     stats.hits,
                     stats.misses,
+                    stats.trims,
                     stats.evictions
                 );
             }

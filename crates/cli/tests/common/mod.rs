@@ -183,32 +183,57 @@ pub struct Store {
     pub child: std::process::Child,
     /// Its socket.
     pub socket: PathBuf,
+    /// Where its standard error goes.
+    pub log: PathBuf,
 }
 
 impl Store {
     /// Starts a store with `capacity` listening in `dir`.
     pub fn start(dir: &Path, capacity: &str) -> Self {
+        Self::start_with(dir, &["--capacity", capacity])
+    }
+
+    /// Starts `snapbpf store serve ARGS...` listening in `dir`.
+    pub fn start_with(dir: &Path, args: &[&str]) -> Self {
         let socket = dir.join("store.sock");
+        let log = dir.join("store.log");
         let child = Command::new(bin())
-            .args(["store", "serve", "--capacity", capacity, "--socket"])
+            .args(["store", "serve"])
+            .args(args)
+            .arg("--socket")
             .arg(&socket)
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the store's log"))
             .spawn()
             .expect("start the store");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !socket.exists() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the store never listened"
+                "the store never listened: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Self { child, socket }
+        Self { child, socket, log }
     }
 
     /// Its socket, as an argument.
     pub fn sock(&self) -> &str {
         self.socket.to_str().expect("UTF-8")
+    }
+
+    /// Stops it with SIGTERM and checks that it exits cleanly, removes its socket and
+    /// releases every memfd; returns its log.
+    pub fn stop(mut self) -> String {
+        // SAFETY: kill(2) on the child we started.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let status = self.child.wait().expect("wait");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "{status}: {log}");
+        assert!(!self.socket.exists(), "socket removed");
+        assert!(log.contains("0 memfds left open"), "{log}");
+        log
     }
 }
 
@@ -216,5 +241,122 @@ impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Bytes of `path` in pages that are not all zeros: what the store holds of a memory
+/// file (computed here independently of the store).
+pub fn data_bytes(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read the memory file");
+    bytes
+        .chunks(4096)
+        .filter(|page| page.iter().any(|&b| b != 0))
+        .count() as u64
+        * 4096
+}
+
+/// The shmem transparent-huge-page setting switched to `advise` for one test, put back on
+/// drop.
+pub struct ShmemThp {
+    old: String,
+}
+
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// `advise` for shmem THP (root), or `None` (after a loud message; a failure under
+/// `CI=true`) where the host has none.
+pub fn shmem_thp_advise() -> Option<ShmemThp> {
+    let unavailable = |why: String| {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("shmem transparent huge pages unavailable and CI=true: {why}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: shmem transparent huge pages unavailable: {why} !!!!!!!!\n");
+        None
+    };
+    let text = match std::fs::read_to_string(SHMEM_THP) {
+        Ok(t) => t,
+        Err(e) => return unavailable(format!("{SHMEM_THP}: {e}")),
+    };
+    let old = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+        .unwrap_or("never")
+        .to_string();
+    if let Err(e) = std::fs::write(SHMEM_THP, "advise") {
+        return unavailable(format!("cannot write {SHMEM_THP}: {e}"));
+    }
+    Some(ShmemThp { old })
+}
+
+impl Drop for ShmemThp {
+    fn drop(&mut self) {
+        let _ = std::fs::write(SHMEM_THP, &self.old);
+    }
+}
+
+/// Huge pages added to the kernel's pool for one test, given back on drop. Tests of one
+/// file that need them hold one at a time (the pool size is read, then written).
+pub struct HugePages {
+    added: u64,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+pub fn meminfo(field: &str) -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Makes `n` free 2 MiB huge pages available, growing the pool if needed (root). `None`
+/// (after a loud message; a failure under `CI=true`) where the host cannot.
+pub fn reserve_huge_pages(n: u64) -> Option<HugePages> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let unavailable = |why: String| {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("2 MiB huge pages unavailable and CI=true: {why}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: 2 MiB huge pages unavailable: {why} !!!!!!!!\n");
+        None
+    };
+    if meminfo("Hugepagesize:") != (2 << 20) >> 10 {
+        return unavailable("the default huge page size is not 2 MiB".into());
+    }
+    let free = meminfo("HugePages_Free:");
+    let added = n.saturating_sub(free);
+    if added > 0 {
+        let total = meminfo("HugePages_Total:");
+        if let Err(e) = std::fs::write(NR_HUGEPAGES, (total + added).to_string()) {
+            return unavailable(format!("cannot grow {NR_HUGEPAGES}: {e}"));
+        }
+    }
+    let pages = HugePages {
+        added,
+        _one_at_a_time: guard,
+    };
+    let free = meminfo("HugePages_Free:");
+    if free < n {
+        drop(pages);
+        return unavailable(format!("{free} of {n} free after growing the pool"));
+    }
+    Some(pages)
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if self.added > 0 {
+            let total = meminfo("HugePages_Total:");
+            let _ = std::fs::write(NR_HUGEPAGES, total.saturating_sub(self.added).to_string());
+        }
     }
 }

@@ -91,7 +91,7 @@ pub enum StrategyError {
     Pipeline(#[source] Box<sabre::PipelineError>),
     /// The in-memory snapshot store failed or refused.
     #[error(transparent)]
-    Store(#[from] snapfaas::StoreStrategyError),
+    Store(#[from] crate::store_memory::StoreStrategyError),
     /// Userfaultfd-backed guest memory could not be set up or served.
     #[error(transparent)]
     Backend(#[from] crate::uffd_backend::BackendError),

@@ -33,13 +33,14 @@ use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, Strat
 use super::{Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
 use crate::pv::FreshAnonymizer;
 use crate::snapshot::Snapshot;
+use crate::store_memory::FromStore;
 use snapbpf_store::fsutil;
 use snapbpf_wss::capture::PageCacheCapture;
 use snapbpf_wss::prefetch::{self, PrefetchMethod, PrefetchOptions};
 use snapbpf_wss::workingset::WorkingSet;
 
 /// File name of the working set in the snapshot directory.
-pub const WS_FILE: &str = "snapbpf.ws";
+pub const WS_FILE: &str = snapbpf_wss::workingset::SNAPBPF_FILE;
 
 /// Threads that map prefetched ranges: with huge pages each one waits for a 2 MiB read,
 /// so a few keep the device busy (it serves about 32 requests in parallel).
@@ -185,26 +186,28 @@ impl SnapBpf {
             Box::new(IgnoreHints)
         }
     }
+}
 
-    fn load_working_set(&self, snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
-        let path = Self::ws_path(snapshot);
-        if !path.exists() {
-            return Err(StrategyError::MissingArtifact {
-                strategy: "snapbpf".into(),
-                path,
-            });
-        }
-        WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| match e {
-            snapbpf_wss::workingset::ReadError::Stale { fields, .. } => StrategyError::BadArtifact {
-                path: path.clone(),
-                reason: format!(
-                    "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
-                    fields.join(", ")
-                ),
-            },
-            other => other.into(),
-        })
+/// SnapBPF's working set recorded beside `snapshot`, checked to belong to it (other
+/// strategies that use SnapBPF's recording read it through this).
+pub(crate) fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
+    let path = snapshot.artifact_path(WS_FILE);
+    if !path.exists() {
+        return Err(StrategyError::MissingArtifact {
+            strategy: "snapbpf".into(),
+            path,
+        });
     }
+    WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| match e {
+        snapbpf_wss::workingset::ReadError::Stale { fields, .. } => StrategyError::BadArtifact {
+            path: path.clone(),
+            reason: format!(
+                "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
+                fields.join(", ")
+            ),
+        },
+        other => other.into(),
+    })
 }
 
 impl Strategy for SnapBpf {
@@ -228,13 +231,13 @@ impl Strategy for SnapBpf {
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         if self.prefetch {
-            self.load_working_set(snapshot)?;
+            load_working_set(snapshot)?;
         }
         Ok(())
     }
 
     fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
-        let ws = self.load_working_set(snapshot)?;
+        let ws = load_working_set(snapshot)?;
         let file_bytes = std::fs::metadata(Self::ws_path(snapshot)).map_or(0, |m| m.len());
         Ok(format!(
             "{} pages ({:.1} MiB) in {} ranges from {} capture(s), {file_bytes} bytes of offsets ({:.3} % of the working set), bound to this snapshot",
@@ -251,33 +254,36 @@ impl Strategy for SnapBpf {
         snapshot: &Snapshot,
     ) -> Option<Result<Vec<snapbpf_wss::workingset::PageRange>, StrategyError>> {
         self.prefetch
-            .then(|| self.load_working_set(snapshot).map(|ws| ws.ranges))
+            .then(|| load_working_set(snapshot).map(|ws| ws.ranges))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let (file, window) = match &self.store {
+        // From the store, the working set is in memory already: nothing to read ahead
+        // (what the store does not hold is paged from the memory file on demand).
+        let (memory, window, file) = match &self.store {
             Some(socket) => {
-                let (memfd, _, _) =
-                    snapbpf_memstore::get(socket, &snapshot.dir, &snapshot.meta.memory)
-                        .map_err(super::snapfaas::StoreStrategyError::from)?;
-                (std::fs::File::from(memfd), None)
+                let mapped = FromStore::fetch(socket, snapshot)?.map_private(snapshot)?;
+                (mapped.memory, mapped.readahead_kib, None)
             }
-            None => open_with_readahead_window(&snapshot.memory_path(), PAPER_READAHEAD_KIB)?,
+            None => {
+                let (file, window) =
+                    open_with_readahead_window(&snapshot.memory_path(), PAPER_READAHEAD_KIB)?;
+                let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
+                (memory, window, Some(file))
+            }
         };
-        let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::On)?;
         if self.huge_pages {
             memory.use_huge_pages()?;
         }
-        // From the store, the pages are in memory already: nothing to read ahead.
-        let readahead_first = !self.huge_pages && self.store.is_none();
+        let readahead = file.filter(|_| !self.huge_pages);
         let premap = self.premap || self.huge_pages;
         // Prefetch on a thread started before the VM is built: its I/O overlaps VM
         // creation and the vCPU. With pre-mapping, the same thread then maps the
         // prefetched ranges, in order, into this process's page tables.
         let mut helpers = Helpers::none();
         if self.prefetch {
-            let ranges = self.load_working_set(snapshot)?.ranges;
+            let ranges = load_working_set(snapshot)?.ranges;
             let mapping = premap.then(|| memory.populator());
             helpers
                 .spawn("snapbpf-prefetch", move || {
@@ -288,9 +294,9 @@ impl Strategy for SnapBpf {
                         compression: None,
                     };
                     let mut elapsed = Duration::ZERO;
-                    if readahead_first {
+                    if let Some(file) = &readahead {
                         let stats = prefetch::prefetch_with(
-                            &file,
+                            file,
                             &ranges,
                             &PrefetchOptions {
                                 method: PrefetchMethod::default(),

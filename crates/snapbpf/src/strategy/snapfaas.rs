@@ -3,13 +3,22 @@
 //!
 //! SnapFaaS keeps snapshots in memory and restores a VM by copying the snapshot's memory
 //! from there into the VM's memory before it runs. Here the store is `snapbpf store serve`
-//! (`snapbpf_memstore`). The VM's guest memory is private anonymous memory, and the whole
-//! snapshot is copied into it from the store's sealed memfd (one `pread` straight into
-//! guest memory, no disk I/O) before the vCPU runs. The memfd's identity is checked against
-//! the snapshot's first: a store holding another version of the snapshot is refused.
-//! Each VM holds its own copy; the store's copy is shared and counted once.
+//! (`snapbpf_memstore`), which holds each snapshot's data pages in a sealed memfd; the
+//! memfd's identity is checked against the snapshot's first, so a store holding another
+//! version of the snapshot is refused. Each VM holds its own copy; the store's copy is
+//! shared and counted once.
+//!
+//! - `copy=all` (the default, and the poster's design: "SnapFaaS currently restores memory
+//!   through memory copying" of the snapshot's dirty memory): every data page the store
+//!   holds is copied into the VM's private anonymous memory (`pread` straight into guest
+//!   memory) before the vCPU runs; the snapshot's zero pages stay untouched zero pages.
+//! - `copy=ws` (the poster's further work, "on-demand restoration"): only SnapBPF's
+//!   recorded working set is copied before the vCPU runs; guest memory maps the store's
+//!   memfd copy-on-write, so the rest is paged from the store's memory on demand.
+//!
+//! Where the store, short of memory, holds only a snapshot's working set, what it does not
+//! hold is paged from the snapshot's memory file on demand.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,21 +27,39 @@ use serde::{Deserialize, Serialize};
 use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
 use super::{PrefetchReport, Restored, Strategy, StrategyError};
 use crate::snapshot::Snapshot;
-use snapbpf_vmm::GuestMemory;
+use crate::store_memory::{FromStore, StoreStrategyError};
 
 /// Registry row of `snapfaas`.
 pub static INFO: StrategyInfo = StrategyInfo {
     name: "snapfaas",
     description: "SnapFaaS: the snapshot's memory copied from an in-memory snapshot store (`snapbpf store serve`) into the VM before it runs",
-    options: &[OptionInfo {
-        name: "store",
-        value: Some("SOCKET"),
-        help: "the snapshot store's socket (required; `invoke --store SOCKET` sets it)",
-    }],
+    options: &[
+        OptionInfo {
+            name: "store",
+            value: Some("SOCKET"),
+            help: "the snapshot store's socket (required; `invoke --store SOCKET` sets it)",
+        },
+        OptionInfo {
+            name: "copy",
+            value: Some("all|ws"),
+            help: "copy every data page before the vCPU runs (all, SnapFaaS's poster), or only SnapBPF's recorded working set and page the rest from the store on demand (ws; needs `snapbpf record DIR --strategy snapbpf`)",
+        },
+    ],
     record: false,
     artifacts: &[],
     parse: |o| parse_as(o).map(StrategySpec::Snapfaas),
 };
+
+/// What a restore copies before the vCPU runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Copy {
+    /// Every data page the store holds.
+    #[default]
+    All,
+    /// SnapBPF's recorded working set; the rest on demand.
+    Ws,
+}
 
 /// Options of `snapfaas`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +67,9 @@ pub struct SnapfaasOptions {
     /// The store's socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<PathBuf>,
+    /// What is copied before the vCPU runs.
+    #[serde(default)]
+    pub copy: Copy,
 }
 
 impl StrategyOptions for SnapfaasOptions {
@@ -48,6 +78,9 @@ impl StrategyOptions for SnapfaasOptions {
         match (name, value) {
             ("store", Some(path)) if !path.is_empty() => self.store = Some(PathBuf::from(path)),
             ("store", _) => return Err("needs a socket path".into()),
+            ("copy", Some("all")) => self.copy = Copy::All,
+            ("copy", Some("ws")) => self.copy = Copy::Ws,
+            ("copy", _) => return Err("is all or ws".into()),
             (other, _) => return Err(format!("unexpected option {other}")),
         }
         Ok(())
@@ -56,24 +89,15 @@ impl StrategyOptions for SnapfaasOptions {
         self.store
             .iter()
             .map(|p| format!("store={}", p.display()))
+            .chain((self.copy == Copy::Ws).then(|| "copy=ws".to_string()))
             .collect()
     }
     fn build(&self) -> Box<dyn Strategy> {
         Box::new(Snapfaas {
             store: self.store.clone(),
+            copy: self.copy,
         })
     }
-}
-
-/// Errors of the store strategies.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreStrategyError {
-    /// No store was named.
-    #[error("strategy 'snapfaas' restores from an in-memory store: pass --store SOCKET (started with `snapbpf store serve --socket SOCKET`)")]
-    NoStore,
-    /// The store failed or refused.
-    #[error(transparent)]
-    Store(#[from] snapbpf_memstore::ClientError),
 }
 
 /// SnapFaaS.
@@ -81,6 +105,8 @@ pub enum StoreStrategyError {
 pub struct Snapfaas {
     /// The store's socket.
     pub store: Option<PathBuf>,
+    /// What a restore copies before the vCPU runs.
+    pub copy: Copy,
 }
 
 impl Strategy for Snapfaas {
@@ -88,11 +114,22 @@ impl Strategy for Snapfaas {
         "snapfaas"
     }
 
-    fn check(&self, _snapshot: &Snapshot) -> Result<(), StrategyError> {
-        self.store
-            .as_ref()
-            .map(|_| ())
-            .ok_or_else(|| StrategyError::from(StoreStrategyError::NoStore))
+    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
+        let mut files = vec![snapshot.memory_path()];
+        if self.copy == Copy::Ws {
+            files.push(snapshot.artifact_path(super::snapbpf::WS_FILE));
+        }
+        files
+    }
+
+    fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        if self.store.is_none() {
+            return Err(StoreStrategyError::NoStore("snapfaas").into());
+        }
+        if self.copy == Copy::Ws {
+            super::snapbpf::load_working_set(snapshot)?;
+        }
+        Ok(())
     }
 
     fn shared_memory_bytes(&self, snapshot: &Snapshot) -> u64 {
@@ -102,22 +139,29 @@ impl Strategy for Snapfaas {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let socket = self.store.as_ref().ok_or(StoreStrategyError::NoStore)?;
+        let socket = self
+            .store
+            .as_ref()
+            .ok_or(StoreStrategyError::NoStore("snapfaas"))?;
         let started = Instant::now();
-        let (memfd, held, _hit) =
-            snapbpf_memstore::get(socket, &snapshot.dir, &snapshot.meta.memory)
-                .map_err(StoreStrategyError::from)?;
-        let memfd = File::from(memfd);
-        let memory = GuestMemory::anonymous(snapshot.meta.mem_bytes)?;
-        memory.fill_from(0, held.bytes.min(snapshot.meta.mem_bytes), &memfd, 0)?;
+        let from = FromStore::fetch(socket, snapshot)?;
+        let (built, ranges) = match self.copy {
+            Copy::All => (from.copy_all(snapshot)?, from.extents().len()),
+            Copy::Ws => {
+                let ws = super::snapbpf::load_working_set(snapshot)?;
+                let ranges = ws.ranges.iter().map(|r| (r.start, r.pages));
+                (from.copy_ranges(snapshot, ranges)?, ws.ranges.len())
+            }
+        };
         Ok(Restored {
             prefetched: Some(PrefetchReport {
-                bytes: held.bytes,
-                ranges: 1,
+                bytes: built.copied,
+                ranges: ranges as u64,
                 ms: started.elapsed().as_secs_f64() * 1e3,
                 compression: None,
             }),
-            ..Restored::plain(memory)
+            readahead_kib: built.readahead_kib,
+            ..Restored::plain(built.memory)
         })
     }
 }
