@@ -263,8 +263,8 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `text` with the bench's store socket as its `store` option, where the strategy takes
-/// one and none is given (`snapfaas`, which needs one) or it is given bare (`NAME:store`).
+/// `text` with the bench's store socket as its `store` option, where the strategy requires
+/// one and none is given, or it is given bare (`NAME:store`).
 fn bench_store_option(text: &str, socket: &std::path::Path) -> String {
     let mut parts: Vec<String> = text.split(':').map(str::to_string).collect();
     let option = format!("store={}", socket.display());
@@ -276,7 +276,8 @@ fn bench_store_option(text: &str, socket: &std::path::Path) -> String {
         }
     }
     let has_store = parts.iter().skip(1).any(|p| p.starts_with("store="));
-    if !changed && !has_store && parts[0] == "snapfaas" {
+    let required = registry::info(&parts[0]).is_some_and(|i| i.required.contains(&"store"));
+    if !changed && !has_store && required {
         parts.push(option);
     }
     parts.join(":")

@@ -217,6 +217,7 @@ pub static INFO: StrategyInfo = StrategyInfo {
     name: "faasnap",
     description: "FaaSnap: mincore-recorded working-set file mapped over the snapshot and read ahead; zero pages anonymous",
     options: &[],
+    required: &[],
     record: true,
     artifacts: &[WS_FILE, META_FILE],
     parse: |o| parse_as(o).map(StrategySpec::Faasnap),

@@ -165,6 +165,7 @@ pub static INFO: StrategyInfo = StrategyInfo {
         value: Some("SOCKET"),
         help: "hand the userfaultfd to the page-fault handler listening on this Unix socket (Firecracker's UFFD protocol)",
     }],
+    required: &[],
     record: true,
     artifacts: &[WS_FILE, TRACE_FILE],
     parse: |o| parse_as(o).map(StrategySpec::Reap),

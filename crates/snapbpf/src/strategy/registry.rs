@@ -34,6 +34,9 @@ pub struct StrategyInfo {
     pub description: &'static str,
     /// Options it takes.
     pub options: &'static [OptionInfo],
+    /// Options it cannot restore without (front-ends that supply them, such as the
+    /// bench's own store socket, look here).
+    pub required: &'static [&'static str],
     /// Whether it has a record phase (`snapbpf record`).
     pub record: bool,
     /// Files its record phase writes into the snapshot directory.

@@ -321,6 +321,7 @@ pub static INFO: StrategyInfo = StrategyInfo {
             help: "restore: decompression threads for scattered placement (default: the host's cores)",
         },
     ],
+    required: &[],
     record: true,
     artifacts: &[PARTS_FILE, STREAM_FILE],
     parse: |o| parse_as(o).map(StrategySpec::Sabre),

@@ -73,6 +73,7 @@ pub static INFO: StrategyInfo = StrategyInfo {
             help: "map guest memory from the in-memory snapshot store's memfd (`snapbpf store serve`) instead of the memory file: every VM shares the store's pages, with no disk I/O (`invoke --store SOCKET` sets it)",
         },
     ],
+    required: &[],
     record: true,
     artifacts: &[WS_FILE],
     parse: |o| parse_as(o).map(StrategySpec::Snapbpf),

@@ -45,6 +45,7 @@ pub static INFO: StrategyInfo = StrategyInfo {
             help: "copy every data page before the vCPU runs (all, SnapFaaS's poster), or only SnapBPF's recorded working set and page the rest from the store on demand (ws; needs `snapbpf record DIR --strategy snapbpf`)",
         },
     ],
+    required: &["store"],
     record: false,
     artifacts: &[],
     parse: |o| parse_as(o).map(StrategySpec::Snapfaas),
