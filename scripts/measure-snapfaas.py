@@ -87,6 +87,10 @@ def stamp():
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+class StoreFull(Exception):
+    """The store cannot hold a snapshot, even trimmed."""
+
+
 class Store:
     """A `snapbpf store serve` for the run, stopped with SIGTERM."""
 
@@ -105,7 +109,12 @@ class Store:
 
     def add(self, snap):
         t = time.perf_counter()
-        snapbpf("store", "add", snap, "--socket", self.sock)
+        added = subprocess.run([BIN, "store", "add", snap, "--socket", self.sock], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        if added.returncode != 0:
+            if "the store is full" in added.stderr:
+                raise StoreFull(added.stderr.strip())
+            sys.exit(f"snapbpf store add {snap} failed: {added.stderr.strip()}")
         ms = (time.perf_counter() - t) * 1e3
         held = [h for h in json.loads(snapbpf("store", "list", "--socket", self.sock, "--json"))
                 if h["dir"] == os.path.realpath(snap)]
@@ -224,7 +233,7 @@ def main():
 
 
 def sweep(functions, out_path):
-    out = {**stamp(), "checked": []}
+    out = {**stamp(), "checked": [], "untrimmable": []}
     for f in functions:
         snap = f"/var/tmp/snapfaas-sweep-{f}"
         snapbpf("snapshot", f, "--out", snap, "--force")
@@ -237,7 +246,13 @@ def sweep(functions, out_path):
         for phase, store in [("whole", roomy), ("working-set", short), ("reloaded", roomy)]:
             if phase == "reloaded":
                 roomy.evict(snap)
-            held = store.add(snap)[1]
+            try:
+                held = store.add(snap)[1]
+            except StoreFull as e:
+                # A working set that covers every data page cannot be held in less.
+                print(f"{f} ({phase}): {e}", flush=True)
+                out["untrimmable"].append({"function": f, "reason": str(e)})
+                continue
             expected = "working-set" if phase == "working-set" else "whole"
             if held["resident"] != expected:
                 sys.exit(f"{f}: the {phase} store holds it {held['resident']}")
@@ -255,6 +270,7 @@ def sweep(functions, out_path):
         short.stop()
         roomy.stop()
         subprocess.run(["rm", "-rf", snap])
+        write_json(out, out_path)
     write_json(out, out_path)
     print(f"{len(out['checked'])} restores, every checksum equal to the fresh boot's")
 

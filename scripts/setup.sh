@@ -23,6 +23,13 @@ if ! command -v cargo >/dev/null; then
     echo "error: cargo (Rust stable) is required and not on PATH" >&2
     exit 1
 fi
+# s3s-fs: the S3-compatible server the fleet tests run on loopback (built from crates.io
+# once, into cargo's bin directory).
+S3S_FS_VERSION=0.14.1
+if ! command -v s3s-fs >/dev/null && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]]; then
+    echo "==> installing s3s-fs $S3S_FS_VERSION (the tests' S3 server; a few minutes, once)" >&2
+    cargo install --locked --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary
+fi
 # tracefs is where BPF tracepoints are found; mount it if the system did not.
 if [[ $(id -u) -eq 0 && ! -d /sys/kernel/tracing/events ]]; then
     mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true

@@ -33,6 +33,8 @@ enum Command {
     Profile(cmd::profile::Args),
     UffdHandler(cmd::uffd_handler::Args),
     Store(cmd::store::Args),
+    Push(cmd::fleet::PushArgs),
+    Mount(cmd::fleet::MountArgs),
     #[command(name = "__worker", hide = true)]
     Worker(cmd::worker::Args),
 }
@@ -45,6 +47,20 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `snapbpf ... | head`: a closed stdout ends the command quietly, as it would a C
+    // tool killed by SIGPIPE (which stays ignored, so sockets report EPIPE instead).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(128 + libc::SIGPIPE);
+        }
+        default_hook(info);
+    }));
     if let Err(e) = snapbpf_store::interrupt::install() {
         tracing::warn!("interrupts will not clean up: {e}");
     }
@@ -64,6 +80,8 @@ fn main() {
         Command::Profile(a) => cmd::profile::run(a),
         Command::UffdHandler(a) => cmd::uffd_handler::run(a),
         Command::Store(a) => cmd::store::run(a),
+        Command::Push(a) => cmd::fleet::push(a),
+        Command::Mount(a) => cmd::fleet::mount(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     if let Err(e) = result {

@@ -9,12 +9,14 @@
 //!   directories, changed device settings, worker processes).
 //! - [`lock`]: shared (restore) and exclusive (record) locks on snapshot directories.
 //! - [`artifact`]: the one versioned, checksummed container for strategies' saved state.
+//! - [`codec`]: frame compression (zstd, LZ4) for compressed working sets and chunks.
 //! - [`fsutil`]: atomic writes, page-cache residency and eviction, whole-file direct reads.
 //!
 //! It depends on the VMM (for the vCPU state format) and nothing above it, so the
 //! evaluation harness and every mechanism crate can use it.
 
 pub mod artifact;
+pub mod codec;
 pub mod fsutil;
 pub mod identity;
 pub mod interrupt;

@@ -66,6 +66,10 @@ pub enum RunError {
     /// KVM_RUN failed.
     #[error("KVM_RUN failed: {0}")]
     Kvm(kvm_ioctls::Error),
+    /// A page of guest memory could not be brought in: the file behind it failed to read
+    /// (an I/O error from the disk, or from a mount that could not fetch it).
+    #[error("guest memory could not be faulted in: reading the file behind it failed (see the mount's or the kernel's log)")]
+    MemoryFault(#[source] kvm_ioctls::Error),
     /// The guest triple-faulted (an exception with no IDT, e.g. a bad memory access).
     #[error("guest triple fault (unhandled exception) at rip {rip:#x}")]
     TripleFault {
@@ -367,6 +371,7 @@ impl MicroVm {
                     }
                     continue;
                 }
+                Err(e) if e.errno() == libc::EFAULT => return Err(RunError::MemoryFault(e)),
                 Err(e) => return Err(RunError::Kvm(e)),
             };
             let (offset, value) = match exit {

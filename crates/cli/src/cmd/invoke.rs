@@ -9,8 +9,9 @@ use std::path::PathBuf;
 /// Restore VMs from a snapshot and run one invocation in each.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Snapshot directory.
-    dir: PathBuf,
+    /// Snapshot directory, or `s3://BUCKET/PREFIX/NAME` (pushed with `snapbpf push`; it is
+    /// mounted for the run, with the chunk cache `--cache`).
+    dir: String,
     #[command(flatten)]
     strategy: StrategyArgs,
     /// Input number.
@@ -33,6 +34,11 @@ pub struct Args {
     /// throttles reads of the snapshot's disk to 550 MB/s and 95k IOPS).
     #[arg(long, default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
     device: snapbpf::device::DeviceProfile,
+    /// The host's chunk cache, for an `s3://` snapshot.
+    #[arg(long, default_value = "/var/cache/snapbpf/chunks")]
+    cache: PathBuf,
+    #[command(flatten)]
+    remote: super::fleet::RemoteArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -93,8 +99,22 @@ impl StrategyArgs {
 
 pub fn run(args: Args) -> Result<()> {
     let spec = args.strategy.spec()?;
+    // An s3:// snapshot is mounted for the run; a mounted one reports what it fetched.
+    let mounted = if args.dir.starts_with("s3://") {
+        let url = snapbpf_fleet::SnapshotUrl::parse(&args.dir)?;
+        Some(super::fleet::AutoMount::new(
+            &url,
+            &args.cache,
+            &args.remote,
+        )?)
+    } else {
+        None
+    };
+    let dir = mounted
+        .as_ref()
+        .map_or_else(|| PathBuf::from(&args.dir), |m| m.dir.clone());
     let req = InvokeRequest {
-        dir: args.dir.clone(),
+        dir: dir.clone(),
         spec: spec.clone(),
         run: RunOptions {
             input: args.input,
@@ -109,11 +129,30 @@ pub fn run(args: Args) -> Result<()> {
         device: args.device,
     };
     let exe = super::current_exe()?;
+    let before = snapbpf_fleet::stats_of(&dir);
     let report = launch::invoke(&req, &|| super::worker_command(&exe))?;
+    let fetch = before
+        .zip(snapbpf_fleet::stats_of(&dir))
+        .map(|(b, a)| super::fleet::fetched(&b, &a));
+    drop(mounted);
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let (Some(fetch), Some(object)) = (fetch, value.as_object_mut()) {
+            object.insert("fetch".into(), fetch);
+        }
+        println!("{}", serde_json::to_string(&value)?);
     } else {
         print_report(&report);
+        if let Some(f) = fetch {
+            println!(
+                "fetched: {} GETs, {:.1} MiB ({:.1} MiB of chunks), {} chunk-cache hits, time to first byte {:.2} ms",
+                f["requests"],
+                f["bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+                f["raw_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+                f["cache_hits"],
+                f["ttfb_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     Ok(())
 }

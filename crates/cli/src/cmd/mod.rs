@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod boot;
+pub mod fleet;
 pub mod functions;
 pub mod inspect;
 pub mod invoke;

@@ -70,7 +70,8 @@ enum StoreCommand {
     },
 }
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
+/// Parses a size: a number with an optional K, M or G suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let (digits, shift) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 10),
         Some((i, 'M' | 'm')) => (&s[..i], 20),

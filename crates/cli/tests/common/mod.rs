@@ -360,3 +360,224 @@ impl Drop for HugePages {
         }
     }
 }
+
+/// An S3-compatible server (`s3s-fs`, installed by `scripts/setup.sh`) on loopback,
+/// serving one bucket from a directory; killed on drop.
+pub struct S3Server {
+    child: Option<std::process::Child>,
+    /// The directory it stores objects in (`root/BUCKET/KEY`).
+    pub root: PathBuf,
+    /// Its port.
+    pub port: u16,
+}
+
+/// The bucket [`S3Server`] serves.
+pub const BUCKET: &str = "fleet";
+
+fn s3s_fs() -> Option<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let installed = cargo_home.join("bin/s3s-fs");
+    if installed.is_file() {
+        return Some(installed);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("s3s-fs"))
+            .find(|p| p.is_file())
+    })
+}
+
+impl S3Server {
+    /// Starts a server storing objects under `dir/s3`. `None` (after a loud message; a
+    /// failure under `CI=true`) where `s3s-fs` or FUSE is missing.
+    pub fn start(dir: &Path) -> Option<Self> {
+        let unavailable = |why: String| {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{why} and CI=true: the fleet tests must run in CI (scripts/setup.sh installs s3s-fs)");
+            }
+            eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+            None
+        };
+        let Some(bin) = s3s_fs() else {
+            return unavailable("s3s-fs (the tests' S3 server) is not installed".into());
+        };
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_err()
+        {
+            return unavailable("/dev/fuse is missing or not permitted".into());
+        }
+        let root = dir.join("s3");
+        std::fs::create_dir_all(root.join(BUCKET)).expect("create the bucket");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self {
+            child: None,
+            root,
+            port,
+        };
+        server.resume(&bin);
+        Some(server)
+    }
+
+    fn resume(&mut self, bin: &Path) {
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", "snapbpf", "--secret-key", "snapbpf-secret"])
+            .arg(&self.root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s3s-fs never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (the store "goes away").
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = s3s_fs().expect("s3s-fs");
+        self.resume(&bin);
+    }
+
+    /// The environment a client needs.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "snapbpf".into()),
+            ("AWS_SECRET_ACCESS_KEY", "snapbpf-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+        ]
+    }
+
+    /// `snapbpf args...` with the server's environment.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("cannot run the snapbpf binary")
+    }
+
+    /// `snapbpf args... --json` with the server's environment, asserting success.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "snapbpf {all:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    /// The file holding object `key` of the bucket.
+    pub fn object(&self, key: &str) -> PathBuf {
+        self.root.join(BUCKET).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `snapbpf mount`, unmounted on drop.
+pub struct Mount {
+    child: Option<std::process::Child>,
+    /// The mountpoint.
+    pub dir: PathBuf,
+    /// Its log (standard error).
+    pub log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `url` at `dir` with the chunk cache `cache`, waiting until it serves.
+    pub fn start(server: &S3Server, url: &str, dir: &Path, cache: &Path, stats: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("mountpoint");
+        let log = dir.with_extension("log");
+        let child = Command::new(bin())
+            .args(["mount", url])
+            .arg(dir)
+            .arg("--cache")
+            .arg(cache)
+            .arg("--stats")
+            .arg(stats)
+            .envs(server.env())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the mount");
+        let mount = Self {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !dir.join(".stats").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mount never served: {}",
+                std::fs::read_to_string(&mount.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        mount
+    }
+
+    /// Its counters (`.stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join(".stats")).expect(".stats"))
+            .expect("JSON")
+    }
+
+    /// Unmounts with SIGTERM and checks a clean exit.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on the child we started.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let status = child.wait().expect("wait");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "{status}: {log}");
+        log
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if let Ok(p) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
+                // SAFETY: umount2 on a path we own; a lazy unmount of a dead FUSE mount.
+                unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}

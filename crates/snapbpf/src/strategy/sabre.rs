@@ -43,6 +43,7 @@ use crate::snapshot::Snapshot;
 use crate::uffd_backend::UffdMemory;
 use snapbpf_run::CompressionReport;
 use snapbpf_store::artifact;
+use snapbpf_store::codec::{FrameCompressor, FrameDecompressor};
 use snapbpf_store::fsutil::AlignedBuf;
 use snapbpf_store::FileIdentity;
 use snapbpf_uffd::{GuestRegionUffdMapping, Uffd, PAGE};
@@ -70,36 +71,7 @@ const DICT_TRAINING_PAGES: usize = 2048;
 /// The zstd level when none is given (Sabre's Figure 9 uses 3, 10 and 20).
 pub const DEFAULT_LEVEL: i32 = 3;
 
-/// A compression codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Codec {
-    /// zstd with a dictionary trained on the working set's pages.
-    ZstdDict,
-    /// zstd without a dictionary.
-    Zstd,
-    /// LZ4 (block format per partition, frame format as one stream).
-    Lz4,
-}
-
-impl Codec {
-    fn name(self) -> &'static str {
-        match self {
-            Codec::ZstdDict => "zstd-dict",
-            Codec::Zstd => "zstd",
-            Codec::Lz4 => "lz4",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "zstd-dict" => Ok(Codec::ZstdDict),
-            "zstd" => Ok(Codec::Zstd),
-            "lz4" => Ok(Codec::Lz4),
-            other => Err(format!("unknown codec '{other}' (zstd-dict, zstd, lz4)")),
-        }
-    }
-}
+pub use snapbpf_store::codec::Codec;
 
 /// Where decompressed partitions go on their way into guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -614,20 +586,12 @@ fn compress(raw: &[(u64, Vec<u8>)], plan: Plan) -> Result<Compressed, StrategyEr
     };
     match plan.placement {
         Placement::Scattered => {
-            let mut zstd_c = match plan.codec {
-                Codec::Lz4 => None,
-                _ => Some(
-                    zstd::bulk::Compressor::with_dictionary(plan.level, &dict)
-                        .map_err(StrategyError::io("zstd compressor"))?,
-                ),
-            };
+            let mut frames = FrameCompressor::new(plan.codec, plan.level, &dict)
+                .map_err(StrategyError::io("frame compressor"))?;
             for (offset, data) in raw {
-                let frame = match zstd_c.as_mut() {
-                    Some(c) => c
-                        .compress(data)
-                        .map_err(StrategyError::io("zstd compress"))?,
-                    None => lz4_flex::block::compress(data),
-                };
+                let frame = frames
+                    .compress(data)
+                    .map_err(StrategyError::io("compress a partition"))?;
                 partitions.push(entry(*offset, data, frame.len() as u64));
                 stream.extend_from_slice(&frame);
             }
@@ -1002,25 +966,17 @@ fn stream_decoder<'a, R: std::io::BufRead + 'a>(
 }
 
 /// Decompresses the scattered placement's frames, one partition at a time.
-enum FrameDecoder {
-    Zstd(Box<zstd::bulk::Decompressor<'static>>),
-    Lz4,
-}
+struct FrameDecoder(FrameDecompressor);
 
 impl FrameDecoder {
     fn new(codec: Codec, dict: &[u8]) -> Result<Self, PipelineError> {
-        Ok(match codec {
-            Codec::Lz4 => Self::Lz4,
-            _ => Self::Zstd(Box::new(
-                zstd::bulk::Decompressor::with_dictionary(dict).map_err(|source| {
-                    PipelineError::Decode {
-                        index: 0,
-                        offset: 0,
-                        source,
-                    }
-                })?,
-            )),
-        })
+        FrameDecompressor::new(codec, dict)
+            .map(Self)
+            .map_err(|source| PipelineError::Decode {
+                index: 0,
+                offset: 0,
+                source,
+            })
     }
 
     /// Decompresses partition `index`'s `frame` into `out` (resized to the partition),
@@ -1033,17 +989,14 @@ impl FrameDecoder {
         out: &'o mut Vec<u8>,
     ) -> Result<&'o [u8], PipelineError> {
         out.resize(p.raw_bytes(), 0);
-        let n = match self {
-            Self::Zstd(d) => d.decompress_to_buffer(frame, &mut out[..]),
-            Self::Lz4 => {
-                lz4_flex::block::decompress_into(frame, &mut out[..]).map_err(std::io::Error::other)
-            }
-        }
-        .map_err(|source| PipelineError::Decode {
-            index,
-            offset: p.offset,
-            source,
-        })?;
+        let n = self
+            .0
+            .decompress_into(frame, &mut out[..])
+            .map_err(|source| PipelineError::Decode {
+                index,
+                offset: p.offset,
+                source,
+            })?;
         check_partition(index, p, &out[..n])?;
         Ok(&out[..n])
     }

@@ -1,0 +1,173 @@
+//! The manifest of a pushed snapshot: every file of its directory as a list of chunks,
+//! and the snapshot's identity. It is written last, in one PUT, so a manifest never names
+//! a chunk that is not there yet; it is the store's artifact container (magic, version,
+//! CRC32), bounded and checked before use.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use snapbpf_store::FileIdentity;
+
+/// Artifact kind of a manifest.
+pub const KIND: &str = "fleet-manifest";
+/// Smallest and largest chunk size accepted.
+pub const CHUNK_SIZES: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
+/// Most files in a snapshot directory.
+pub const MAX_FILES: usize = 256;
+/// Largest file pushed (1 TiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 40;
+
+/// One chunk of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// Its content (`None`: all zeros, not stored).
+    pub id: Option<FileIdentity>,
+    /// Bytes its object holds (compressed), 0 for a zero chunk.
+    pub stored: u64,
+}
+
+/// One file of the snapshot directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Its name in the directory.
+    pub name: String,
+    /// Its identity (size and SHA-256 of all of it).
+    pub id: FileIdentity,
+    /// Its chunks, in order; the last may be short.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A pushed snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Its name under the location.
+    pub name: String,
+    /// The function it runs.
+    pub function: String,
+    /// Identity of its memory file.
+    pub memory: FileIdentity,
+    /// Bytes per chunk.
+    pub chunk_size: u64,
+    /// Its files.
+    pub files: Vec<FileEntry>,
+    /// When it was pushed, ns since the Unix epoch.
+    pub pushed_unix_ns: u64,
+}
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The container is damaged or not a manifest.
+    #[error(transparent)]
+    Container(#[from] snapbpf_store::artifact::ArtifactError),
+    /// It is whole but inconsistent.
+    #[error("manifest {key} is inconsistent: {reason}")]
+    Invalid {
+        /// Its key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The object key of the manifest of snapshot `name`.
+pub fn key(name: &str) -> String {
+    format!("snapshots/{name}/manifest")
+}
+
+/// The name of the snapshot whose manifest is at `relative_key` (a key under the
+/// location's prefix), if it is one.
+pub fn name_of(relative_key: &str) -> Option<&str> {
+    relative_key
+        .strip_prefix("snapshots/")?
+        .strip_suffix("/manifest")
+        .filter(|n| !n.contains('/') && !n.is_empty())
+}
+
+/// Whether `name` can be a file of a mounted snapshot directory.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.contains('\0')
+}
+
+impl FileEntry {
+    /// The chunk holding byte `offset`, and where in it.
+    pub fn chunk_at(&self, offset: u64, chunk_size: u64) -> Option<(usize, u64)> {
+        let index = usize::try_from(offset / chunk_size).ok()?;
+        (index < self.chunks.len()).then_some((index, offset % chunk_size))
+    }
+
+    /// Raw length of chunk `index`.
+    pub fn chunk_len(&self, index: usize, chunk_size: u64) -> u64 {
+        let start = index as u64 * chunk_size;
+        self.id.size.saturating_sub(start).min(chunk_size)
+    }
+}
+
+impl Manifest {
+    /// Its object bytes.
+    pub fn encode(&self) -> std::io::Result<Vec<u8>> {
+        snapbpf_store::artifact::encode(KIND, self, &[])
+    }
+
+    /// Parses and checks the manifest object at `key`.
+    pub fn decode(bytes: &[u8], key: &str) -> Result<Self, ManifestError> {
+        let (manifest, _): (Manifest, Vec<u8>) =
+            snapbpf_store::artifact::decode(bytes, KIND, Path::new(key))?;
+        manifest
+            .validate()
+            .map_err(|reason| ManifestError::Invalid {
+                key: key.to_string(),
+                reason,
+            })?;
+        Ok(manifest)
+    }
+
+    /// The file named `name`.
+    pub fn file(&self, name: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.name == name)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !CHUNK_SIZES.contains(&self.chunk_size) || !self.chunk_size.is_power_of_two() {
+            return Err(format!(
+                "chunk size {} is not a power of two in 64 KiB..64 MiB",
+                self.chunk_size
+            ));
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(format!("{} files (at most {MAX_FILES})", self.files.len()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for f in &self.files {
+            if !valid_file_name(&f.name) || !names.insert(f.name.as_str()) {
+                return Err(format!("file name {:?} is invalid or repeated", f.name));
+            }
+            if f.id.size > MAX_FILE_BYTES {
+                return Err(format!("{} is {} bytes", f.name, f.id.size));
+            }
+            let want = f.id.size.div_ceil(self.chunk_size);
+            if f.chunks.len() as u64 != want {
+                return Err(format!(
+                    "{} has {} chunks, its size needs {want}",
+                    f.name,
+                    f.chunks.len()
+                ));
+            }
+            for (i, c) in f.chunks.iter().enumerate() {
+                if let Some(id) = c.id {
+                    if id.size != f.chunk_len(i, self.chunk_size) {
+                        return Err(format!("{} chunk {i} is {} bytes", f.name, id.size));
+                    }
+                }
+            }
+        }
+        match self.file(snapbpf_store::snapshot::MEMORY_FILE) {
+            Some(m) if m.id == self.memory => Ok(()),
+            _ => Err("its memory file is missing or not the snapshot's".into()),
+        }
+    }
+}
