@@ -1,6 +1,6 @@
 //! Snapshots served to a fleet from an S3-compatible object store.
 //!
-//! - [`push`]: a snapshot directory into the store as content-addressed chunks
+//! - [`mod@push`]: a snapshot directory into the store as content-addressed chunks
 //!   ([`chunk`]: fixed size, compressed, named by their SHA-256, stored once across
 //!   snapshots and versions) and a [`manifest`] written last.
 //! - [`fs`]: `snapbpf mount`, a read-only FUSE filesystem showing every pushed snapshot
