@@ -404,25 +404,29 @@ mod tests {
             assert_eq!(spec.build().name(), info.name);
             assert_eq!(StrategySpec::parse(&spec.to_arg()), Ok(spec.clone()));
             for o in info.options {
-                // A value of the option's kind: the first of a choice, a number, a path.
-                let text = match o.value {
-                    Some(v) if v.contains('|') => {
-                        format!(
-                            "{}:{}={}",
-                            info.name,
-                            o.name,
-                            v.split('|').next().unwrap_or(v)
-                        )
-                    }
-                    Some("N") => format!("{}:{}=2", info.name, o.name),
-                    Some(_) => format!("{}:{}=/x", info.name, o.name),
-                    None => format!("{}:{}", info.name, o.name),
+                // Values of the option's kind: every choice, a number, a path.
+                let texts: Vec<String> = match o.value {
+                    Some(v) if v.contains('|') => v
+                        .split('|')
+                        .map(|c| format!("{}:{}={c}", info.name, o.name))
+                        .collect(),
+                    Some("N") => vec![format!("{}:{}=2", info.name, o.name)],
+                    Some(_) => vec![format!("{}:{}=/x", info.name, o.name)],
+                    None => vec![format!("{}:{}", info.name, o.name)],
                 };
-                let with = StrategySpec::parse(&text).expect("option parses");
-                assert_ne!(with, spec, "{text} changes the spec");
-                assert_eq!(StrategySpec::parse(&with.to_arg()), Ok(with.clone()));
-                let json = serde_json::to_string(&with).expect("json");
-                assert_eq!(serde_json::from_str::<StrategySpec>(&json).ok(), Some(with));
+                let mut changed = false;
+                for text in &texts {
+                    let with = StrategySpec::parse(text).expect("option parses");
+                    changed |= with != spec;
+                    assert_eq!(StrategySpec::parse(&with.to_arg()), Ok(with.clone()));
+                    let json = serde_json::to_string(&with).expect("json");
+                    assert_eq!(serde_json::from_str::<StrategySpec>(&json).ok(), Some(with));
+                }
+                assert!(
+                    changed,
+                    "no value of {}:{} changes the spec",
+                    info.name, o.name
+                );
             }
         }
     }
