@@ -34,7 +34,16 @@ pub struct ChunkCache {
     dir: PathBuf,
     capacity: u64,
     state: Mutex<State>,
+    /// Chunks waiting for the writer thread (written off the read path: a read never
+    /// waits for the local disk to take a copy).
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<Queued>>>,
 }
+
+/// A chunk waiting to be written: its identity and content.
+type Queued = (FileIdentity, std::sync::Arc<Vec<u8>>);
+
+/// Chunks queued for writing at most; more are not kept (a later read fetches them again).
+const WRITE_QUEUE: usize = 64;
 
 impl std::fmt::Debug for ChunkCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,9 +101,39 @@ impl ChunkCache {
             dir: dir.to_path_buf(),
             capacity,
             state: Mutex::new(state),
+            queue: Mutex::new(None),
         };
         cache.shrink();
         Ok(cache)
+    }
+
+    /// Starts the thread that writes queued chunks (the cache then keeps chunks given to
+    /// [`ChunkCache::keep`]); it ends when the cache is dropped.
+    pub fn start_writer(self: &std::sync::Arc<Self>) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Queued>(WRITE_QUEUE);
+        let cache = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("chunk-cache".into())
+            .spawn(move || {
+                for (id, raw) in rx {
+                    let Some(cache) = cache.upgrade() else { break };
+                    cache.put(&id, &raw);
+                }
+            })?;
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Queues `raw`, the checked content of `id`, for the writer thread (written now where
+    /// none runs); dropped when the queue is full.
+    pub fn keep(&self, id: &FileIdentity, raw: std::sync::Arc<Vec<u8>>) {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match queue {
+            Some(tx) => {
+                let _ = tx.try_send((*id, raw));
+            }
+            None => self.put(id, &raw),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -107,7 +107,7 @@ impl Drop for SlotGuard<'_> {
 /// Fetches chunks for a mount.
 pub struct Fetcher {
     remote: Remote,
-    cache: ChunkCache,
+    cache: Arc<ChunkCache>,
     in_flight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     recent: Mutex<Recent>,
     recent_capacity: u64,
@@ -128,6 +128,10 @@ impl Fetcher {
     /// A fetcher over `remote` and `cache`, with at most `parallel` GETs at once and
     /// `recent_bytes` of recently used chunks kept in memory.
     pub fn new(remote: Remote, cache: ChunkCache, parallel: usize, recent_bytes: u64) -> Self {
+        let cache = Arc::new(cache);
+        if let Err(e) = cache.start_writer() {
+            tracing::warn!("chunk cache: no writer thread ({e}); chunks are written as fetched");
+        }
         Self {
             remote,
             cache,
@@ -236,8 +240,9 @@ impl Fetcher {
             .fetch_add(got.ttfb.as_nanos() as u64, Ordering::Relaxed);
         let raw = chunk::decode(&got.bytes, id).map_err(|e: ChunkError| fetch_error(&e))?;
         c.raw_bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-        self.cache.put(id, &raw);
-        Ok(Arc::new(raw))
+        let raw = Arc::new(raw);
+        self.cache.keep(id, raw.clone());
+        Ok(raw)
     }
 
     fn recent(&self, id: &FileIdentity) -> Option<Arc<Vec<u8>>> {

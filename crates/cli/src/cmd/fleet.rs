@@ -63,7 +63,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "10G", value_parser = super::store::parse_bytes)]
     cache_bytes: u64,
     /// Most GETs in flight.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     parallel: usize,
     /// Write the mount's counters here as JSON when it stops.
     #[arg(long)]
@@ -189,7 +189,7 @@ impl AutoMount {
         let session = snapbpf_fleet::mount(
             &url.location,
             &mountpoint,
-            &mount_options(cache, 10 << 30, 16, remote),
+            &mount_options(cache, 10 << 30, 32, remote),
         )?;
         let target = mountpoint.clone();
         let guard = snapbpf_store::interrupt::on_interrupt("the snapshot mount", move || {
