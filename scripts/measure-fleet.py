@@ -74,6 +74,8 @@ class Network:
         os.makedirs(os.path.join(self.root, BUCKET))
         if rtt_ms is None:
             self.ip, prefix = "127.0.0.1", []
+            if subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{PORT}"]).returncode == 0:
+                sys.exit(f"something already listens on 127.0.0.1:{PORT}: stop it first")
         else:
             self.teardown()
             sh("ip", "netns", "add", NS)
