@@ -34,8 +34,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "snapbpf")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measurelib import BIN, ROOT, function_list, inputs_of, stamp, write_json  # noqa: E402
+from measurelib import snapbpf as run_snapbpf  # noqa: E402
 WORK = "/var/tmp/snapbpf-fleet"
 NS = "snapbpf-s3"
 HOST_IF, NS_IF = "sbpf-h", "sbpf-s"
@@ -51,10 +52,7 @@ def sh(*args, check=True):
 
 
 def snapbpf(*args):
-    out = subprocess.run([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    if out.returncode != 0:
-        sys.exit(f"snapbpf {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
+    return run_snapbpf(*args, env=ENV)
 
 
 def s3s_fs():
@@ -186,27 +184,10 @@ def invoke(snap, strategy, reference, vms=1, input_=1):
     return r
 
 
-def function_list(arg, workloads_only=True):
-    if arg != "all":
-        return arg.split(",")
-    listed = snapbpf("functions").splitlines()[1:]
-    return [l.split()[0] for l in listed if l and not (workloads_only and l.startswith("heapcheck"))]
 
 
-def stamp():
-    git = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "HEAD"], text=True).strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"git": git, "kernel": os.uname().release, "cpu": cpu,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def write_json(out, out_path):
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with open(out_path + ".tmp", "w") as fh:
-        json.dump(out, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(out_path + ".tmp", out_path)
 
 
 def main(reps, functions, out_path, rtt_ms, gbit):
@@ -275,7 +256,7 @@ def sweep(functions, out_path):
             snapbpf("snapshot", f, "--out", snap, "--force")
             snapbpf("record", snap, "--strategy", "snapbpf")
             snapbpf("push", snap, f"s3://{BUCKET}/fleet/{f}", "--json")
-            inputs = int([l.split()[2] for l in snapbpf("functions").splitlines()[1:] if l.split()[0] == f][0])
+            inputs = inputs_of(f)
             refs = [json.loads(snapbpf("boot", f, "--input", str(i), "--json"))["checksum"] for i in range(inputs)]
             for strategy in ["snapbpf", "linux-ra"]:
                 for i in range(inputs):

@@ -28,18 +28,13 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "snapbpf")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measurelib import BIN, ROOT, function_list, inputs_of, snapbpf, stamp, write_json  # noqa: E402
 CODECS = ["sabre:codec=lz4", "sabre:codec=zstd", "sabre:codec=zstd-dict:level=10", "sabre:codec=zstd-dict"]
 DESCRIBED = re.compile(r"(\d+) pages in (\d+) partitions, (\S+) level (-?\d+), (\S+) placement, ratio ([\d.]+) "
                        r"\((\d+) bytes\), compressed in ([\d.]+) ms \(([\d.]+) CPU s\)")
 
 
-def snapbpf(*args):
-    out = subprocess.run([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if out.returncode != 0:
-        sys.exit(f"snapbpf {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
 
 
 def described(snap):
@@ -53,20 +48,8 @@ def described(snap):
     sys.exit(f"{snap}: no sabre recording described")
 
 
-def function_list(arg, workloads_only=True):
-    if arg != "all":
-        return arg.split(",")
-    listed = snapbpf("functions").splitlines()[1:]
-    return [l.split()[0] for l in listed if l and not (workloads_only and l.startswith("heapcheck"))]
 
 
-def write_json(out, out_path):
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with open(out_path + ".tmp", "w") as fh:
-        json.dump(out, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(out_path + ".tmp", out_path)
 
 
 def sweep(functions, out_path):
@@ -76,7 +59,7 @@ def sweep(functions, out_path):
     for f in functions:
         snap = f"/var/tmp/sabre-sweep-{f}"
         snapbpf("snapshot", f, "--out", snap, "--force")
-        inputs = int([l.split()[2] for l in snapbpf("functions").splitlines()[1:] if l.split()[0] == f][0])
+        inputs = inputs_of(f)
         reference = [json.loads(snapbpf("boot", f, "--input", str(i), "--json"))["checksum"] for i in range(inputs)]
         for codec in ["zstd-dict", "zstd", "lz4"]:
             for placement in ["single", "scattered"]:

@@ -32,8 +32,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "snapbpf")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measurelib import BIN, ROOT, function_list, inputs_of, snapbpf, stamp, write_json  # noqa: E402
 SHMEM_THP = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 HUGE_POOL = 400  # 2 MiB pages: the largest function's data pages, twice
@@ -57,34 +57,12 @@ SINGLE = [
 TEN = [v for v in SINGLE if v[0] not in ("snapfaas:copy=ws/thp",)]
 
 
-def snapbpf(*args):
-    out = subprocess.run([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if out.returncode != 0:
-        sys.exit(f"snapbpf {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
 
 
-def function_list(arg, workloads_only=True):
-    if arg != "all":
-        return arg.split(",")
-    listed = snapbpf("functions").splitlines()[1:]
-    return [l.split()[0] for l in listed if l and not (workloads_only and l.startswith("heapcheck"))]
 
 
-def write_json(out, out_path):
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with open(out_path + ".tmp", "w") as fh:
-        json.dump(out, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(out_path + ".tmp", out_path)
 
 
-def stamp():
-    git = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "HEAD"], text=True).strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"git": git, "kernel": os.uname().release, "cpu": cpu,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 class StoreFull(Exception):
@@ -238,7 +216,7 @@ def sweep(functions, out_path):
         snap = f"/var/tmp/snapfaas-sweep-{f}"
         snapbpf("snapshot", f, "--out", snap, "--force")
         snapbpf("record", snap, "--strategy", "snapbpf", "--json")
-        inputs = int([l.split()[2] for l in snapbpf("functions").splitlines()[1:] if l.split()[0] == f][0])
+        inputs = inputs_of(f)
         reference = [json.loads(snapbpf("boot", f, "--input", str(i), "--json"))["checksum"] for i in range(inputs)]
         roomy = Store("sweep-whole", "--capacity", "8G")
         whole = roomy.add(snap)[1]["bytes"]
