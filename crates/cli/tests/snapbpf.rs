@@ -159,6 +159,18 @@ fn concurrent_snapbpf_vms_share_prefetched_pages() {
         cache(&ten),
         cache(&one)
     );
+    // One prefetch per host: ten VMs ask for the working set about once between them.
+    let prefetched = |r: &serde_json::Value| r["prefetch"]["bytes"].as_u64().expect("bytes");
+    assert!(prefetched(&one) > 0);
+    assert!(
+        prefetched(&ten) * 10 <= prefetched(&one) * 11,
+        "ten VMs prefetched {} bytes, one VM {}",
+        prefetched(&ten),
+        prefetched(&one)
+    );
+    // Warm, nothing is left to read ahead.
+    let warm = json(&["invoke", s, "--strategy", "snapbpf"]);
+    assert_eq!(prefetched(&warm), 0, "{}", warm["prefetch"]);
 }
 
 /// Missing, truncated, corrupt, stale and foreign working sets are refused before any VM

@@ -78,6 +78,39 @@ pub fn lock_dir(dir: &Path, mode: LockMode) -> Result<DirLock, LockError> {
     }
 }
 
+/// Where host-wide named locks live (tmpfs: they vanish with the host's boot).
+pub const HOST_LOCK_DIR: &str = "/run/snapbpf";
+
+/// A host-wide named lock (`flock` on `HOST_LOCK_DIR/NAME.lock`), held until dropped or
+/// until the process dies.
+#[derive(Debug)]
+pub struct HostLock {
+    _file: File,
+}
+
+/// Takes the host-wide lock `name` if nobody holds it (`None` when another process or
+/// thread does): for work one restore should do on behalf of all running at once.
+pub fn try_host_lock(name: &str) -> std::io::Result<Option<HostLock>> {
+    std::fs::create_dir_all(HOST_LOCK_DIR)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(HOST_LOCK_DIR).join(format!("{name}.lock")))?;
+    loop {
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(HostLock { _file: file }));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +129,15 @@ mod tests {
         assert!(e.to_string().contains("recording into it"), "{e}");
         drop(writer);
         assert!(lock_dir(&dir.path().join("absent"), LockMode::Shared).is_err());
+    }
+
+    #[test]
+    fn a_host_lock_has_one_holder() {
+        let name = format!("test-{}", std::process::id());
+        let first = try_host_lock(&name).expect("lock").expect("free");
+        assert!(try_host_lock(&name).expect("lock").is_none(), "held");
+        drop(first);
+        assert!(try_host_lock(&name).expect("lock").is_some(), "free again");
+        let _ = std::fs::remove_file(Path::new(HOST_LOCK_DIR).join(format!("{name}.lock")));
     }
 }

@@ -286,19 +286,41 @@ impl Strategy for SnapBpf {
         if self.prefetch {
             let ranges = load_working_set(snapshot)?.ranges;
             let mapping = premap.then(|| memory.populator());
+            let host_lock = format!("prefetch-{}", snapshot.meta.memory.digest_hex());
             helpers
                 .spawn("snapbpf-prefetch", move || {
                     let mut report = PrefetchReport {
-                        bytes: ranges.iter().map(|r| r.len_bytes()).sum(),
-                        ranges: ranges.len() as u64,
+                        bytes: 0,
+                        ranges: 0,
                         ms: 0.0,
                         compression: None,
                     };
                     let mut elapsed = Duration::ZERO;
-                    if let Some(file) = &readahead {
+                    // One prefetch of a snapshot per host: while one restore's prefetch
+                    // runs, concurrent restores ride it (the page cache holds one copy, and
+                    // their pre-mapping waits for pages in flight) instead of asking for
+                    // the same reads again. The lock is held until this thread is done.
+                    let (leading, _held) = match snapbpf_store::lock::try_host_lock(&host_lock) {
+                        Ok(Some(lock)) => (true, Some(lock)),
+                        Ok(None) => (false, None),
+                        Err(e) => {
+                            tracing::debug!("no host-wide prefetch lock ({e}): prefetching");
+                            (true, None)
+                        }
+                    };
+                    if readahead.is_none() && leading {
+                        // No read-ahead (huge pages, or the store): pre-mapping brings the
+                        // working set in.
+                        report.bytes = ranges.iter().map(|r| r.len_bytes()).sum();
+                        report.ranges = ranges.len() as u64;
+                    }
+                    if let (Some(file), true) = (&readahead, leading) {
+                        // Pages already in the page cache cost nothing: not asked for again.
+                        let todo = prefetch::missing_ranges(file, &ranges)
+                            .unwrap_or_else(|_| ranges.clone());
                         let stats = prefetch::prefetch_with(
                             file,
-                            &ranges,
+                            &todo,
                             &PrefetchOptions {
                                 method: PrefetchMethod::default(),
                                 max_request_bytes: None,
