@@ -90,9 +90,20 @@ fn prefetch_and_filtering_do_their_work() {
     let dir = scratch();
     let snap = snapshot(dir.path(), "image");
     let s = snap.to_str().expect("UTF-8");
-    ok(&["record", s, "--strategy", "snapbpf"]);
+    let recorded = json(&["record", s, "--strategy", "snapbpf"]);
+    // SnapBPF's own costs: the capture's CPU during the record, and the time from the
+    // restore request to the first prefetch request.
+    let capture_cpu = recorded["capture_cpu_ms"].as_f64().expect("capture_cpu_ms");
+    assert!(
+        capture_cpu > 0.0 && capture_cpu < recorded["ms"].as_f64().expect("ms"),
+        "{recorded}"
+    );
     let ra = json(&["invoke", s, "--strategy", "linux-ra", "--cold"]);
     let full = json(&["invoke", s, "--strategy", "snapbpf", "--cold"]);
+    let first = full["prefetch"]["first_request_ms"]
+        .as_f64()
+        .expect("first_request_ms");
+    assert!(first > 0.0 && first < 1000.0, "{full}");
     let pv_only = json(&[
         "invoke",
         s,

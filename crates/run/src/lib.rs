@@ -34,9 +34,31 @@ pub struct PrefetchReport {
     pub ranges: u64,
     /// Wall time of the prefetch, ms.
     pub ms: f64,
+    /// Time from the restore request to the first prefetch request, ms: what it costs to
+    /// load the working set and start (SnapBPF; the paper measured 1–2 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_request_ms: Option<f64>,
     /// For a compressed working set: what was read and how it was decompressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionReport>,
+}
+
+impl PrefetchReport {
+    /// The prefetch of two helpers, or of two VMs, taken together: bytes and ranges add
+    /// up, the wall time is the longer one, the first request the earlier one.
+    pub fn merge(&self, other: &PrefetchReport) -> PrefetchReport {
+        PrefetchReport {
+            bytes: self.bytes + other.bytes,
+            ranges: self.ranges + other.ranges,
+            ms: self.ms.max(other.ms),
+            first_request_ms: match (self.first_request_ms, other.first_request_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            // Alike for every VM of one run: the first stands for all.
+            compression: self.compression.or(other.compression),
+        }
+    }
 }
 
 /// How a compressed working set was restored (Sabre).
@@ -148,9 +170,7 @@ impl Helpers {
             };
             if let Some(p) = outcome {
                 let sum = prefetch.get_or_insert_with(PrefetchReport::default);
-                sum.bytes += p.bytes;
-                sum.ranges += p.ranges;
-                sum.ms = sum.ms.max(p.ms);
+                *sum = sum.merge(&p);
             }
         }
         match failure {

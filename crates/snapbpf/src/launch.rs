@@ -360,16 +360,10 @@ pub fn invoke(
         pids.clear();
     }
     let (runs, page_cache_kib, anon_kib, store_kib) = result?;
-    let prefetch =
-        runs.iter()
-            .filter_map(|r| r.prefetch)
-            .fold(PrefetchReport::default(), |a, p| PrefetchReport {
-                bytes: a.bytes + p.bytes,
-                ranges: a.ranges + p.ranges,
-                ms: a.ms.max(p.ms),
-                // Per VM alike: the first VM's stands for all.
-                compression: a.compression.or(p.compression),
-            });
+    let prefetch = runs
+        .iter()
+        .filter_map(|r| r.prefetch)
+        .fold(PrefetchReport::default(), |a, p| a.merge(&p));
     Ok(InvokeReport {
         function: snapshot.meta.function.clone(),
         strategy: req.spec.label(),

@@ -349,6 +349,7 @@ fn report(ack: &HandlerAck) -> PrefetchReport {
         bytes: ack.bytes,
         ranges: ack.ranges,
         ms: ack.ms,
+        first_request_ms: None,
         compression: None,
     }
 }

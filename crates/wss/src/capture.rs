@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,6 +165,13 @@ pub struct CapturedPages {
     pub lost_events: u64,
     /// Wall time between attach and detach.
     pub duration: Duration,
+    /// CPU time the BPF programs ran for, ns (kernel run-time statistics, on the threads
+    /// whose page-cache events they saw; 0 where the kernel keeps none).
+    pub bpf_run_ns: u64,
+    /// Times the BPF programs ran.
+    pub bpf_runs: u64,
+    /// CPU time of the thread that drained the ring buffer, ns.
+    pub drain_cpu_ns: u64,
     /// The traced file.
     pub file: Option<TracedFile>,
 }
@@ -452,6 +460,15 @@ fn run_capture(
         }
     };
 
+    // Run-time statistics of BPF programs are kept while this descriptor is open (the
+    // kernel's cost of the capture, read when it ends).
+    // SAFETY: bpf(BPF_ENABLE_STATS) with a constant type; returns a new fd or a negative
+    // error.
+    let stats_fd = unsafe {
+        libbpf_rs::libbpf_sys::bpf_enable_stats(libbpf_rs::libbpf_sys::BPF_STATS_RUN_TIME)
+    };
+    // SAFETY: a non-negative result is a descriptor nobody else owns.
+    let _stats = (stats_fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(stats_fd) });
     let start_ns = monotonic_ns();
     let started = Instant::now();
     let mut links: Vec<Link> = Vec::new();
@@ -523,6 +540,17 @@ fn run_capture(
         rb.consume().map_err(CaptureStopError::Poll)?;
     }
     pages.duration = started.elapsed();
+    for prog in [
+        &skel.progs.handle_add_to_page_cache,
+        &skel.progs.handle_fault,
+        &skel.progs.handle_map_pages,
+    ] {
+        if let Some((run_ns, runs)) = run_stats(prog.as_fd()) {
+            pages.bpf_run_ns += run_ns;
+            pages.bpf_runs += runs;
+        }
+    }
+    pages.drain_cpu_ns = thread_cpu_ns();
     for ts in pages.pages.values_mut() {
         *ts = ts.saturating_sub(start_ns);
     }
@@ -610,6 +638,37 @@ fn init_libbpf_logging() {
         }
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, cb)));
     });
+}
+
+/// Run time (ns) and run count of the loaded BPF program `fd` (`None` for a program
+/// that was not loaded).
+fn run_stats(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    if fd.as_raw_fd() < 0 {
+        return None;
+    }
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: `info` is a writable bpf_prog_info of `len` bytes; the kernel fills at most
+    // that much.
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
+            fd.as_raw_fd(),
+            (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((info.run_time_ns, info.run_cnt))
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the thread CPU clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 fn monotonic_ns() -> u64 {

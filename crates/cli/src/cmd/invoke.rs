@@ -196,5 +196,8 @@ fn print_report(r: &InvokeReport) {
             r.prefetch.ranges,
             r.prefetch.ms
         );
+        if let Some(first) = r.prefetch.first_request_ms {
+            println!("prefetch: first request {first:.2} ms after the restore began");
+        }
     }
 }

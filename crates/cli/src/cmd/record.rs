@@ -47,10 +47,14 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "recorded {} pages ({:.1} MiB) in {:.1} ms",
+        "recorded {} pages ({:.1} MiB) in {:.1} ms{}",
         report.pages,
         report.pages as f64 * 4096.0 / (1 << 20) as f64,
-        report.ms
+        report.ms,
+        report
+            .capture_cpu_ms
+            .map(|c| format!(" (the capture cost {c:.1} ms of CPU)"))
+            .unwrap_or_default()
     );
     for (path, size) in &report.artifacts {
         println!("  {:<40} {size:>12} bytes", path.display());

@@ -275,6 +275,7 @@ fn load_working_set(ws: &File, regions: &[Region]) -> std::io::Result<PrefetchRe
         bytes,
         ranges,
         ms: started.elapsed().as_secs_f64() * 1e3,
+        first_request_ms: None,
         compression: None,
     })
 }
@@ -530,6 +531,7 @@ impl Strategy for Faasnap {
             artifacts: vec![(ws_path, ws.len() as u64), (meta_path, meta_bytes)],
             ms: started.elapsed().as_secs_f64() * 1e3,
             pages: pages.len() as u64,
+            capture_cpu_ms: None,
         })
     }
 }

@@ -125,6 +125,10 @@ pub struct RecordReport {
     pub ms: f64,
     /// Pages in the recorded working set.
     pub pages: u64,
+    /// CPU time the capture itself cost, ms: its BPF programs' run time plus the thread
+    /// that drained their events (SnapBPF's record; `None` for strategies without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_cpu_ms: Option<f64>,
 }
 
 /// A restore strategy.

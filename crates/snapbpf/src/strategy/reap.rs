@@ -268,6 +268,7 @@ impl Strategy for Reap {
                 bytes: ack.bytes,
                 ranges: ack.ranges,
                 ms: ack.ms,
+                first_request_ms: None,
                 compression: None,
             })
         })?)
@@ -344,6 +345,7 @@ fn write_artifacts(
         artifacts: vec![(ws_path, ws.len() as u64), (trace_path, trace_bytes)],
         ms: uffd::ms_since(started),
         pages: offsets.len() as u64,
+        capture_cpu_ms: None,
     })
 }
 

@@ -547,6 +547,7 @@ impl Strategy for Sabre {
             ],
             ms: snapbpf_uffd::ms_since(started),
             pages: header.pages,
+            capture_cpu_ms: None,
         })
     }
 }
@@ -897,6 +898,7 @@ fn prefetch(
         bytes: rec.raw_bytes(),
         ranges: rec.partitions.len() as u64,
         ms: ms(wall),
+        first_request_ms: None,
         compression: Some(CompressionReport {
             compressed_bytes: rec.header.stream_bytes,
             raw_bytes: rec.raw_bytes(),

@@ -259,6 +259,7 @@ impl Strategy for SnapBpf {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
+        let requested = Instant::now();
         // From the store, the working set is in memory already: nothing to read ahead
         // (what the store does not hold is paged from the memory file on demand).
         let (memory, window, file) = match &self.store {
@@ -293,6 +294,7 @@ impl Strategy for SnapBpf {
                         bytes: 0,
                         ranges: 0,
                         ms: 0.0,
+                        first_request_ms: None,
                         compression: None,
                     };
                     let mut elapsed = Duration::ZERO;
@@ -308,7 +310,9 @@ impl Strategy for SnapBpf {
                             (true, None)
                         }
                     };
+                    let since_request = || Some(requested.elapsed().as_secs_f64() * 1e3);
                     if readahead.is_none() && leading {
+                        report.first_request_ms = since_request();
                         // No read-ahead (huge pages, or the store): pre-mapping brings the
                         // working set in.
                         report.bytes = ranges.iter().map(|r| r.len_bytes()).sum();
@@ -318,6 +322,7 @@ impl Strategy for SnapBpf {
                         // Pages already in the page cache cost nothing: not asked for again.
                         let todo = prefetch::missing_ranges(file, &ranges)
                             .unwrap_or_else(|_| ranges.clone());
+                        report.first_request_ms = since_request();
                         let stats = prefetch::prefetch_with(
                             file,
                             &todo,
@@ -396,6 +401,7 @@ impl Strategy for SnapBpf {
             artifacts: vec![(ws_path, size)],
             ms: started.elapsed().as_secs_f64() * 1e3,
             pages: ws.total_pages(),
+            capture_cpu_ms: Some((captured.bpf_run_ns + captured.drain_cpu_ns) as f64 / 1e6),
         })
     }
 }

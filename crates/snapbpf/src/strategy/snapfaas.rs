@@ -159,6 +159,7 @@ impl Strategy for Snapfaas {
                 bytes: built.copied,
                 ranges: ranges as u64,
                 ms: started.elapsed().as_secs_f64() * 1e3,
+                first_request_ms: None,
                 compression: None,
             }),
             readahead_kib: built.readahead_kib,
