@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 pub use snapbpf_run::InvokeReport;
 
+pub mod calibrate;
 pub mod charts;
 mod compat;
 mod progress;
@@ -63,6 +64,11 @@ pub trait Engine {
         strategy: &StrategyEntry,
         repeat: u32,
     ) -> Option<Result<DeviceBound, EngineError>>;
+    /// What the device VMs read their snapshots from delivers now, under the run's device
+    /// profile (`None`: the engine cannot tell).
+    fn device_speed(&self) -> Option<Result<calibrate::DeviceSpeed, EngineError>> {
+        None
+    }
 }
 
 /// One strategy of a run, as the engine describes it.
@@ -225,6 +231,10 @@ pub struct BenchConfig {
     /// The storage class VMs read their snapshots from (`native` when not recorded).
     #[serde(default)]
     pub device: DeviceStamp,
+    /// The strategies the fault costs are measured with (none in results written before
+    /// calibration).
+    #[serde(default)]
+    pub probes: calibrate::ProbeStrategies,
 }
 
 /// The device profile of a run and what the device delivered to our own direct reads,
@@ -390,6 +400,9 @@ pub struct BenchResults {
     /// VM runs, warm-ups included, that returned another checksum: never a data point.
     #[serde(default)]
     pub wrong: Vec<WrongAnswer>,
+    /// The host's fault costs and the device around each function, measured in this run.
+    #[serde(default)]
+    pub calibration: calibrate::Calibration,
 }
 
 /// The checksum a function returns in a freshly booted VM.
@@ -468,7 +481,29 @@ pub fn run(
     let mut samples = Vec::new();
     let mut references = Vec::new();
     let mut wrong: Vec<WrongAnswer> = Vec::new();
+    progress.stage("calibration: fault costs (faultprobe)");
+    let mut calibration =
+        calibrate::fault_costs(engine, &config.probes, &snap_dir, config.timeout, &|m| {
+            progress.error(m)
+        })?;
+    for (name, cost) in calibration.faults() {
+        progress.note(&format!(
+            "calibration: {name}: {:.2} µs ({})",
+            cost.us, cost.strategy
+        ));
+    }
+    let device_speed = |function: &str| {
+        engine
+            .device_speed()
+            .transpose()
+            .map_err(|source| BenchError::Device {
+                function: function.to_string(),
+                strategy: "(device check)".into(),
+                source,
+            })
+    };
     for function in &config.functions {
+        let device_before = device_speed(function)?;
         progress.stage(&format!("{function}: reference checksum (fresh boot)"));
         let expected = engine
             .reference(function, config.input, config.timeout)
@@ -587,6 +622,20 @@ pub fn run(
                 measure(1, false, config.warm_repeat, true)?;
             }
         }
+        if let (Some(before), Some(after)) = (device_before, device_speed(function)?) {
+            let check = calibrate::DeviceCheck::new(function, before, after);
+            if check.drifted {
+                progress.error(&format!(
+                    "{function}: the device drifted {:.0} % while it was measured ({:.0} → {:.0} MB/s, {:.0} → {:.0} random reads/s): its cells are flagged",
+                    check.drift * 100.0,
+                    before.seq_mb_s,
+                    after.seq_mb_s,
+                    before.rand_4k_iops,
+                    after.rand_4k_iops
+                ));
+            }
+            calibration.device.push(check);
+        }
         // A long run that is interrupted keeps what it measured so far.
         let so_far = BenchResults {
             stamp: stamp(git_rev, &snap_dir),
@@ -597,6 +646,7 @@ pub fn run(
             samples: samples.clone(),
             references: references.clone(),
             wrong: wrong.clone(),
+            calibration: calibration.clone(),
         };
         write_json(&so_far, &config.out.join(PARTIAL_RESULTS))?;
     }
@@ -610,6 +660,7 @@ pub fn run(
         samples,
         references,
         wrong,
+        calibration,
     };
     let path = config.out.join("results.json");
     write_json(&results, &path)?;

@@ -89,10 +89,19 @@ impl Progress {
     /// Reports something that went wrong, above the bar when there is one. Writing to a
     /// closed stderr is not an error here (no panic).
     pub(crate) fn error(&self, what: &str) {
+        self.line(&format!("error: {what}"));
+    }
+
+    /// Reports a measured fact, above the bar when there is one.
+    pub(crate) fn note(&self, what: &str) {
+        self.line(&format!("bench: {what}"));
+    }
+
+    fn line(&self, text: &str) {
         match &self.bar {
-            Some(bar) => bar.println(format!("error: {what}")),
+            Some(bar) => bar.println(text),
             None => {
-                let _ = writeln!(std::io::stderr(), "error: {what}");
+                let _ = writeln!(std::io::stderr(), "{text}");
             }
         }
     }

@@ -274,7 +274,7 @@ fn geomean(values: &[f64]) -> Option<f64> {
 }
 
 /// A figure as a table: functions down, strategies across.
-fn figure_table(md: &mut String, fig: &Figure) {
+fn figure_table(md: &mut String, fig: &Figure, calibration: &crate::calibrate::Calibration) {
     let _ = writeln!(md, "## {}\n", fig.title);
     let _ = writeln!(
         md,
@@ -296,7 +296,13 @@ fn figure_table(md: &mut String, fig: &Figure) {
             .iter()
             .map(|per_fn| fmt_summary(per_fn[fi], fig.metric))
             .collect();
-        let _ = writeln!(md, "| {function} | {} |", row.join(" | "));
+        // Cells measured while the device drifted (see Host calibration).
+        let flag = if calibration.drifted(function) {
+            " (device drifted)"
+        } else {
+            ""
+        };
+        let _ = writeln!(md, "| {function}{flag} | {} |", row.join(" | "));
     }
     if fig.metric == Metric::Speedup {
         let row: Vec<String> = fig
@@ -569,6 +575,141 @@ fn cells_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(md);
 }
 
+/// The host's costs measured in the run, and what they predict for each function: the
+/// terms every comparison is explained in.
+fn calibration_table(md: &mut String, results: &BenchResults) {
+    let cal = &results.calibration;
+    let faults = cal.faults();
+    if faults.is_empty() && cal.device.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Host calibration
+"
+    );
+    if !faults.is_empty() {
+        let _ = writeln!(
+            md,
+            "Fault costs, measured with this VMM (`faultprobe` touches one word per 4 KiB page \
+             of 64 MiB; warm page cache; median of the samples over the faults taken).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| fault | strategy | faults | µs per fault | µs per 4 KiB | samples, ms |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for (name, c) in &faults {
+            let per_page =
+                c.us * c.faults as f64 / snapbpf_functions::faultprobe::REGION_PAGES as f64;
+            let samples: Vec<String> = c.exec_ms.iter().map(|v| format!("{v:.1}")).collect();
+            let _ = writeln!(
+                md,
+                "| {name} | `{}` | {} | {:.2} | {per_page:.3} | {} |",
+                c.strategy,
+                c.faults,
+                c.us,
+                samples.join(", ")
+            );
+        }
+        let _ = writeln!(md);
+    }
+    // What the costs predict for each function's working set: mapping it at 4 KiB, mapping
+    // it in 2 MiB folios, and reading it from the device.
+    let subject = &results.config.subject;
+    let read_4k = cal.read_fault_4k.as_ref().map(|c| c.us);
+    let fault_2m = cal.fault_2m.as_ref().map(|c| c.us);
+    if read_4k.is_some() || fault_2m.is_some() {
+        let _ = writeln!(
+            md,
+            "What they predict per function: the working set's pages times a 4 KiB fault; its \
+             2 MiB regions (the page cache {subject} holds after a cold restore, over 2 MiB) \
+             times a 2 MiB fault; the device's time to deliver it (the device bound); the warm \
+             floor (fastest warm median of any strategy). Whichever of the first three is \
+             largest bounds a cold restore at that page size.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| function | working set MiB | 4 KiB faults ms | 2 MiB faults ms | device ms | warm floor ms | bound at 4 KiB |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let strategies: Vec<String> = results
+            .config
+            .plan()
+            .iter()
+            .map(|(s, _)| s.label.clone())
+            .collect();
+        for function in &results.config.functions {
+            let pages = results
+                .records
+                .iter()
+                .find(|r| &r.function == function && subject.starts_with(r.strategy.as_str()))
+                .map(|r| r.ws_pages);
+            let device = results
+                .device_bounds
+                .iter()
+                .find(|b| &b.function == function)
+                .and_then(|b| Summary::of(&b.ms))
+                .map(|s| s.median);
+            let regions = select(results, function, subject, 1, true)
+                .first()
+                .map(|s| (s.report.memory.page_cache_kib as f64 / 2048.0).ceil());
+            let floor = strategies
+                .iter()
+                .filter_map(|s| Summary::of(&e2e(&select(results, function, s, 1, false))))
+                .map(|s| s.median)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
+            let at_4k = pages.zip(read_4k).map(|(p, c)| p as f64 * c / 1e3);
+            let at_2m = regions.zip(fault_2m).map(|(r, c)| r * c / 1e3);
+            let bound = match (at_4k, device) {
+                (Some(f), Some(d)) if f > d => "faults",
+                (Some(_), Some(_)) => "device",
+                _ => "–",
+            };
+            let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+            let _ = writeln!(
+                md,
+                "| {function} | {} | {} | {} | {} | {} | {bound} |",
+                pages.map_or("–".into(), |p| format!("{:.1}", p as f64 / 256.0)),
+                ms(at_4k),
+                ms(at_2m),
+                ms(device),
+                ms(floor),
+            );
+        }
+        let _ = writeln!(md);
+    }
+    if !cal.device.is_empty() {
+        let _ = writeln!(
+            md,
+            "The device before and after each function, under the run's profile (direct \
+             reads: sequential MB/s, random 4 KiB reads/s). A function whose device changed by \
+             more than {:.0} % is flagged: its cold cells were measured on another device than \
+             the one stamped.\n",
+            crate::calibrate::DRIFT_LIMIT * 100.0
+        );
+        let _ = writeln!(
+            md,
+            "| function | before MB/s | before reads/s | after MB/s | after reads/s | drift | |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for d in &cal.device {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} % | {} |",
+                d.function,
+                d.before.seq_mb_s,
+                d.before.rand_4k_iops,
+                d.after.seq_mb_s,
+                d.after.rand_4k_iops,
+                d.drift * 100.0,
+                if d.drifted { "**drifted**" } else { "" }
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
+
 /// The whole report: provenance, one table per figure, the warm floor, record costs and
 /// every cell.
 pub fn markdown(results: &BenchResults) -> String {
@@ -590,8 +731,9 @@ pub fn markdown(results: &BenchResults) -> String {
         results.config.input
     );
     wrong_table(&mut md, results);
+    calibration_table(&mut md, results);
     for fig in figures(results) {
-        figure_table(&mut md, &fig);
+        figure_table(&mut md, &fig, &results.calibration);
     }
     warm_table(&mut md, results);
     record_table(&mut md, results);

@@ -43,6 +43,7 @@ fn config(concurrency: Vec<u32>) -> BenchConfig {
         baseline: "linux-ra".into(),
         subject: "snapbpf".into(),
         device: Default::default(),
+        probes: Default::default(),
     }
 }
 
@@ -108,6 +109,7 @@ fn results(concurrency: Vec<u32>) -> BenchResults {
         }
     }
     BenchResults {
+        calibration: Default::default(),
         stamp: Stamp {
             git_rev: "test".into(),
             kernel: "k".into(),

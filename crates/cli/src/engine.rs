@@ -19,6 +19,24 @@ pub struct SnapbpfEngine {
     pub exe: PathBuf,
     /// The storage class every VM reads its snapshot from.
     pub device: snapbpf::device::DeviceProfile,
+    /// A file on the snapshots' device to measure it with during the run (direct reads).
+    pub probe: Option<PathBuf>,
+}
+
+/// What the device holding `probe` delivers to direct reads under `profile`'s throttle
+/// (`None` where the profile has no throttle, or it cannot hold this thread).
+pub fn measure_under(
+    profile: snapbpf::device::DeviceProfile,
+    probe: &Path,
+) -> anyhow::Result<Option<snapbpf::device::DeviceSpeed>> {
+    use anyhow::Context;
+    let Some(throttle) = snapbpf::device::Throttle::new(profile, probe)? else {
+        return Ok(None);
+    };
+    match throttle.run_throttled(|| snapbpf::device::measure(probe))? {
+        Some(speed) => Ok(Some(speed.context("measure the throttled device")?)),
+        None => Ok(None),
+    }
 }
 
 /// The harness's description of `spec`.
@@ -136,6 +154,22 @@ impl Engine for SnapbpfEngine {
                     bytes: d.bytes,
                     ranges: d.ranges,
                     ms: d.ms,
+                })
+                .map_err(EngineError::from),
+        )
+    }
+
+    fn device_speed(&self) -> Option<Result<snapbpf_bench::calibrate::DeviceSpeed, EngineError>> {
+        let probe = self.probe.as_ref()?;
+        let measured = measure_under(self.device, probe).and_then(|throttled| match throttled {
+            Some(speed) => Ok(speed),
+            None => Ok(snapbpf::device::measure(probe)?),
+        });
+        Some(
+            measured
+                .map(|s| snapbpf_bench::calibrate::DeviceSpeed {
+                    seq_mb_s: s.seq_mb_s,
+                    rand_4k_iops: s.rand_4k_iops,
                 })
                 .map_err(EngineError::from),
         )

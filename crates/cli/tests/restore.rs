@@ -9,10 +9,12 @@ use common::*;
 const STRATEGIES: &[&str] = &[
     "linux-nora",
     "linux-ra",
+    // The default: huge page-cache folios where the kernel gives them (`--thp` takes the
+    // same path, failing instead of falling back).
     "snapbpf",
+    "snapbpf --4k",
     "snapbpf --no-prefetch",
     "snapbpf --no-pv",
-    "snapbpf --thp",
     "linux-ra --thp",
 ];
 

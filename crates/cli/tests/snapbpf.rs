@@ -110,9 +110,18 @@ fn prefetch_and_filtering_do_their_work() {
         "--strategy",
         "snapbpf",
         "--no-prefetch",
+        "--4k",
         "--cold",
     ]);
-    let prefetch_only = json(&["invoke", s, "--strategy", "snapbpf", "--no-pv", "--cold"]);
+    let prefetch_only = json(&[
+        "invoke",
+        s,
+        "--strategy",
+        "snapbpf",
+        "--no-pv",
+        "--4k",
+        "--cold",
+    ]);
     assert_eq!(checksums(&full), checksums(&ra));
     let runs = |r: &serde_json::Value, k: &str| r["runs"][0][k].as_u64().expect(k);
     // Prefetch: bytes and ranges reported, and the faults mostly gone.

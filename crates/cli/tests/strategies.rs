@@ -29,7 +29,7 @@ fn strategies_lists_the_registry() {
     let snapbpf = of("snapbpf");
     assert_eq!(
         snapbpf["options"],
-        serde_json::json!(["no-prefetch", "no-pv", "no-premap", "thp", "store"])
+        serde_json::json!(["no-prefetch", "no-pv", "no-premap", "4k", "thp", "store"])
     );
     assert_eq!(snapbpf["record"], true);
     assert_eq!(snapbpf["artifacts"], serde_json::json!(["snapbpf.ws"]));

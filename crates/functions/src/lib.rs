@@ -46,6 +46,7 @@ use alloc::boxed::Box;
 
 mod bert;
 mod checksum;
+pub mod faultprobe;
 mod graph_bfs;
 mod gzip;
 mod heapcheck;
@@ -121,6 +122,7 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
     graph_bfs::INFO,
     html_serving::INFO,
     heapcheck::INFO,
+    faultprobe::INFO,
 ];
 
 /// Looks a function up by name.
@@ -149,6 +151,7 @@ pub fn init(index: u32) -> Option<Box<dyn Function>> {
         "graph_bfs" => boxed(info, graph_bfs::GraphBfs::init()),
         "html_serving" => boxed(info, html_serving::HtmlServing::init()),
         "heapcheck" => boxed(info, heapcheck::HeapCheck::init()),
+        "faultprobe" => boxed(info, faultprobe::FaultProbe::init()),
         _ => return None,
     })
 }

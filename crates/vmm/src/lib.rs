@@ -29,7 +29,7 @@ pub mod memory;
 pub mod vcpu_state;
 pub mod vm;
 
-pub use memory::{FaultReadahead, GuestMemory, MemoryError, Populator};
+pub use memory::{huge_pages_available, FaultReadahead, GuestMemory, MemoryError, Populator};
 pub use snapbpf_guest_abi as abi;
 pub use vcpu_state::{VcpuState, VcpuStateError};
 pub use vm::{

@@ -98,6 +98,17 @@ fn transparent_huge_pages_disabled() -> bool {
     std::fs::read_to_string(THP_ENABLED).is_ok_and(|s| s.contains("[never]"))
 }
 
+/// Whether [`GuestMemory::use_huge_pages`] can take effect: transparent huge pages are
+/// not off system-wide. (Whether a file's page cache then holds 2 MiB folios is up to
+/// its filesystem: see [`Populator::large_folio_at`].)
+pub fn huge_pages_available() -> bool {
+    !transparent_huge_pages_disabled()
+}
+
+/// `/proc/kpageflags` bits of a page that belongs to a compound (large) folio.
+const KPF_COMPOUND_HEAD: u64 = 1 << 15;
+const KPF_COMPOUND_TAIL: u64 = 1 << 16;
+
 /// How the kernel should read ahead on faults in a file-backed guest mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultReadahead {
@@ -475,6 +486,39 @@ impl Populator {
     /// Always false: guest memory is never empty.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// Whether the page-cache page mapped at `gpa` belongs to a large (multi-page) folio:
+    /// `None` where that cannot be told (nothing mapped there, a private copy mapped, or
+    /// no privilege to read page
+    /// frame numbers, which `/proc/self/pagemap` hides from processes without
+    /// `CAP_SYS_ADMIN`). Two 8-byte reads: cheap enough to check a restore's first range.
+    pub fn large_folio_at(&self, gpa: u64) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        if gpa >= self.len {
+            return None;
+        }
+        let vaddr = (self.base + gpa as usize) as u64;
+        let mut entry = [0u8; 8];
+        std::fs::File::open("/proc/self/pagemap")
+            .and_then(|f| f.read_exact_at(&mut entry, vaddr / 4096 * 8))
+            .ok()?;
+        let entry = u64::from_ne_bytes(entry);
+        let (present, file_page, pfn) = (
+            entry >> 63 == 1,
+            entry >> 61 & 1 == 1,
+            entry & ((1 << 55) - 1),
+        );
+        // A private copy (written by the VMM or the guest) says nothing of the page cache.
+        if !present || !file_page || pfn == 0 {
+            return None;
+        }
+        let mut flags = [0u8; 8];
+        std::fs::File::open("/proc/kpageflags")
+            .and_then(|f| f.read_exact_at(&mut flags, pfn * 8))
+            .ok()?;
+        let flags = u64::from_ne_bytes(flags);
+        Some(flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) != 0)
     }
 
     /// Maps the pages of `[gpa, gpa + len)` (clamped to the memory) into this process's

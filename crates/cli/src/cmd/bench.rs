@@ -21,13 +21,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     functions: Vec<String>,
     /// Strategies compared at every concurrency level (Figures 3a-3c), comma-separated,
-    /// each `NAME[:OPTION...]` (see `snapbpf strategies`) [default: every strategy, plus
-    /// linux-ra:thp and snapbpf:thp].
+    /// each `NAME[:OPTION...]` (see `snapbpf strategies`) [default: every strategy as its
+    /// paper describes it (snapbpf:4k for SnapBPF), plus linux-ra:thp and snapbpf as it
+    /// runs by default].
     #[arg(long, value_delimiter = ',')]
     strategies: Vec<String>,
     /// Strategies of the breakdown (Figure 4), measured with one VM, as for --strategies;
-    /// `none` skips the breakdown [default: linux-ra and snapbpf with each breakdown
-    /// option alone, and both with thp].
+    /// `none` skips the breakdown [default: linux-ra and snapbpf:4k with each breakdown
+    /// option alone, then linux-ra:thp and the default snapbpf].
     #[arg(long, value_delimiter = ',')]
     breakdown: Vec<String>,
     /// Concurrency levels, comma-separated.
@@ -157,6 +158,14 @@ pub fn run(args: Args) -> Result<()> {
         baseline: registry::baseline().label(),
         subject: registry::subject().label(),
         device: snapbpf_bench::DeviceStamp::default(),
+        probes: {
+            let [read_fault_4k, anon_fault_4k, fault_2m] = registry::FAULT_PROBES.map(String::from);
+            snapbpf_bench::calibrate::ProbeStrategies {
+                read_fault_4k,
+                anon_fault_4k,
+                fault_2m,
+            }
+        },
     };
     config.validate()?;
     let exe = super::current_exe()?;
@@ -178,7 +187,8 @@ pub fn run(args: Args) -> Result<()> {
         if several {
             config.out = config.out.join(device.name());
         }
-        config.device = measure_device(device, &config.out)?;
+        let (stamp, probe) = measure_device(device, &config.out)?;
+        config.device = stamp;
         eprintln!(
             "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
              {} warm-up(s) and {} sample(s) per cell; device {}; into {}",
@@ -194,6 +204,7 @@ pub fn run(args: Args) -> Result<()> {
         let engine = SnapbpfEngine {
             exe: exe.clone(),
             device,
+            probe: Some(probe.0.clone()),
         };
         let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
         snapbpf_bench::write_results(&results)?;
@@ -209,36 +220,47 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// What the device under `out` delivers to direct reads of a 256 MiB probe file, with
-/// and without `profile`'s throttle (refused where the profile cannot be applied).
+/// and without `profile`'s throttle (refused where the profile cannot be applied, or the
+/// device cannot deliver it now). The probe stays for the run's device checks; it is
+/// removed when the guard drops.
 fn measure_device(
     profile: snapbpf::device::DeviceProfile,
     out: &std::path::Path,
-) -> Result<snapbpf_bench::DeviceStamp> {
+) -> Result<(snapbpf_bench::DeviceStamp, RemoveOnDrop)> {
     use anyhow::Context;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let probe = out.join(".device-probe");
-    let _remove = RemoveOnDrop(probe.clone());
+    let probe = RemoveOnDrop(std::path::absolute(out.join(".device-probe"))?);
     let block: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let mut file = std::fs::File::create(&probe).context("create the device probe")?;
+    let mut file = std::fs::File::create(&probe.0).context("create the device probe")?;
     for _ in 0..256 {
         std::io::Write::write_all(&mut file, &block).context("write the device probe")?;
     }
     file.sync_all().context("sync the device probe")?;
-    let native = snapbpf::device::measure(&probe).context("measure the device")?;
+    let native = snapbpf::device::measure(&probe.0).context("measure the device")?;
+    if let Some((bps, _)) = profile.limits() {
+        // The throttle caps the device; it cannot make a slow device fast. (Its IOPS cap
+        // is for parallel reads and is not comparable with our one-at-a-time probe.)
+        let want = bps as f64 / 1e6;
+        if native.seq_mb_s < want {
+            anyhow::bail!(
+                "device profile {} needs {want:.0} MB/s, but the device under {} delivers {:.0} MB/s now (its throughput drifts on this machine kind): try again later, or run --device native",
+                profile.name(),
+                out.display(),
+                native.seq_mb_s
+            );
+        }
+    }
     let mut stamp = snapbpf_bench::DeviceStamp {
         profile: profile.name().into(),
         native_seq_mb_s: Some(native.seq_mb_s),
         native_rand_4k_iops: Some(native.rand_4k_iops),
         ..Default::default()
     };
-    if let Some(throttle) = snapbpf::device::Throttle::new(profile, out)? {
-        if let Some(speed) = throttle.run_throttled(|| snapbpf::device::measure(&probe))? {
-            let speed = speed.context("measure the throttled device")?;
-            stamp.seq_mb_s = Some(speed.seq_mb_s);
-            stamp.rand_4k_iops = Some(speed.rand_4k_iops);
-        }
+    if let Some(speed) = crate::engine::measure_under(profile, &probe.0)? {
+        stamp.seq_mb_s = Some(speed.seq_mb_s);
+        stamp.rand_4k_iops = Some(speed.rand_4k_iops);
     } else {
         stamp.seq_mb_s = stamp.native_seq_mb_s;
         stamp.rand_4k_iops = stamp.native_rand_4k_iops;
@@ -251,7 +273,7 @@ fn measure_device(
         native.seq_mb_s,
         native.rand_4k_iops
     );
-    Ok(stamp)
+    Ok((stamp, probe))
 }
 
 /// Removes a file when dropped.

@@ -63,6 +63,9 @@ pub struct StrategyArgs {
     /// Strategy option `thp`.
     #[arg(long)]
     pub thp: bool,
+    /// Strategy option `4k` (snapbpf on 4 KiB pages, the paper's design).
+    #[arg(long = "4k")]
+    pub base_pages: bool,
     /// Strategy option `uffd-handler=SOCKET`.
     #[arg(long, value_name = "SOCKET")]
     pub uffd_handler: Option<PathBuf>,
@@ -80,6 +83,7 @@ impl StrategyArgs {
             (self.no_pv, "no-pv"),
             (self.no_premap, "no-premap"),
             (self.thp, "thp"),
+            (self.base_pages, "4k"),
         ] {
             if on {
                 options.push((option.to_string(), None));

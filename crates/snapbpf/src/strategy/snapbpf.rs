@@ -66,6 +66,11 @@ pub static INFO: StrategyInfo = StrategyInfo {
             value: None,
             help: "prefetch into the page cache without mapping the ranges into the VMM's page tables (the paper's prefetch exactly)",
         },
+        OptionInfo {
+            name: "4k",
+            value: None,
+            help: "4 KiB page-cache pages, the paper's design (default: 2 MiB folios where transparent huge pages are on and no-premap and store are not given)",
+        },
         THP_OPTION,
         OptionInfo {
             name: "store",
@@ -91,9 +96,12 @@ pub struct SnapbpfOptions {
     /// Prefetch into the page cache only, without mapping the ranges.
     #[serde(default)]
     pub no_premap: bool,
-    /// Back guest memory with huge page-cache folios.
+    /// Back guest memory with huge page-cache folios (and fail where they cannot be had).
     #[serde(default)]
     pub thp: bool,
+    /// Back guest memory with 4 KiB page-cache pages: the paper's design.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_pages: bool,
     /// Map guest memory from this in-memory snapshot store instead of the memory file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<PathBuf>,
@@ -106,7 +114,10 @@ impl StrategyOptions for SnapbpfOptions {
             ("no-prefetch", _) => self.no_prefetch = true,
             ("no-pv", _) => self.no_pv = true,
             ("no-premap", _) => self.no_premap = true,
+            ("thp", _) if self.base_pages => return Err("thp and 4k exclude each other".into()),
+            ("4k", _) if self.thp => return Err("4k and thp exclude each other".into()),
             ("thp", _) => self.thp = true,
+            ("4k", _) => self.base_pages = true,
             ("store", Some(path)) if !path.is_empty() => self.store = Some(PathBuf::from(path)),
             ("store", _) => return Err("needs a socket path".into()),
             (other, _) => return Err(format!("unexpected option {other}")),
@@ -119,6 +130,7 @@ impl StrategyOptions for SnapbpfOptions {
             (self.no_pv, "no-pv"),
             (self.no_premap, "no-premap"),
             (self.thp, "thp"),
+            (self.base_pages, "4k"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -129,10 +141,28 @@ impl StrategyOptions for SnapbpfOptions {
     fn build(&self) -> Box<dyn Strategy> {
         Box::new(
             SnapBpf::new(!self.no_prefetch, !self.no_pv, !self.no_premap)
-                .with_huge_pages(self.thp)
+                .with_pages(match (self.thp, self.base_pages) {
+                    (true, _) => Pages::Huge,
+                    (_, true) => Pages::Base,
+                    _ => Pages::Auto,
+                })
                 .with_store(self.store.clone()),
         )
     }
+}
+
+/// The page size guest memory is backed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// 2 MiB page-cache folios where they can be had, else 4 KiB pages (the default):
+    /// huge where transparent huge pages are on, unless the prefetch must not map
+    /// (`no-premap`: the paper's `WILLNEED` prefetch fills the cache with 4 KiB folios) or
+    /// memory comes from the store (whose own backing decides).
+    Auto,
+    /// 4 KiB pages: the paper's design.
+    Base,
+    /// 2 MiB folios, or fail.
+    Huge,
 }
 
 /// The SnapBPF strategy and its breakdown variants.
@@ -141,7 +171,7 @@ pub struct SnapBpf {
     prefetch: bool,
     pv: bool,
     premap: bool,
-    huge_pages: bool,
+    pages: Pages,
     store: Option<PathBuf>,
 }
 
@@ -153,7 +183,7 @@ impl SnapBpf {
             prefetch,
             pv,
             premap,
-            huge_pages: false,
+            pages: Pages::Base,
             store: None,
         }
     }
@@ -172,8 +202,29 @@ impl SnapBpf {
     /// huge-page mapping reads and maps whole PMD-sized folios) instead of issuing
     /// `WILLNEED`, which would fill the cache with 4 KiB folios that cannot be mapped huge.
     pub fn with_huge_pages(mut self, on: bool) -> Self {
-        self.huge_pages = on;
+        self.pages = if on { Pages::Huge } else { Pages::Base };
         self
+    }
+
+    /// Backs guest memory with `pages` (see [`Pages`]).
+    pub fn with_pages(mut self, pages: Pages) -> Self {
+        self.pages = pages;
+        self
+    }
+
+    /// Whether this restore backs guest memory with huge folios, and for `Auto`, why not
+    /// when it does not.
+    fn huge_pages(&self) -> (bool, Option<&'static str>) {
+        match self.pages {
+            Pages::Huge => (true, None),
+            Pages::Base => (false, None),
+            Pages::Auto if self.store.is_some() || !self.premap => (false, None),
+            Pages::Auto if !snapbpf_vmm::huge_pages_available() => (
+                false,
+                Some("transparent huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled is \"never\")"),
+            ),
+            Pages::Auto => (true, None),
+        }
     }
 
     fn ws_path(snapshot: &Snapshot) -> PathBuf {
@@ -275,11 +326,18 @@ impl Strategy for SnapBpf {
             }
         };
         memory.set_fault_readahead(FaultReadahead::On)?;
-        if self.huge_pages {
+        let (huge_pages, fallback) = self.huge_pages();
+        if let Some(why) = fallback {
+            tracing::warn!("snapbpf: 4 KiB pages: {why}");
+        }
+        if huge_pages {
             memory.use_huge_pages()?;
         }
-        let readahead = file.filter(|_| !self.huge_pages);
-        let premap = self.premap || self.huge_pages;
+        // Only the default says when the filesystem gave no large folios (`thp` asked for
+        // them whatever they cost; the measurement shows it).
+        let check_folios = huge_pages && self.pages == Pages::Auto;
+        let readahead = !huge_pages && file.is_some();
+        let premap = self.premap || huge_pages;
         // Prefetch on a thread started before the VM is built: its I/O overlaps VM
         // creation and the vCPU. With pre-mapping, the same thread then maps the
         // prefetched ranges, in order, into this process's page tables.
@@ -311,14 +369,19 @@ impl Strategy for SnapBpf {
                         }
                     };
                     let since_request = || Some(requested.elapsed().as_secs_f64() * 1e3);
-                    if readahead.is_none() && leading {
+                    if !readahead && leading {
                         report.first_request_ms = since_request();
                         // No read-ahead (huge pages, or the store): pre-mapping brings the
-                        // working set in.
-                        report.bytes = ranges.iter().map(|r| r.len_bytes()).sum();
-                        report.ranges = ranges.len() as u64;
+                        // working set in, reading what is not in the page cache yet.
+                        let todo = match &file {
+                            Some(file) => prefetch::missing_ranges(file, &ranges)
+                                .unwrap_or_else(|_| ranges.clone()),
+                            None => ranges.clone(),
+                        };
+                        report.bytes = todo.iter().map(|r| r.len_bytes()).sum();
+                        report.ranges = todo.len() as u64;
                     }
-                    if let (Some(file), true) = (&readahead, leading) {
+                    if let (Some(file), true, true) = (&file, readahead, leading) {
                         // Pages already in the page cache cost nothing: not asked for again.
                         let todo = prefetch::missing_ranges(file, &ranges)
                             .unwrap_or_else(|_| ranges.clone());
@@ -337,6 +400,17 @@ impl Strategy for SnapBpf {
                     }
                     if let Some(m) = mapping {
                         elapsed += prefetch::premap(m, &ranges, PREMAP_THREADS)?.elapsed;
+                        // The first few ranges with a page-cache page mapped tell.
+                        let probes = if check_folios { 16 } else { 0 };
+                        let large = ranges
+                            .iter()
+                            .take(probes)
+                            .find_map(|r| m.large_folio_at(r.offset()));
+                        if large == Some(false) {
+                            tracing::warn!(
+                                "snapbpf: the memory file's page cache holds no 2 MiB folios (its filesystem does not support large folios?): the guest runs on 4 KiB pages; `snapbpf:4k` skips the huge-page prefetch"
+                            );
+                        }
                     }
                     report.ms = elapsed.as_secs_f64() * 1e3;
                     Ok(Some(report))
