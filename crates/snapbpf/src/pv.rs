@@ -26,6 +26,21 @@ pub struct FreshAnonymizer {
     pub fresh_bytes: u64,
     /// Ranges remapped so far.
     pub ranges: u64,
+    /// Back the whole 2 MiB blocks of each range with transparent huge pages.
+    pub huge_pages: bool,
+    /// Bytes advised huge so far.
+    pub huge_bytes: u64,
+}
+
+impl FreshAnonymizer {
+    /// An anonymizer that backs whole 2 MiB blocks of fresh ranges with huge pages (where
+    /// transparent huge pages are on) when `huge_pages`, else 4 KiB pages.
+    pub fn new(huge_pages: bool) -> Self {
+        Self {
+            huge_pages,
+            ..Self::default()
+        }
+    }
 }
 
 impl ExitHandler for FreshAnonymizer {
@@ -36,7 +51,11 @@ impl ExitHandler for FreshAnonymizer {
     ) -> Result<(), MemoryError> {
         for r in ranges {
             // Refuses ranges that are not whole pages inside guest memory.
-            mem.map_anonymous(r.gpa, r.len)?;
+            if self.huge_pages {
+                self.huge_bytes += mem.map_anonymous_huge(r.gpa, r.len)?;
+            } else {
+                mem.map_anonymous(r.gpa, r.len)?;
+            }
             self.fresh_bytes = self.fresh_bytes.saturating_add(r.len);
             self.ranges += 1;
         }

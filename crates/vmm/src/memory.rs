@@ -251,6 +251,32 @@ impl GuestMemory {
         )
     }
 
+    /// As [`map_anonymous`](Self::map_anonymous), and asks for transparent huge pages
+    /// (`MADV_HUGEPAGE`) over the whole 2 MiB blocks the range covers: a fresh 2 MiB block
+    /// then costs one fault and one zeroing instead of 512 faults. Returns the bytes so
+    /// advised (0 where transparent huge pages are off, or no whole block is covered).
+    /// A block is only advised when the guest gave the whole of it, so no memory is
+    /// committed that the guest did not hand out.
+    pub fn map_anonymous_huge(&self, gpa: u64, len: u64) -> Result<u64, MemoryError> {
+        self.map_anonymous(gpa, len)?;
+        const HUGE: u64 = 2 << 20;
+        let host = self.host_range(gpa, len)? as u64;
+        // Whole blocks of the host mapping (huge pages are aligned in the host's address
+        // space; KVM maps them huge where the guest address is aligned alike).
+        let first = host.next_multiple_of(HUGE);
+        let end = (host + len) / HUGE * HUGE;
+        if end <= first || transparent_huge_pages_disabled() {
+            return Ok(0);
+        }
+        self.advise(
+            gpa + (first - host),
+            end - first,
+            libc::MADV_HUGEPAGE,
+            "MADV_HUGEPAGE",
+        )?;
+        Ok(end - first)
+    }
+
     /// Maps `len` bytes of `file` from `offset` copy-on-write over the guest-physical
     /// range `[gpa, gpa + len)`: reads then come from the file's page cache (shared with
     /// every process that maps it), writes stay private.

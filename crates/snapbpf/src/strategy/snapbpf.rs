@@ -231,9 +231,11 @@ impl SnapBpf {
         snapshot.artifact_path(WS_FILE)
     }
 
-    fn handler(&self) -> Box<dyn ExitHandler + Send> {
+    /// The exit handler: fresh allocations anonymous (on huge pages where the guest's
+    /// memory is, over the whole 2 MiB blocks a hinted range covers), or hints ignored.
+    fn handler(&self, huge_pages: bool) -> Box<dyn ExitHandler + Send> {
         if self.pv {
-            Box::new(FreshAnonymizer::default())
+            Box::new(FreshAnonymizer::new(huge_pages))
         } else {
             Box::new(IgnoreHints)
         }
@@ -419,7 +421,7 @@ impl Strategy for SnapBpf {
         }
         Ok(Restored {
             memory,
-            handler: self.handler(),
+            handler: self.handler(huge_pages),
             pv_hints: self.pv,
             helpers,
             prefetched: None,
