@@ -353,6 +353,10 @@ pub struct RecordFacts {
     pub ws_pages: u64,
     /// Artifact files written, name and bytes.
     pub artifacts: Vec<(String, u64)>,
+    /// CPU the capture itself cost (its BPF programs and its ring-buffer reader), ms,
+    /// where the strategy measures it (SnapBPF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_cpu_ms: Option<f64>,
 }
 
 /// The other bound beside the warm floor: how long the device takes to deliver SnapBPF's

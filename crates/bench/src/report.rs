@@ -399,6 +399,53 @@ fn warm_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(md);
 }
 
+/// The subject's own costs (the paper: loading the offsets takes 1-2 ms, under 1 % of
+/// E2E): the time from the restore request to its first prefetch request, against its
+/// cold E2E with one VM.
+fn overheads_table(md: &mut String, results: &BenchResults) {
+    let subject = &results.config.subject;
+    let rows: Vec<(String, Summary, Summary)> = results
+        .config
+        .functions
+        .iter()
+        .filter_map(|function| {
+            let samples = select(results, function, subject, 1, true);
+            let first: Vec<f64> = samples
+                .iter()
+                .filter_map(|s| s.report.prefetch.first_request_ms)
+                .collect();
+            Some((
+                function.clone(),
+                Summary::of(&first)?,
+                Summary::of(&e2e(&samples))?,
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "{subject}'s start-up cost: from the restore request to its first prefetch request \
+         (loading and checking the working set, opening the memory file), median (min–max) \
+         over its cold samples with one VM, and its share of the median E2E.\n"
+    );
+    let _ = writeln!(md, "| function | first request ms | E2E ms | share |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for (function, first, e2e) in rows {
+        let _ = writeln!(
+            md,
+            "| {function} | {:.2} ({:.2}–{:.2}) | {:.0} | {:.2} % |",
+            first.median,
+            first.min,
+            first.max,
+            e2e.median,
+            100.0 * first.median / e2e.median
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// Snapshot size, working sets, artifacts on disk and the record phases' cost.
 fn record_table(md: &mut String, results: &BenchResults) {
     let _ = writeln!(
@@ -413,9 +460,9 @@ fn record_table(md: &mut String, results: &BenchResults) {
     );
     let _ = writeln!(
         md,
-        "| function | snapshot MiB (on disk) | strategy | working set MiB | artifacts | record ms |"
+        "| function | snapshot MiB (on disk) | strategy | working set MiB | artifacts | record ms | capture CPU ms |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for snap in &results.snapshots {
         let snapshot = format!(
             "{:.0} ({:.0})",
@@ -428,21 +475,23 @@ fn record_table(md: &mut String, results: &BenchResults) {
             .filter(|r| r.function == snap.function)
             .collect();
         if records.is_empty() {
-            let _ = writeln!(md, "| {} | {snapshot} | – | – | – | – |", snap.function);
+            let _ = writeln!(md, "| {} | {snapshot} | – | – | – | – | – |", snap.function);
         }
         for r in records {
             let _ = writeln!(
                 md,
-                "| {} | {snapshot} | {} | {:.1} | {} | {:.0} |",
+                "| {} | {snapshot} | {} | {:.1} | {} | {:.0} | {} |",
                 snap.function,
                 r.strategy,
                 r.ws_pages as f64 * 4096.0 / 1048576.0,
                 fmt_bytes(r.artifact_bytes()),
-                r.ms
+                r.ms,
+                r.capture_cpu_ms.map_or("–".into(), |c| format!("{c:.1}"))
             );
         }
     }
     let _ = writeln!(md);
+    overheads_table(md, results);
 }
 
 fn fmt_bytes(b: u64) -> String {

@@ -126,6 +126,7 @@ fn results(concurrency: Vec<u32>) -> BenchResults {
             init_ms: 5.0,
         }],
         records: vec![RecordFacts {
+            capture_cpu_ms: None,
             function: "pyaes".into(),
             strategy: "snapbpf".into(),
             ms: 321.0,
@@ -306,6 +307,7 @@ impl snapbpf_bench::Engine for Scripted {
             .unwrap()
             .push(format!("record {}", strategy.name));
         Ok(RecordFacts {
+            capture_cpu_ms: None,
             function: "pyaes".into(),
             strategy: strategy.name.clone(),
             ms: 1.0,

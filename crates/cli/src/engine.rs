@@ -88,6 +88,7 @@ impl Engine for SnapbpfEngine {
             strategy: strategy.name.clone(),
             ms: report.ms,
             ws_pages: report.pages,
+            capture_cpu_ms: report.capture_cpu_ms,
             artifacts: report
                 .artifacts
                 .iter()

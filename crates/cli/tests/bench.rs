@@ -70,6 +70,15 @@ fn a_run_stamps_its_host_calibration() {
     let summary = std::fs::read_to_string(out.join("summary.md")).expect("summary.md");
     assert!(summary.contains("## Host calibration"), "{summary}");
     assert!(summary.contains("| pyaes |"), "{summary}");
+    // SnapBPF's own costs: the capture's CPU, and the first prefetch request.
+    let record = results["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .find(|r| r["strategy"] == "snapbpf")
+        .expect("snapbpf recorded");
+    assert!(record["capture_cpu_ms"].as_f64() > Some(0.0), "{record}");
+    assert!(summary.contains("start-up cost"), "{summary}");
     // Both SnapBPF rows ran, and every sample was correct.
     assert_eq!(results["wrong"], serde_json::json!([]));
     for label in ["snapbpf --4k", "snapbpf"] {
