@@ -488,7 +488,7 @@ pub fn run(
     progress.stage("calibration: fault costs (faultprobe)");
     let mut calibration =
         calibrate::fault_costs(engine, &config.probes, &snap_dir, config.timeout, &|m| {
-            progress.error(m)
+            progress.warn(m)
         })?;
     for (name, cost) in calibration.faults() {
         progress.note(&format!(
@@ -629,7 +629,7 @@ pub fn run(
         if let (Some(before), Some(after)) = (device_before, device_speed(function)?) {
             let check = calibrate::DeviceCheck::new(function, before, after);
             if check.drifted {
-                progress.error(&format!(
+                progress.warn(&format!(
                     "{function}: the device drifted {:.0} % while it was measured ({:.0} → {:.0} MB/s, {:.0} → {:.0} random reads/s): its cells are flagged",
                     check.drift * 100.0,
                     before.seq_mb_s,

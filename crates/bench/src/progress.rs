@@ -92,6 +92,11 @@ impl Progress {
         self.line(&format!("error: {what}"));
     }
 
+    /// Reports something the reader must weigh (the results stay valid), above the bar.
+    pub(crate) fn warn(&self, what: &str) {
+        self.line(&format!("warning: {what}"));
+    }
+
     /// Reports a measured fact, above the bar when there is one.
     pub(crate) fn note(&self, what: &str) {
         self.line(&format!("bench: {what}"));

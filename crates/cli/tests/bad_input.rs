@@ -106,7 +106,7 @@ fn argument_errors() {
 fn replot_never_overwrites_results() {
     let dir = scratch();
     let committed =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/full/results.json");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/full/native/results.json");
     let partial = dir.path().join("results.partial.json");
     std::fs::copy(&committed, &partial).expect("copy");
     let other = dir.path().join("results.json");

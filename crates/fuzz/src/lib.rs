@@ -388,8 +388,8 @@ mod seeds {
 
     /// A small run's results: the committed full run's, cut to a few of each record.
     pub fn results() -> Vec<Vec<u8>> {
-        let full =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/full/results.json");
+        let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/results/full/native/results.json");
         let Ok(raw) = std::fs::read(full) else {
             return vec![b"{}".to_vec()];
         };
