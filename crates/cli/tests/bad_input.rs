@@ -56,7 +56,7 @@ fn argument_errors() {
             "--out",
             "/var/tmp/snapbpf-never",
         ],
-        "unknown option 'fast' of strategy 'snapbpf' (its options: no-prefetch, no-pv, no-premap, thp, store=SOCKET)",
+        "unknown option 'fast' of strategy 'snapbpf' (its options: no-prefetch, no-pv, no-premap, 4k, thp, store=SOCKET)",
     );
     fails(
         &[

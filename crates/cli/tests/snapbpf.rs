@@ -468,3 +468,46 @@ fn prefetch_beside_a_faulting_vmm() {
     assert_eq!(both.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }
+
+/// Where the page cache cannot hold large folios (tmpfs while shmem THP is off), the
+/// default restore says that it falls back to 4 KiB pages, and the guest still gets the
+/// right pages.
+#[test]
+fn default_says_when_it_falls_back_to_4k_pages() {
+    if !require_kvm() {
+        return;
+    }
+    let shmem = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .unwrap_or_default();
+    if !shmem.contains("[never]") || !snapbpf_vmm::huge_pages_available() {
+        eprintln!("SKIPPED: needs THP on and shmem THP off (tmpfs without large folios)");
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let s = snap.to_str().expect("UTF-8");
+    ok(&["record", s, "--strategy", "snapbpf"]);
+    let shm = tempfile::tempdir_in("/dev/shm").expect("tmpfs directory");
+    let copy = shm.path().join("pyaes");
+    let cp = std::process::Command::new("cp")
+        .args(["-r", "--sparse=always", s])
+        .arg(&copy)
+        .status()
+        .expect("cp runs");
+    assert!(cp.success());
+    let out = run(&[
+        "invoke",
+        copy.to_str().expect("UTF-8"),
+        "--strategy",
+        "snapbpf",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("holds no 2 MiB folios"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(
+        checksums(&report),
+        vec![fresh_checksums("pyaes")[0].clone()]
+    );
+}
