@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "snapbpf")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measurelib import BIN, ROOT, write_json  # noqa: E402
 
 
 def evict(path):
@@ -92,12 +92,7 @@ def main():
                     sys.exit(f"{f} {how} rep {rep}: checksum {row['checksum']} != reference {reference}")
                 out["rows"].append(row)
                 print(json.dumps(row), flush=True)
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with open(out_path + ".tmp", "w") as fh:
-        json.dump(out, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(out_path + ".tmp", out_path)
+    write_json(out, out_path)
     print(f"\n{'function':<10} {'how':<11} {'median ms':>10} {'min':>8} {'max':>8} {'faults':>8}")
     for f in functions:
         for how in ["alone", "concurrent", "before"]:

@@ -52,3 +52,20 @@ fn strategies_lists_the_registry() {
     let text = ok(&["strategies"]);
     assert!(text.contains("snapbpf") && text.contains(":thp"), "{text}");
 }
+
+/// Options that contradict each other are refused before anything runs.
+#[test]
+fn contradicting_page_sizes_are_refused() {
+    for spec in ["snapbpf:4k:thp", "snapbpf:thp:4k"] {
+        fails(
+            &[
+                "bench",
+                "--strategies",
+                spec,
+                "--out",
+                "/var/tmp/snapbpf-never",
+            ],
+            "exclude each other",
+        );
+    }
+}

@@ -371,34 +371,35 @@ impl Strategy for SnapBpf {
                         }
                     };
                     let since_request = || Some(requested.elapsed().as_secs_f64() * 1e3);
-                    if !readahead && leading {
-                        report.first_request_ms = since_request();
-                        // No read-ahead (huge pages, or the store): pre-mapping brings the
-                        // working set in, reading what is not in the page cache yet.
+                    if leading {
+                        // Pages already in the page cache cost nothing: not asked for again.
                         let todo = match &file {
                             Some(file) => prefetch::missing_ranges(file, &ranges)
                                 .unwrap_or_else(|_| ranges.clone()),
                             None => ranges.clone(),
                         };
-                        report.bytes = todo.iter().map(|r| r.len_bytes()).sum();
-                        report.ranges = todo.len() as u64;
-                    }
-                    if let (Some(file), true, true) = (&file, readahead, leading) {
-                        // Pages already in the page cache cost nothing: not asked for again.
-                        let todo = prefetch::missing_ranges(file, &ranges)
-                            .unwrap_or_else(|_| ranges.clone());
                         report.first_request_ms = since_request();
-                        let stats = prefetch::prefetch_with(
-                            file,
-                            &todo,
-                            &PrefetchOptions {
-                                method: PrefetchMethod::default(),
-                                max_request_bytes: None,
-                            },
-                        )?;
-                        report.bytes = stats.bytes;
-                        report.ranges = stats.ranges;
-                        elapsed += stats.elapsed;
+                        match (&file, readahead) {
+                            (Some(file), true) => {
+                                let stats = prefetch::prefetch_with(
+                                    file,
+                                    &todo,
+                                    &PrefetchOptions {
+                                        method: PrefetchMethod::default(),
+                                        max_request_bytes: None,
+                                    },
+                                )?;
+                                report.bytes = stats.bytes;
+                                report.ranges = stats.ranges;
+                                elapsed += stats.elapsed;
+                            }
+                            // No read-ahead (huge pages, or the store): pre-mapping brings
+                            // the working set in, reading what is not in the cache yet.
+                            _ => {
+                                report.bytes = todo.iter().map(|r| r.len_bytes()).sum();
+                                report.ranges = todo.len() as u64;
+                            }
+                        }
                     }
                     if let Some(m) = mapping {
                         elapsed += prefetch::premap(m, &ranges, PREMAP_THREADS)?.elapsed;
