@@ -61,7 +61,10 @@ fn main() {
         }
         default_hook(info);
     }));
-    if let Err(e) = snapbpf_store::interrupt::install() {
+    // Library code that must end the process (after an interrupt's undo, or a fault
+    // handler that cannot stop its vCPU) ends it this way.
+    snapbpf_os::terminate::set_hook(|code| std::process::exit(code));
+    if let Err(e) = snapbpf_os::interrupt::install() {
         tracing::warn!("interrupts will not clean up: {e}");
     }
     let cli = Cli::parse();

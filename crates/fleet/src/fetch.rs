@@ -22,7 +22,7 @@ use crate::remote::{Remote, RemoteError};
 pub struct FetchError(pub String);
 
 fn fetch_error(e: &dyn std::error::Error) -> FetchError {
-    FetchError(snapbpf_store::error_chain(e))
+    FetchError(snapbpf_os::error_chain(e))
 }
 
 /// What fetching has done so far (cumulative; a restore's share is the difference of two

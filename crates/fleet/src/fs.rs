@@ -244,9 +244,9 @@ impl SnapshotFs {
             }
             let loaded = remote
                 .get(&key)
-                .map_err(|e| snapbpf_store::error_chain(&e))
+                .map_err(|e| snapbpf_os::error_chain(&e))
                 .and_then(|got| {
-                    Manifest::decode(&got.bytes, &key).map_err(|e| snapbpf_store::error_chain(&e))
+                    Manifest::decode(&got.bytes, &key).map_err(|e| snapbpf_os::error_chain(&e))
                 })
                 .and_then(|m| {
                     if m.name == name {
@@ -389,7 +389,7 @@ impl Filesystem for Shared {
                     if let Err(e) = self.relist(false) {
                         tracing::warn!(
                             "mount: cannot list for '{name}': {}",
-                            snapbpf_store::error_chain(&e)
+                            snapbpf_os::error_chain(&e)
                         );
                     }
                 }
@@ -495,7 +495,7 @@ impl Filesystem for Shared {
             Some(Node::Root) => {
                 if offset == 0 {
                     if let Err(e) = self.relist(true) {
-                        tracing::warn!("mount: cannot list: {}", snapbpf_store::error_chain(&e));
+                        tracing::warn!("mount: cannot list: {}", snapbpf_os::error_chain(&e));
                     }
                 }
                 entries.push((STATS_INO, FileType::RegularFile, STATS_FILE.into()));

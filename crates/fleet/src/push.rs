@@ -105,7 +105,7 @@ pub enum PushError {
     Changed(PathBuf),
     /// The directory is locked by a writer.
     #[error(transparent)]
-    Lock(#[from] snapbpf_store::lock::LockError),
+    Lock(#[from] snapbpf_os::lock::LockError),
     /// An object-store request failed.
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -218,7 +218,7 @@ pub fn push(
             "chunk size {chunk_size} is not a power of two from 64 KiB to 64 MiB"
         )));
     }
-    let _lock = snapbpf_store::lock::lock_dir(dir, snapbpf_store::lock::LockMode::Shared)?;
+    let _lock = snapbpf_os::lock::lock_dir(dir, snapbpf_os::lock::LockMode::Shared)?;
     let meta_path = dir.join(snapbpf_store::snapshot::META_FILE);
     let raw = fsutil::read_regular(&meta_path, snapbpf_store::snapshot::MAX_META_BYTES)
         .map_err(read_err(&meta_path))?;

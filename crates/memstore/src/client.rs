@@ -77,7 +77,7 @@ pub fn store_key(dir: &Path) -> Result<PathBuf, ClientError> {
 /// Sends `request` to the store at `socket` and returns its reply and descriptor.
 pub fn request(socket: &Path, request: &Request) -> Result<(Reply, Option<OwnedFd>), ClientError> {
     let path = socket.to_path_buf();
-    let stream = snapbpf_store::unix::connect_within(socket, Instant::now() + REQUEST_TIMEOUT)
+    let stream = snapbpf_os::unix::connect_within(socket, Instant::now() + REQUEST_TIMEOUT)
         .map_err(|source| ClientError::Connect {
             path: path.clone(),
             source,
@@ -94,7 +94,7 @@ pub fn request(socket: &Path, request: &Request) -> Result<(Reply, Option<OwnedF
         .map_err(exchange)?;
     // The descriptor arrives with the first bytes of the reply; the rest of a long line
     // follows as plain data.
-    let (mut body, fd) = snapbpf_store::unix::recv_fd(&stream).map_err(exchange)?;
+    let (mut body, fd) = snapbpf_os::unix::recv_fd(&stream).map_err(exchange)?;
     while !body.ends_with(b"\n") && !body.is_empty() && body.len() < MAX_REPLY_BYTES {
         let mut more = [0u8; 64 << 10];
         let n = std::io::Read::read(&mut &stream, &mut more).map_err(exchange)?;

@@ -168,7 +168,7 @@ pub struct Reply {
 impl Reply {
     pub(crate) fn error(e: &dyn std::error::Error) -> Self {
         Self {
-            error: Some(snapbpf_store::error_chain(e)),
+            error: Some(snapbpf_os::error_chain(e)),
             ..Self::empty()
         }
     }

@@ -265,7 +265,7 @@ impl Store {
                         Err(e) => tracing::warn!(
                             "store: cannot trim {}: {}",
                             dir.display(),
-                            snapbpf_store::error_chain(&e)
+                            snapbpf_os::error_chain(&e)
                         ),
                     }
                 }
@@ -379,7 +379,7 @@ fn open_memfds() -> usize {
 }
 
 /// Serves the store on `socket` until SIGINT or SIGTERM (needs
-/// `snapbpf_store::interrupt::install`; without it, until killed). A stale socket is
+/// `snapbpf_os::interrupt::install`; without it, until killed). A stale socket is
 /// replaced; anything else there is not.
 pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
     config.backing.check_host()?;
@@ -396,7 +396,7 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
     };
     let listener = UnixListener::bind(socket).map_err(listen_err)?;
     listener.set_nonblocking(true).map_err(listen_err)?;
-    let finish = snapbpf_store::interrupt::finish_on_signal();
+    let finish = snapbpf_os::interrupt::finish_on_signal();
     let store = Arc::new(Store {
         config,
         state: Mutex::new(State {
@@ -459,7 +459,7 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
 /// One request: read it, answer it.
 fn session(store: &Store, stream: UnixStream) {
     let _ = stream.set_nonblocking(false);
-    let line = match snapbpf_store::unix::read_line_within(
+    let line = match snapbpf_os::unix::read_line_within(
         &stream,
         Instant::now() + REQUEST_TIMEOUT,
         MAX_REQUEST_BYTES,
@@ -555,7 +555,7 @@ fn send(stream: &UnixStream, reply: &Reply, fd: Option<&OwnedFd>) -> std::io::Re
     let mut line = serde_json::to_vec(reply)?;
     line.push(b'\n');
     match fd {
-        Some(fd) => snapbpf_store::unix::send_fd(stream, &line, fd.as_raw_fd()),
+        Some(fd) => snapbpf_os::unix::send_fd(stream, &line, fd.as_raw_fd()),
         None => {
             let mut s = stream;
             s.write_all(&line)

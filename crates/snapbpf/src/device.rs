@@ -94,7 +94,7 @@ pub struct Throttle {
     root: PathBuf,
     profile: DeviceProfile,
     device: (u32, u32),
-    _undo: snapbpf_store::interrupt::Guard,
+    _undo: snapbpf_os::interrupt::Guard,
 }
 
 fn cgroup_write(path: &Path, value: &str) -> Result<(), ThrottleError> {
@@ -170,12 +170,10 @@ impl Throttle {
             }
         }
         let undo_dir = dir.clone();
-        let undo = snapbpf_store::interrupt::on_interrupt(
-            "removed the device-profile cgroup",
-            move || {
+        let undo =
+            snapbpf_os::interrupt::on_interrupt("removed the device-profile cgroup", move || {
                 let _ = std::fs::remove_dir(&undo_dir);
-            },
-        );
+            });
         let throttle = Self {
             dir,
             controller,

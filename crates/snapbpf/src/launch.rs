@@ -80,7 +80,7 @@ pub enum InvokeError {
     Evict(#[from] fsutil::EvictError),
     /// The snapshot directory is being recorded into.
     #[error(transparent)]
-    Lock(#[from] snapbpf_store::lock::LockError),
+    Lock(#[from] snapbpf_os::lock::LockError),
     /// The device profile's throttle could not be set up.
     #[error(transparent)]
     Throttle(#[from] crate::device::ThrottleError),
@@ -217,7 +217,7 @@ pub fn invoke(
     let snapshot = crate::snapshot::open(&req.dir)?;
     // Held until every worker is gone: a `record` into this directory would change the
     // artifacts under the VMs.
-    let _lock = snapbpf_store::lock::lock_dir(&req.dir, snapbpf_store::lock::LockMode::Shared)?;
+    let _lock = snapbpf_os::lock::lock_dir(&req.dir, snapbpf_os::lock::LockMode::Shared)?;
     let info = snapbpf_functions::info(&snapshot.meta.function)
         .ok_or_else(|| OpenError::UnknownFunction(snapshot.meta.function.clone()))?;
     if req.run.input >= info.inputs {
@@ -263,15 +263,14 @@ pub fn invoke(
     let mut children: Vec<(Child, WorkerOutput)> = Vec::new();
     let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let undo_pids = pids.clone();
-    let _interrupted =
-        snapbpf_store::interrupt::on_interrupt("stopped the VM workers", move || {
-            if let Ok(pids) = undo_pids.lock() {
-                for &pid in pids.iter() {
-                    // SAFETY: kill(2) on a worker we started and have not reaped yet.
-                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                }
+    let _interrupted = snapbpf_os::interrupt::on_interrupt("stopped the VM workers", move || {
+        if let Ok(pids) = undo_pids.lock() {
+            for &pid in pids.iter() {
+                // SAFETY: kill(2) on a worker we started and have not reaped yet.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
-        });
+        }
+    });
     // The run's own watchdog ends a VM at its timeout; these only catch a worker that is
     // stuck outside it.
     // Every VM's reads of the snapshot's device go through the profile's throttle.

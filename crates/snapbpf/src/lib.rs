@@ -28,4 +28,4 @@ pub mod store_memory;
 pub mod strategy;
 pub mod uffd_backend;
 
-pub use snapbpf_store::error_chain;
+pub use snapbpf_os::error_chain;

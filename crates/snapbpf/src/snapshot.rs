@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use snapbpf_store::snapshot::{self as store, SnapshotContents};
-pub use snapbpf_store::snapshot::{OpenError, Snapshot, WriteError};
+pub use snapbpf_store::snapshot::{OpenError, Snapshot, SnapshotMeta, WriteError};
 use snapbpf_vmm::{
     BootError, CreateError, GuestEvent, GuestMemory, IgnoreHints, MemoryError, MicroVm, RunError,
     StateError,
@@ -53,15 +53,36 @@ pub fn guest_digest_hex() -> String {
     format!("{:016x}", snapbpf_guest_image::guest_digest())
 }
 
+/// What this build restores: snapshots of its own guest image and of a function of its
+/// suite, at the suite's index.
+#[derive(Debug, Clone, Copy)]
+pub struct ThisBuild;
+
+impl snapbpf_store::snapshot::Accept for ThisBuild {
+    fn accept(&self, meta: &SnapshotMeta) -> Result<(), OpenError> {
+        let expected = guest_digest_hex();
+        if meta.guest_digest != expected {
+            return Err(OpenError::GuestMismatch {
+                found: meta.guest_digest.clone(),
+                expected,
+            });
+        }
+        if snapbpf_functions::index_of(&meta.function) != Some(meta.function_index) {
+            return Err(OpenError::UnknownFunction(meta.function.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// Opens and validates the snapshot at `dir` for this build's guest.
 pub fn open(dir: &Path) -> Result<Snapshot, OpenError> {
-    Snapshot::open(dir, &guest_digest_hex())
+    Snapshot::open(dir, &ThisBuild)
 }
 
 /// Opens the snapshot at `dir` for this build's guest without checking the memory file's
 /// content (see [`Snapshot::open_metadata`]).
 pub fn open_metadata(dir: &Path) -> Result<Snapshot, OpenError> {
-    Snapshot::open_metadata(dir, &guest_digest_hex())
+    Snapshot::open_metadata(dir, &ThisBuild)
 }
 
 /// Reuses a valid snapshot of `function` for this build at `dir`, or takes a new one
@@ -128,13 +149,14 @@ pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapsh
         &SnapshotContents {
             function,
             function_index: index,
-            memory: vm.memory().as_slice(),
+            memory: vm.memory(),
             vcpu: &state,
             abi_version: snapbpf_vmm::abi::ABI_VERSION,
             guest_digest: &digest,
             init_ms,
         },
         opts.force,
+        &ThisBuild,
     )?)
 }
 

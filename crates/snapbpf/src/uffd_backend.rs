@@ -322,7 +322,8 @@ pub const FAIL_CLOSED_GRACE: Duration = Duration::from_secs(10);
 /// it would let every page not served yet read as zeros), `abort` stops the vCPU, and the
 /// descriptor is closed only once the vCPU has stopped (`stop`). Should the vCPU not stop
 /// within [`FAIL_CLOSED_GRACE`] (a fault taken outside `KVM_RUN` cannot be interrupted),
-/// the process exits: ending it is the only step left that hands the guest no wrong page.
+/// the process ends ([`snapbpf_os::terminate`]): that is the only step left that hands the
+/// guest no wrong page.
 fn fail_closed(
     uffd: Uffd,
     abort: &snapbpf_vmm::AbortSignal,
@@ -338,7 +339,7 @@ fn fail_closed(
             FAIL_CLOSED_GRACE.as_secs(),
             crate::error_chain(&error)
         );
-        std::process::exit(1);
+        snapbpf_os::terminate::terminate(1);
     }
     drop(uffd);
     Box::new(error)

@@ -81,7 +81,7 @@ pub enum WriteError {
     },
     /// The snapshot to replace is in use.
     #[error(transparent)]
-    Busy(#[from] crate::lock::LockError),
+    Busy(#[from] snapbpf_os::lock::LockError),
     /// The snapshot written cannot be opened again.
     #[error("the snapshot written to {path} does not open")]
     Reopen {
@@ -100,8 +100,8 @@ pub struct SnapshotContents<'a> {
     pub function: &'a str,
     /// Index of the function in the guest's suite.
     pub function_index: u32,
-    /// Guest memory, from GPA 0.
-    pub memory: &'a [u8],
+    /// Guest memory, from GPA 0 (read while no vCPU runs).
+    pub memory: &'a snapbpf_vmm::GuestMemory,
     /// vCPU state at the snapshot point.
     pub vcpu: &'a VcpuState,
     /// Guest ABI version.
@@ -181,6 +181,15 @@ pub enum OpenError {
     VcpuMismatch(PathBuf),
 }
 
+/// What an opener can restore, checked against a snapshot's metadata before any of its
+/// files is read: the engine knows its guest builds and its function suite; the store
+/// knows neither.
+pub trait Accept {
+    /// Whether snapshots described by `meta` can be restored here;
+    /// [`OpenError::GuestMismatch`] or [`OpenError::UnknownFunction`] if not.
+    fn accept(&self, meta: &SnapshotMeta) -> Result<(), OpenError>;
+}
+
 /// An opened, validated snapshot.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -203,12 +212,13 @@ impl Snapshot {
         self.dir.join(name)
     }
 
-    /// Opens and validates `dir`: metadata format, guest build (its digest must be
-    /// `guest_digest`), the memory file's content and the vCPU file's checksum. The memory
-    /// file is hashed only when [`crate::verify`] cannot vouch for it (the first open of a
-    /// copy), with direct reads that leave the page cache as it was.
-    pub fn open(dir: &Path, guest_digest: &str) -> Result<Self, OpenError> {
-        let snapshot = Self::open_metadata(dir, guest_digest)?;
+    /// Opens and validates `dir`: metadata format, what the caller can run (`accept`
+    /// checks the metadata: the guest build, the function), the memory file's content and
+    /// the vCPU file's checksum. The memory file is hashed only when [`crate::verify`]
+    /// cannot vouch for it (the first open of a copy), with direct reads that leave the
+    /// page cache as it was.
+    pub fn open(dir: &Path, accept: &dyn Accept) -> Result<Self, OpenError> {
+        let snapshot = Self::open_metadata(dir, accept)?;
         verify::check(&snapshot.memory_path(), &snapshot.meta.memory)
             .map_err(|e| OpenError::Memory(Box::new(e)))?;
         Ok(snapshot)
@@ -216,7 +226,7 @@ impl Snapshot {
 
     /// [`Snapshot::open`] without the memory file's content check (its size is checked):
     /// for `snapbpf verify`, which hashes it itself, whatever any cache says.
-    pub fn open_metadata(dir: &Path, guest_digest: &str) -> Result<Self, OpenError> {
+    pub fn open_metadata(dir: &Path, accept: &dyn Accept) -> Result<Self, OpenError> {
         let meta_path = dir.join(META_FILE);
         if !meta_path.is_file() {
             return Err(OpenError::NotSnapshot(dir.to_path_buf()));
@@ -227,15 +237,7 @@ impl Snapshot {
         };
         let raw = fsutil::read_regular(&meta_path, MAX_META_BYTES).map_err(io(&meta_path))?;
         let meta = parse_meta(&raw, &meta_path)?;
-        if meta.guest_digest != guest_digest {
-            return Err(OpenError::GuestMismatch {
-                found: meta.guest_digest,
-                expected: guest_digest.to_string(),
-            });
-        }
-        if snapbpf_functions::index_of(&meta.function) != Some(meta.function_index) {
-            return Err(OpenError::UnknownFunction(meta.function));
-        }
+        accept.accept(&meta)?;
         let memory = dir.join(MEMORY_FILE);
         let mismatch = |reason: String| OpenError::MemoryMismatch {
             path: memory.clone(),
@@ -304,6 +306,7 @@ pub fn write(
     out: &Path,
     contents: &SnapshotContents<'_>,
     force: bool,
+    accept: &dyn Accept,
 ) -> Result<Snapshot, WriteError> {
     if out.exists() && !force {
         return Err(WriteError::Exists(out.to_path_buf()));
@@ -320,7 +323,7 @@ pub fn write(
     };
     let undo_tmp = tmp.clone();
     let _interrupted =
-        crate::interrupt::on_interrupt("removed the unfinished snapshot", move || {
+        snapbpf_os::interrupt::on_interrupt("removed the unfinished snapshot", move || {
             let _ = std::fs::remove_dir_all(&undo_tmp);
         });
     let result = (|| {
@@ -332,7 +335,7 @@ pub fn write(
         verify::remember(
             &memory_path,
             FileIdentity {
-                size: contents.memory.len() as u64,
+                size: contents.memory.len(),
                 digest,
             },
         )
@@ -345,11 +348,11 @@ pub fn write(
             version: META_VERSION,
             function: contents.function.into(),
             function_index: contents.function_index,
-            mem_bytes: contents.memory.len() as u64,
+            mem_bytes: contents.memory.len(),
             abi_version: contents.abi_version,
             guest_digest: contents.guest_digest.into(),
             memory: FileIdentity {
-                size: contents.memory.len() as u64,
+                size: contents.memory.len(),
                 digest,
             },
             vcpu_crc32: crc32fast::hash(&vcpu_bytes),
@@ -365,7 +368,7 @@ pub fn write(
         fsutil::write_atomic(&meta_path, &json).map_err(io(&meta_path))?;
         if force && out.exists() {
             // Not from under a `record` or running VMs.
-            let _busy = crate::lock::lock_dir(out, crate::lock::LockMode::Exclusive)?;
+            let _busy = snapbpf_os::lock::lock_dir(out, snapbpf_os::lock::LockMode::Exclusive)?;
             let old = parent.join(format!(".{name}.old-{}", std::process::id()));
             std::fs::rename(out, &old).map_err(io(out))?;
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
@@ -383,7 +386,7 @@ pub fn write(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    Snapshot::open(out, contents.guest_digest).map_err(|source| WriteError::Reopen {
+    Snapshot::open(out, accept).map_err(|source| WriteError::Reopen {
         path: out.to_path_buf(),
         source: Box::new(source),
     })
@@ -391,12 +394,18 @@ pub fn write(
 
 /// Writes guest memory densely (no holes: a hole would make "reading" free pages cost no
 /// I/O, unlike a real snapshot) and returns its SHA-256.
-fn write_memory(path: &Path, mem: &[u8]) -> std::io::Result<[u8; 32]> {
+fn write_memory(path: &Path, mem: &snapbpf_vmm::GuestMemory) -> std::io::Result<[u8; 32]> {
     let mut file = File::create(path)?;
     let mut hasher = Sha256::new();
-    for chunk in mem.chunks(8 << 20) {
-        hasher.update(chunk);
-        file.write_all(chunk)?;
+    let mut chunk = vec![0u8; 8 << 20];
+    let mut gpa = 0;
+    while gpa < mem.len() {
+        let n = (mem.len() - gpa).min(chunk.len() as u64) as usize;
+        mem.read(gpa, &mut chunk[..n])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        hasher.update(&chunk[..n]);
+        file.write_all(&chunk[..n])?;
+        gpa += n as u64;
     }
     file.sync_all()?;
     Ok(hasher.finalize().into())

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::{Uffd, UffdError, HUGETLB_PAGE, PAGE};
-use snapbpf_store::unix::{connect_within, read_line_within, readable_within, recv_fd, send_fd};
+use snapbpf_os::unix::{connect_within, read_line_within, readable_within, recv_fd, send_fd};
 
 /// One guest memory region a handler serves, as Firecracker describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,7 +106,7 @@ pub fn listen(
     tracing::info!("uffd-handler: listening on {}", socket.display());
     let undo_socket = socket.to_path_buf();
     let _interrupted =
-        snapbpf_store::interrupt::on_interrupt("removed the handler's socket", move || {
+        snapbpf_os::interrupt::on_interrupt("removed the handler's socket", move || {
             let _ = std::fs::remove_file(&undo_socket);
         });
     let slots = Arc::new(Slots::new(MAX_CONCURRENT_SESSIONS));
@@ -160,7 +160,7 @@ pub fn listen(
                         let _ = acknowledge(
                             &stream,
                             &HandlerAck {
-                                error: Some(snapbpf_store::error_chain(&e)),
+                                error: Some(snapbpf_os::error_chain(&e)),
                                 ..HandlerAck::default()
                             },
                         );

@@ -433,16 +433,23 @@ impl GuestMemory {
     }
 
     /// Copies `bytes` into guest memory at `gpa`.
+    ///
+    /// Guest memory is shared with the vCPU and with other processes' page tables, so it
+    /// is never borrowed as a Rust slice: copies in and out are volatile, as in
+    /// `vm-memory`, and a racing guest can at worst see or leave torn bytes.
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         let dst = self.host_range(gpa, bytes.len() as u64)?;
-        // SAFETY: dst..dst+len lies in our mapping (checked); `bytes` is a Rust slice and
-        // cannot overlap guest memory we own exclusively while the vCPU is stopped.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        for (i, &b) in bytes.iter().enumerate() {
+            // SAFETY: dst..dst+len lies in our mapping (checked above), so dst + i does too;
+            // a volatile store of one byte creates no reference into guest memory.
+            unsafe { dst.wrapping_add(i).write_volatile(b) };
+        }
         Ok(())
     }
 
     /// Fills guest memory `[gpa, gpa + len)` with `file`'s bytes from `offset` (`pread`
-    /// straight into guest memory: one copy, no bounce buffer).
+    /// straight into guest memory: one copy, no bounce buffer, and no Rust reference into
+    /// guest memory: the kernel writes it).
     pub fn fill_from(
         &self,
         gpa: u64,
@@ -451,18 +458,59 @@ impl GuestMemory {
         offset: u64,
     ) -> Result<(), MemoryError> {
         let dst = self.host_range(gpa, len)?;
-        // SAFETY: dst..dst+len lies in our mapping (checked above) and is written only by
-        // this call while no vCPU runs; no Rust reference into guest memory exists.
-        let slice = unsafe { std::slice::from_raw_parts_mut(dst, len as usize) };
-        std::os::unix::fs::FileExt::read_exact_at(file, slice, offset)
-            .map_err(|source| MemoryError::Fill { gpa, len, source })
+        let fail = |source| MemoryError::Fill { gpa, len, source };
+        let mut done = 0u64;
+        while done < len {
+            let at = i64::try_from(offset + done)
+                .map_err(|_| fail(std::io::ErrorKind::InvalidInput.into()))?;
+            let want = (len - done).min(1 << 30) as usize;
+            // SAFETY: dst + done .. dst + done + want lies inside our mapping (checked
+            // above); pread(2) writes at most `want` bytes there through the kernel.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    dst.wrapping_add(done as usize).cast(),
+                    want,
+                    at,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as u64,
+                0 => return Err(fail(std::io::ErrorKind::UnexpectedEof.into())),
+                _ => {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(fail(err));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Copies guest memory at `gpa` into `buf`.
+    /// Copies guest memory at `gpa` into `buf` (a volatile copy: see [`GuestMemory::write`]).
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let src = self.host_range(gpa, buf.len() as u64)?;
-        // SAFETY: src..src+len lies in our mapping (checked); `buf` is distinct Rust memory.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        // Bytes up to the first 8-byte boundary, then whole aligned words, then the rest.
+        let lead = src.align_offset(8).min(buf.len());
+        let words = (buf.len() - lead) / 8;
+        let (head, rest) = buf.split_at_mut(lead);
+        let (middle, tail) = rest.split_at_mut(words * 8);
+        for (i, b) in head.iter_mut().enumerate() {
+            // SAFETY: src + i lies in our mapping (checked above); a volatile load of one
+            // byte creates no reference into guest memory.
+            *b = unsafe { src.wrapping_add(i).read_volatile() };
+        }
+        for (i, chunk) in middle.chunks_exact_mut(8).enumerate() {
+            // SAFETY: src + lead + 8i is 8-byte aligned and its 8 bytes lie in our mapping
+            // (checked above); a volatile load creates no reference into guest memory.
+            let word = unsafe { src.wrapping_add(lead + i * 8).cast::<u64>().read_volatile() };
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        for (i, b) in tail.iter_mut().enumerate() {
+            // SAFETY: as for the leading bytes, after the last whole word.
+            *b = unsafe { src.wrapping_add(lead + words * 8 + i).read_volatile() };
+        }
         Ok(())
     }
 
@@ -476,15 +524,6 @@ impl GuestMemory {
     /// Writes a little-endian `u64` at `gpa`.
     pub fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemoryError> {
         self.write(gpa, &value.to_le_bytes())
-    }
-
-    /// The whole of guest memory as bytes, for writing a snapshot.
-    ///
-    /// Only meaningful while no vCPU runs; faults in every page it is read through.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes owned by `self` and lives as long as
-        // the borrow; the vCPU is stopped whenever the VMM reads guest memory.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len as usize) }
     }
 
     /// Number of guest pages.

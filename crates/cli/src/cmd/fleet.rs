@@ -125,7 +125,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let location = Location::parse(&args.url)?;
     std::fs::create_dir_all(&args.mountpoint)
         .with_context(|| format!("cannot create the mountpoint {}", args.mountpoint.display()))?;
-    let finish = snapbpf_store::interrupt::finish_on_signal();
+    let finish = snapbpf_os::interrupt::finish_on_signal();
     let session = snapbpf_fleet::mount(
         &location,
         &args.mountpoint,
@@ -133,7 +133,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     )?;
     let mountpoint = args.mountpoint.clone();
     let _unmount =
-        snapbpf_store::interrupt::on_interrupt("the mount", move || lazy_unmount(&mountpoint));
+        snapbpf_os::interrupt::on_interrupt("the mount", move || lazy_unmount(&mountpoint));
     eprintln!(
         "mount: {} snapshots of {location} at {} (chunk cache {}); SIGINT or SIGTERM to unmount",
         session.stats().snapshots,
@@ -174,7 +174,7 @@ fn lazy_unmount(path: &Path) {
 pub struct AutoMount {
     session: Option<snapbpf_fleet::MountSession>,
     mountpoint: PathBuf,
-    _unmount: snapbpf_store::interrupt::Guard,
+    _unmount: snapbpf_os::interrupt::Guard,
     /// The snapshot directory on the mount.
     pub dir: PathBuf,
 }
@@ -192,7 +192,7 @@ impl AutoMount {
             &mount_options(cache, 10 << 30, 32, remote),
         )?;
         let target = mountpoint.clone();
-        let guard = snapbpf_store::interrupt::on_interrupt("the snapshot mount", move || {
+        let guard = snapbpf_os::interrupt::on_interrupt("the snapshot mount", move || {
             lazy_unmount(&target);
             let _ = std::fs::remove_dir(&target);
         });

@@ -111,7 +111,7 @@ fn run_command(args: &Args) -> Result<(snapbpf_wss::capture::CapturedPages, Stri
 /// asks to finish.
 fn attach(args: &Args, pid: u32) -> Result<(snapbpf_wss::capture::CapturedPages, String)> {
     let process = open_pid(pid)?;
-    let finish = snapbpf_store::interrupt::finish_on_signal();
+    let finish = snapbpf_os::interrupt::finish_on_signal();
     let opts = CaptureOptions {
         sources: vec![
             TraceSource::AddToPageCache,

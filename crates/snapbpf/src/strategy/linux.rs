@@ -218,7 +218,7 @@ pub fn open_with_readahead_window(
     };
     let (undo_knob, undo_value) = (knob.clone(), old.clone());
     let _interrupted =
-        snapbpf_store::interrupt::on_interrupt("restored the device's read_ahead_kb", move || {
+        snapbpf_os::interrupt::on_interrupt("restored the device's read_ahead_kb", move || {
             let _ = std::fs::write(&undo_knob, &undo_value);
         });
     set(&mut sysfs, &kib.to_string()).map_err(knob_err("write"))?;

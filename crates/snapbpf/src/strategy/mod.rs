@@ -97,7 +97,7 @@ pub enum StrategyError {
     Backend(#[from] crate::uffd_backend::BackendError),
     /// The snapshot directory is locked by another snapbpf.
     #[error(transparent)]
-    Lock(#[from] snapbpf_store::lock::LockError),
+    Lock(#[from] snapbpf_os::lock::LockError),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -203,8 +203,7 @@ pub fn record(
     input: u32,
     timeout: Duration,
 ) -> Result<RecordReport, StrategyError> {
-    let _lock =
-        snapbpf_store::lock::lock_dir(&snapshot.dir, snapbpf_store::lock::LockMode::Exclusive)?;
+    let _lock = snapbpf_os::lock::lock_dir(&snapshot.dir, snapbpf_os::lock::LockMode::Exclusive)?;
     strategy.record(snapshot, input, timeout)
 }
 

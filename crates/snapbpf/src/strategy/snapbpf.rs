@@ -362,7 +362,7 @@ impl Strategy for SnapBpf {
                     // runs, concurrent restores ride it (the page cache holds one copy, and
                     // their pre-mapping waits for pages in flight) instead of asking for
                     // the same reads again. The lock is held until this thread is done.
-                    let (leading, _held) = match snapbpf_store::lock::try_host_lock(&host_lock) {
+                    let (leading, _held) = match snapbpf_os::lock::try_host_lock(&host_lock) {
                         Ok(Some(lock)) => (true, Some(lock)),
                         Ok(None) => (false, None),
                         Err(e) => {

@@ -4,7 +4,8 @@
 //! directory, a device's `read_ahead_kb` changed for an instant, worker processes)
 //! registers how to undo it for as long as the work runs ([`on_interrupt`]); dropping the
 //! returned guard unregisters it. [`install`] makes the signals run every registered undo
-//! on a thread of their own, say so on one line, and exit with 128 + the signal number.
+//! on a thread of their own, say so on one line, and end the process with 128 + the signal
+//! number ([`crate::terminate`]).
 //! Without [`install`], registering costs nothing and the signals keep their defaults.
 //!
 //! Work that ends when the user says so (`snapbpf trace --pid` until Ctrl-C) holds a
@@ -155,7 +156,7 @@ fn install_once() -> std::io::Result<()> {
                 format!("undid: {}", undone.join(", "))
             };
             let _ = writeln!(std::io::stderr(), "error: interrupted by {name}; {what}");
-            std::process::exit(128 + i32::from(byte));
+            crate::terminate::terminate(128 + i32::from(byte));
         })?;
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: sigaction is plain data; all-zero is a valid value, filled below.

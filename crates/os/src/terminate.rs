@@ -1,0 +1,29 @@
+//! Ending the process from library code, on the front-end's terms.
+//!
+//! Library code never decides to exit. Two places cannot avoid ending the process: the
+//! interrupt thread once it has undone what was in flight, and a page-fault handler that
+//! can no longer serve a vCPU which will not stop (ending the process is the only step
+//! left that hands the guest no wrong page). They call [`terminate`], which runs the hook
+//! the front-end installed with [`set_hook`] (the CLI's prints nothing more and exits with
+//! the code). Without a hook the process aborts: a library embedded elsewhere never exits
+//! with a status its host did not choose.
+
+use std::sync::OnceLock;
+
+/// What the front-end does to end the process with an exit code.
+pub type Hook = fn(i32) -> !;
+
+static HOOK: OnceLock<Hook> = OnceLock::new();
+
+/// Installs the front-end's way of ending the process. The first call wins.
+pub fn set_hook(hook: Hook) {
+    let _ = HOOK.set(hook);
+}
+
+/// Ends the process with `code` through the front-end's hook (see the module docs).
+pub fn terminate(code: i32) -> ! {
+    match HOOK.get() {
+        Some(hook) => hook(code),
+        None => std::process::abort(),
+    }
+}
