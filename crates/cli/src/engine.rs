@@ -77,12 +77,7 @@ impl Engine for SnapbpfEngine {
         timeout: Duration,
     ) -> Result<RecordFacts, EngineError> {
         let snapshot = snapbpf::snapshot::open(dir)?;
-        let report = snapbpf::strategy::record(
-            spec_of(strategy)?.build().as_ref(),
-            &snapshot,
-            input,
-            timeout,
-        )?;
+        let report = snapbpf::strategy::record(&spec_of(strategy)?, &snapshot, input, timeout)?;
         Ok(RecordFacts {
             function: snapshot.meta.function.clone(),
             strategy: strategy.name.clone(),

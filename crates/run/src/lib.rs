@@ -11,6 +11,7 @@
 //! helper that failed or panicked fails the run, whatever the guest returned. A run never
 //! reports a prefetch that did not happen as zero bytes.
 
+use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ pub mod report;
 pub use report::{InvokeReport, MemoryReport};
 
 /// Prefetch activity of one restore.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrefetchReport {
     /// Bytes requested.
     pub bytes: u64,
@@ -38,15 +39,21 @@ pub struct PrefetchReport {
     /// load the working set and start (SnapBPF; the paper measured 1–2 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_request_ms: Option<f64>,
-    /// For a compressed working set: what was read and how it was decompressed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<CompressionReport>,
+    /// What one strategy alone reports, each under a key of its own (Sabre's
+    /// `compression`): typed by the strategy that fills it ([`PrefetchReport::with_part`],
+    /// [`PrefetchReport::part`]) and carried here as JSON, so this crate knows no strategy
+    /// and a strategy's new field edits no other.
+    #[serde(flatten)]
+    pub parts: BTreeMap<String, serde_json::Value>,
 }
 
 impl PrefetchReport {
     /// The prefetch of two helpers, or of two VMs, taken together: bytes and ranges add
-    /// up, the wall time is the longer one, the first request the earlier one.
+    /// up, the wall time is the longer one, the first request the earlier one; each
+    /// strategy's own part is the first one's (alike for every VM of one run).
     pub fn merge(&self, other: &PrefetchReport) -> PrefetchReport {
+        let mut parts = other.parts.clone();
+        parts.extend(self.parts.clone());
         PrefetchReport {
             bytes: self.bytes + other.bytes,
             ranges: self.ranges + other.ranges,
@@ -55,29 +62,28 @@ impl PrefetchReport {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
-            // Alike for every VM of one run: the first stands for all.
-            compression: self.compression.or(other.compression),
+            parts,
         }
+    }
+
+    /// The report with `part` under `key` (a part that cannot be encoded is left out:
+    /// it is a measurement, never what the run's correctness rests on).
+    pub fn with_part<T: Serialize>(mut self, key: &str, part: &T) -> Self {
+        match serde_json::to_value(part) {
+            Ok(value) => {
+                self.parts.insert(key.into(), value);
+            }
+            Err(e) => tracing::warn!("prefetch report: {key} left out: {e}"),
+        }
+        self
+    }
+
+    /// The part under `key`, as the strategy that wrote it typed it.
+    pub fn part<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_value(self.parts.get(key)?.clone()).ok()
     }
 }
 
-/// How a compressed working set was restored (Sabre).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct CompressionReport {
-    /// Bytes read: the compressed stream.
-    pub compressed_bytes: u64,
-    /// Bytes of pages it holds.
-    pub raw_bytes: u64,
-    /// Time spent in reads, ms.
-    pub read_ms: f64,
-    /// Time spent decompressing, summed over threads, ms.
-    pub decompress_ms: f64,
-    /// Time spent installing pages, summed over threads, ms.
-    pub install_ms: f64,
-    /// Share of the decompression time the pipeline overlapped with other work (0 to 1):
-    /// (read + decompress + install - wall) / decompress.
-    pub decompress_hidden: f64,
-}
 /// The error a helper thread ends with: its own typed error, kept whole as the source.
 pub type HelperError = Box<dyn std::error::Error + Send + Sync>;
 

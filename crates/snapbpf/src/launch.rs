@@ -229,7 +229,7 @@ pub fn invoke(
     }
     let strategy = req.spec.build();
     strategy.check(&snapshot)?;
-    let files = strategy.cold_files(&snapshot);
+    let files = req.spec.cold_files(&snapshot);
     match req.cache {
         CacheStart::Cold => {
             for f in &files {
@@ -361,8 +361,8 @@ pub fn invoke(
     let (runs, page_cache_kib, anon_kib, store_kib) = result?;
     let prefetch = runs
         .iter()
-        .filter_map(|r| r.prefetch)
-        .fold(PrefetchReport::default(), |a, p| a.merge(&p));
+        .filter_map(|r| r.prefetch.as_ref())
+        .fold(PrefetchReport::default(), |a, p| a.merge(p));
     Ok(InvokeReport {
         function: snapshot.meta.function.clone(),
         strategy: req.spec.label(),

@@ -10,9 +10,7 @@ use snapbpf_wss::workingset::WorkingSet;
 
 use crate::launch::{self, InvokeRequest};
 use crate::run::RunOptions;
-use crate::strategy::linux::NoraOptions;
-use crate::strategy::snapbpf::{SnapbpfOptions, WS_FILE};
-use crate::strategy::StrategySpec;
+use crate::strategy::{registry, StrategySpec};
 
 use crate::launch::InvokeError;
 use crate::snapshot::SnapshotError;
@@ -50,6 +48,9 @@ pub enum ProfileError {
         #[source]
         source: StrategyError,
     },
+    /// The registry's profile plan does not parse.
+    #[error("the registry's profile plan")]
+    Plan(#[from] crate::strategy::SpecError),
     /// The recorded working set cannot be read.
     #[error("{function}: working set")]
     WorkingSet {
@@ -129,26 +130,28 @@ pub fn profile(
         };
         progress(&format!("{function}: cold linux-nora"));
         // What the function reads: demand paging with nothing read ahead.
-        let demand = StrategySpec::LinuxNora(NoraOptions::default());
-        // What it allocates fresh: SnapBPF's filtering alone.
-        let filtering = StrategySpec::Snapbpf(SnapbpfOptions {
-            no_prefetch: true,
-            ..SnapbpfOptions::default()
-        });
-        let capture = StrategySpec::Snapbpf(SnapbpfOptions::default());
+        // What it allocates fresh: SnapBPF's filtering alone. Its working set: the capture.
+        let [demand, filtering, capture] = registry::PROFILE_PROBES.map(StrategySpec::parse);
+        let (demand, filtering, capture) = (demand?, filtering?, capture?);
         progress(&format!("{function}: cold {}", demand.label()));
         let nora = run(demand.clone()).map_err(invoke_err(&demand.label()))?;
         progress(&format!("{function}: cold PV filtering"));
         let pv = run(filtering.clone()).map_err(invoke_err(&filtering.label()))?;
         progress(&format!("{function}: record"));
-        let ws_path = snapshot.artifact_path(WS_FILE);
+        let ws_file = capture
+            .info()
+            .artifacts
+            .first()
+            .copied()
+            .unwrap_or_default();
+        let ws_path = snapshot.artifact_path(ws_file);
         let _ = std::fs::remove_file(&ws_path);
-        crate::strategy::record(capture.build().as_ref(), &snapshot, input, timeout).map_err(
-            |source| ProfileError::Record {
+        crate::strategy::record(&capture, &snapshot, input, timeout).map_err(|source| {
+            ProfileError::Record {
                 function: function.clone(),
                 source,
-            },
-        )?;
+            }
+        })?;
         let ws = WorkingSet::read(&ws_path).map_err(|source| ProfileError::WorkingSet {
             function: function.clone(),
             source,

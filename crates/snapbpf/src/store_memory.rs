@@ -16,8 +16,8 @@ use snapbpf_memstore::{Backing, Extent, Residency, Served};
 use snapbpf_vmm::GuestMemory;
 
 use crate::snapshot::Snapshot;
-use crate::strategy::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB};
 use crate::strategy::StrategyError;
+use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
 
 /// Errors of the store strategies.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl FromStore {
             }),
             Residency::WorkingSet => {
                 let (file, readahead_kib) =
-                    open_with_readahead_window(&snapshot.memory_path(), PAPER_READAHEAD_KIB)?;
+                    readahead::open_with_window(&snapshot.memory_path(), DEFAULT_WINDOW_KIB)?;
                 let memory = GuestMemory::map_file_private(&file, size)?;
                 for e in self.extents() {
                     memory.map_file(e.offset(), e.len_bytes(), &self.memfd, e.offset())?;

@@ -37,6 +37,8 @@ use snapbpf_store::FileIdentity;
 use snapbpf_vmm::{GuestMemory, MemoryError};
 
 use crate::run::{HelperError, Helpers, PrefetchReport, Restored};
+use crate::snapshot::Snapshot;
+use crate::strategy::StrategyError;
 use snapbpf_uffd::{
     self as uffd, GuestRegionUffdMapping, HandlerAck, StopSignal, Uffd, UffdError, PAGE,
 };
@@ -350,8 +352,7 @@ fn report(ack: &HandlerAck) -> PrefetchReport {
         bytes: ack.bytes,
         ranges: ack.ranges,
         ms: ack.ms,
-        first_request_ms: None,
-        compression: None,
+        ..PrefetchReport::default()
     }
 }
 
@@ -425,4 +426,95 @@ fn watch(
     Err(Box::new(BackendError::HandlerLost {
         socket: socket.to_path_buf(),
     }))
+}
+
+/// A record phase over userfaultfd (REAP's, and Sabre's working set): runs one invocation
+/// with every fault served on demand from the snapshot's memory file and returns the file
+/// offsets of the pages faulted, in fault order.
+pub fn record_faults(
+    snapshot: &Snapshot,
+    input: u32,
+    timeout: Duration,
+) -> Result<Vec<u64>, StrategyError> {
+    let path = snapshot.memory_path();
+    let memory_file =
+        File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+    let (memory, recorder) = UffdMemory::new(snapshot.meta.mem_bytes)?.record(memory_file)?;
+    crate::strategy::interface::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
+    let log = recorder.finish()?;
+    if log.is_empty() {
+        return Err(StrategyError::io("record")(std::io::Error::other(
+            "the recorded invocation faulted no page",
+        )));
+    }
+    Ok(log)
+}
+
+/// Errors of the external page-fault handler.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The snapshot is unusable.
+    #[error(transparent)]
+    Open(#[from] crate::snapshot::OpenError),
+    /// The strategy's artifacts exist but are unusable.
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    /// The server failed.
+    #[error(transparent)]
+    Server(#[from] uffd::server::ServerError),
+    /// The memory file to serve cannot be identified.
+    #[error(transparent)]
+    Identify(#[from] snapbpf_store::verify::VerifyError),
+}
+
+/// What the external handler serves.
+#[derive(Debug, Clone)]
+pub enum HandlerSource {
+    /// A snapbpf snapshot directory: its memory file, and the strategy's prefetch where
+    /// it recorded one.
+    Snapshot(PathBuf),
+    /// Any raw guest memory file (e.g. a Firecracker snapshot's), served on demand only.
+    MemoryFile(PathBuf),
+}
+
+/// The external page-fault handler (`snapbpf uffd-handler`): the userfaultfd handler
+/// server ([`uffd::server::listen`]) with `spec`'s policy ([`crate::strategy::Strategy::handler_prefetch`]):
+/// every VM it serves first gets what the strategy installs (REAP: the recorded working
+/// set), if the snapshot has that recording; everything else is served on demand from the
+/// memory file. Returns after `max_sessions` sessions, if given.
+pub fn run_handler(
+    socket: &Path,
+    source: &HandlerSource,
+    spec: &crate::strategy::StrategySpec,
+    max_sessions: Option<u64>,
+    extension: bool,
+) -> Result<(), HandlerError> {
+    let on_demand: Arc<uffd::server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
+    let (prefetch, memory, identity) = match source {
+        HandlerSource::Snapshot(dir) => {
+            let snapshot = crate::snapshot::open(dir)?;
+            let memory = snapshot.memory_path();
+            let identity = snapshot.meta.memory;
+            match spec.build().handler_prefetch(&snapshot) {
+                Ok(Some(install)) => (install, memory, identity),
+                Ok(None) => (on_demand, memory, identity),
+                Err(StrategyError::MissingArtifact { .. }) => {
+                    tracing::warn!(
+                        "uffd-handler: no {} recording in {}: serving every fault on demand",
+                        spec.name(),
+                        dir.display()
+                    );
+                    (on_demand, memory, identity)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        HandlerSource::MemoryFile(path) => {
+            // Hashed once (direct reads), so every VM it serves can check what it serves.
+            let identity = snapbpf_store::verify::identify(path)?;
+            (on_demand, path.clone(), identity)
+        }
+    };
+    uffd::server::listen(socket, &memory, identity, prefetch, max_sessions, extension)?;
+    Ok(())
 }

@@ -7,7 +7,9 @@
 //!   format (magic, version, CRC, bound to the file's identity).
 //! - [`prefetch`]: reading ranges ahead into the page cache, and mapping them into guest
 //!   memory from helper threads.
+//! - [`readahead`]: opening a file with a chosen fault read-around window.
 
 pub mod capture;
 pub mod prefetch;
+pub mod readahead;
 pub mod workingset;

@@ -61,6 +61,11 @@ pub struct Args {
     /// results.json into --out (default: the run's directory).
     #[arg(long, value_name = "RESULTS_JSON")]
     replot: Option<PathBuf>,
+    /// Options given to every strategy of the plan that takes them (`--codec lz4`: Sabre
+    /// records with LZ4; `--store SOCKET`: store strategies use that store instead of the
+    /// bench's own).
+    #[command(flatten)]
+    options: super::strategy_args::OptionFlags,
 }
 
 /// Functions of the quick subset, where the suite has them.
@@ -119,6 +124,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut with_store = |list: Vec<String>| -> Vec<String> {
         list.into_iter()
             .map(|text| {
+                let text = args.options.apply_to(&text);
                 let rewritten = bench_store_option(&text, &store_socket);
                 uses_store |= rewritten != text;
                 rewritten
@@ -135,7 +141,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let strategies = parse_all(with_store(strategy_texts).iter().map(String::as_str))?;
     let breakdown = match args.breakdown.as_slice() {
-        [] => parse_all(registry::DEFAULT_BREAKDOWN.iter().copied())?,
+        [] => {
+            let texts = registry::DEFAULT_BREAKDOWN.iter().map(|s| s.to_string());
+            parse_all(with_store(texts.collect()).iter().map(String::as_str))?
+        }
         [none] if none == "none" => Vec::new(),
         list => parse_all(with_store(list.to_vec()).iter().map(String::as_str))?,
     };
@@ -285,22 +294,34 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `text` with the bench's store socket as its `store` option, where the strategy requires
-/// one and none is given, or it is given bare (`NAME:store`).
+/// `text` with the bench's store socket as its store option (the option its registry row
+/// gives that role), where the strategy requires one and none is given, or it is given
+/// bare (`NAME:store`).
 fn bench_store_option(text: &str, socket: &std::path::Path) -> String {
-    let mut parts: Vec<String> = text.split(':').map(str::to_string).collect();
-    let option = format!("store={}", socket.display());
-    let mut changed = false;
-    for part in parts.iter_mut().skip(1) {
-        if part == "store" {
-            *part = option.clone();
-            changed = true;
+    use snapbpf::strategy::spec::OptionRole;
+    let (name, options) = snapbpf::strategy::spec::split(text);
+    let Some(option) = registry::info(name).and_then(|i| i.option_with(OptionRole::StoreSocket))
+    else {
+        return text.to_string();
+    };
+    let socket = socket.display().to_string();
+    let mut given = false;
+    let mut parts = vec![name.to_string()];
+    for (o, value) in options {
+        match value {
+            None if o == option.name => {
+                parts.push(format!("{o}={socket}"));
+                given = true;
+            }
+            Some(v) => {
+                given |= o == option.name;
+                parts.push(format!("{o}={v}"));
+            }
+            None => parts.push(o),
         }
     }
-    let has_store = parts.iter().skip(1).any(|p| p.starts_with("store="));
-    let required = registry::info(&parts[0]).is_some_and(|i| i.required.contains(&"store"));
-    if !changed && !has_store && required {
-        parts.push(option);
+    if !given && option.required {
+        parts.push(format!("{}={socket}", option.name));
     }
     parts.join(":")
 }

@@ -3,8 +3,9 @@
 use anyhow::Result;
 use snapbpf::launch::{self, InvokeReport, InvokeRequest};
 use snapbpf::run::RunOptions;
-use snapbpf::strategy::{registry, StrategySpec};
 use std::path::PathBuf;
+
+use super::strategy_args::StrategyArgs;
 
 /// Restore VMs from a snapshot and run one invocation in each.
 #[derive(Debug, clap::Args)]
@@ -42,63 +43,6 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Strategy selection shared by `invoke` and `record`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StrategyArgs {
-    /// Restore strategy, `NAME[:OPTION[:OPTION=VALUE]...]` (`snapbpf strategies` lists
-    /// them and their options) [default: the registry's baseline, linux-ra].
-    #[arg(long, default_value_t = registry::baseline().to_arg(), hide_default_value = true)]
-    pub strategy: String,
-    /// Strategy option `no-prefetch`.
-    #[arg(long)]
-    pub no_prefetch: bool,
-    /// Strategy option `no-pv`.
-    #[arg(long)]
-    pub no_pv: bool,
-    /// Strategy option `no-premap`.
-    #[arg(long)]
-    pub no_premap: bool,
-    /// Strategy option `thp`.
-    #[arg(long)]
-    pub thp: bool,
-    /// Strategy option `4k` (snapbpf on 4 KiB pages, the paper's design).
-    #[arg(long = "4k")]
-    pub base_pages: bool,
-    /// Strategy option `uffd-handler=SOCKET`.
-    #[arg(long, value_name = "SOCKET")]
-    pub uffd_handler: Option<PathBuf>,
-    /// Strategy option `store=SOCKET`: the in-memory snapshot store (`snapbpf store serve`).
-    #[arg(long, value_name = "SOCKET")]
-    pub store: Option<PathBuf>,
-}
-
-impl StrategyArgs {
-    /// The spec: `--strategy` with the option flags added.
-    pub fn spec(&self) -> Result<StrategySpec, snapbpf::strategy::SpecError> {
-        let (name, mut options) = registry::split(&self.strategy);
-        for (on, option) in [
-            (self.no_prefetch, "no-prefetch"),
-            (self.no_pv, "no-pv"),
-            (self.no_premap, "no-premap"),
-            (self.thp, "thp"),
-            (self.base_pages, "4k"),
-        ] {
-            if on {
-                options.push((option.to_string(), None));
-            }
-        }
-        for (option, socket) in [("uffd-handler", &self.uffd_handler), ("store", &self.store)] {
-            if let Some(socket) = socket {
-                options.push((
-                    option.to_string(),
-                    Some(socket.to_string_lossy().into_owned()),
-                ));
-            }
-        }
-        StrategySpec::with_options(name, &options)
-    }
 }
 
 pub fn run(args: Args) -> Result<()> {

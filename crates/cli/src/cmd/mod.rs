@@ -12,6 +12,7 @@ pub mod record;
 pub mod snapshot;
 pub mod store;
 pub mod strategies;
+pub mod strategy_args;
 pub mod trace;
 pub mod uffd_handler;
 pub mod verify;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::invoke::StrategyArgs;
+use super::strategy_args::StrategyArgs;
 
 /// Record a working set for a strategy (one invocation under its capture).
 #[derive(Debug, clap::Args)]
@@ -29,19 +29,14 @@ pub fn run(args: Args) -> Result<()> {
     let snapshot = snapbpf::snapshot::open(&args.dir)?;
     let info = super::function_input(&snapshot.meta.function, args.input)?;
     let spec = args.strategy.spec()?;
-    let strategy = spec.build();
     eprintln!(
         "recording {} under {} with input {} ...",
         info.name,
         spec.label(),
         args.input
     );
-    let report = snapbpf::strategy::record(
-        strategy.as_ref(),
-        &snapshot,
-        args.input,
-        super::secs(args.timeout_secs),
-    )?;
+    let report =
+        snapbpf::strategy::record(&spec, &snapshot, args.input, super::secs(args.timeout_secs))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

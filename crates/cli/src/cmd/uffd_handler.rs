@@ -25,6 +25,10 @@ pub struct Args {
     /// Exit after serving this many VMs (default: run until killed).
     #[arg(long)]
     max_sessions: Option<u64>,
+    /// The strategy whose recording every VM gets installed before it runs (`snapbpf
+    /// strategies`), where the snapshot has one.
+    #[arg(long, default_value = snapbpf::strategy::registry::HANDLER_DEFAULT)]
+    strategy: String,
     /// Speak Firecracker's handshake only and write nothing back, as Firecracker's own
     /// example handlers (no hello naming the memory file, no prefetch report).
     #[arg(long)]
@@ -32,12 +36,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    use snapbpf::strategy::reap::{run_handler, HandlerSource};
+    use snapbpf::uffd_backend::{run_handler, HandlerSource};
+    let spec = snapbpf::strategy::StrategySpec::parse(&args.strategy)?;
     let source = match (args.snapshot, args.memory_file) {
         (Some(dir), _) => HandlerSource::Snapshot(dir),
         (None, Some(file)) => HandlerSource::MemoryFile(file),
         (None, None) => anyhow::bail!("pass --snapshot DIR or --memory-file FILE"),
     };
-    run_handler(&args.socket, &source, args.max_sessions, !args.silent)?;
+    run_handler(
+        &args.socket,
+        &source,
+        &spec,
+        args.max_sessions,
+        !args.silent,
+    )?;
     Ok(())
 }

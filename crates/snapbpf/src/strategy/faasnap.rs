@@ -23,7 +23,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,33 +32,36 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use snapbpf_vmm::{FaultReadahead, GuestMemory};
 
-use super::registry::{parse_as, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
+use super::interface::{
+    self, Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError,
+};
+use super::spec::{StrategyInfo, StrategyOptions};
 use crate::snapshot::Snapshot;
 use snapbpf_store::artifact;
 use snapbpf_store::fsutil;
 use snapbpf_store::FileIdentity;
+use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
 
 /// Working-set file: the regions' contents, concatenated.
-pub const WS_FILE: &str = "faasnap.ws";
+const WS_FILE: &str = "faasnap.ws";
 /// Metadata: regions, zero regions, binding.
-pub const META_FILE: &str = "faasnap.meta";
+const META_FILE: &str = "faasnap.meta";
 const META_KIND: &str = "faasnap-meta";
 
 /// Working-set runs separated by at most this many non-working-set pages are merged into
 /// one region (FaaSnap's region coalescing).
-pub const MERGE_GAP_PAGES: u64 = 32;
+const MERGE_GAP_PAGES: u64 = 32;
 /// Period of the `mincore` scans during the recorded invocation.
-pub const SCAN_INTERVAL: Duration = Duration::from_millis(1);
+const SCAN_INTERVAL: Duration = Duration::from_millis(1);
 /// At most this many zero regions are mapped (the smallest are dropped beyond it: they are
 /// then read from the snapshot, still correct) to stay far below `vm.max_map_count`.
-pub const MAX_ZERO_REGIONS: usize = 16384;
+const MAX_ZERO_REGIONS: usize = 16384;
 
 const PAGE: u64 = 4096;
 
 /// Header of `faasnap.meta`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetaHeader {
+struct MetaHeader {
     /// Identity of the snapshot memory file the working set was recorded from.
     pub memory: FileIdentity,
     /// Page size.
@@ -81,7 +84,7 @@ pub struct MetaHeader {
 /// A working-set region: `len` bytes at guest/file offset `offset`, stored at `ws_offset`
 /// of `faasnap.ws`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
+struct Region {
     /// Offset in the snapshot memory file (= guest-physical address).
     pub offset: u64,
     /// Length in bytes.
@@ -92,7 +95,7 @@ pub struct Region {
 
 /// Validated metadata.
 #[derive(Debug, Clone)]
-pub struct Meta {
+struct Meta {
     /// Header.
     pub header: MetaHeader,
     /// Working-set regions in `faasnap.ws` order.
@@ -174,13 +177,13 @@ fn decode(payload: &[u8], mem_bytes: u64, ws_bytes: u64) -> Result<Decoded, Stri
 /// Loads `faasnap.meta` and checks it against `snapshot` and the content of `faasnap.ws`
 /// (hashed only when the verification cache cannot vouch for it, or always with
 /// `verify_now`).
-pub fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, StrategyError> {
-    let super::Recorded {
+fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, StrategyError> {
+    let interface::Recorded {
         header,
         payload,
         path,
         data_path,
-    } = super::read_recorded(
+    } = interface::read_recorded(
         snapshot,
         "faasnap",
         META_FILE,
@@ -188,7 +191,7 @@ pub fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, Strategy
         META_KIND,
         |h: &MetaHeader| &h.memory,
     )?;
-    let bad = |reason: String| super::bad_artifact(&path, reason);
+    let bad = |reason: String| interface::bad_artifact(&path, reason);
     if header.page_size != PAGE {
         return Err(bad(format!("page size {}", header.page_size)));
     }
@@ -200,7 +203,7 @@ pub fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, Strategy
     if header.ws.is_some_and(|ws| ws.size != header.ws_bytes) {
         return Err(bad("the working-set sizes it names disagree".into()));
     }
-    super::check_data(&data_path, header.ws.as_ref(), verify_now)?;
+    interface::check_data(&data_path, header.ws.as_ref(), verify_now)?;
     Ok(Meta {
         header,
         regions,
@@ -210,22 +213,18 @@ pub fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, Strategy
 
 /// FaaSnap.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Faasnap;
+struct Faasnap;
 
 /// Registry row of `faasnap`.
-pub static INFO: StrategyInfo = StrategyInfo {
-    name: "faasnap",
-    description: "FaaSnap: mincore-recorded working-set file mapped over the snapshot and read ahead; zero pages anonymous",
-    options: &[],
-    required: &[],
-    record: true,
-    artifacts: &[WS_FILE, META_FILE],
-    parse: |o| parse_as(o).map(StrategySpec::Faasnap),
-};
+pub(super) static INFO: StrategyInfo = StrategyInfo::new::<FaasnapOptions>(
+    "faasnap",
+    "FaaSnap: mincore-recorded working-set file mapped over the snapshot and read ahead; zero pages anonymous",
+)
+.records(&[WS_FILE, META_FILE]);
 
 /// Options of `faasnap`: none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FaasnapOptions {}
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct FaasnapOptions {}
 
 impl StrategyOptions for FaasnapOptions {
     const INFO: &'static StrategyInfo = &INFO;
@@ -275,8 +274,7 @@ fn load_working_set(ws: &File, regions: &[Region]) -> std::io::Result<PrefetchRe
         bytes,
         ranges,
         ms: started.elapsed().as_secs_f64() * 1e3,
-        first_request_ms: None,
-        compression: None,
+        ..PrefetchReport::default()
     })
 }
 
@@ -353,7 +351,7 @@ fn zero_pages(path: &Path) -> std::io::Result<Vec<bool>> {
 
 /// Coalesces sorted page numbers into `(first page, pages)` runs, merging runs separated by
 /// at most `gap` pages.
-pub fn coalesce(pages: &[u64], gap: u64) -> Vec<(u64, u64)> {
+fn coalesce(pages: &[u64], gap: u64) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &p in pages {
         match out.last_mut() {
@@ -365,18 +363,6 @@ pub fn coalesce(pages: &[u64], gap: u64) -> Vec<(u64, u64)> {
 }
 
 impl Strategy for Faasnap {
-    fn name(&self) -> &'static str {
-        "faasnap"
-    }
-
-    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
-        vec![
-            snapshot.memory_path(),
-            snapshot.artifact_path(WS_FILE),
-            snapshot.artifact_path(META_FILE),
-        ]
-    }
-
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         load_meta(snapshot, false).map(|_| ())
     }
@@ -401,13 +387,11 @@ impl Strategy for Faasnap {
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
         let meta = load_meta(snapshot, false)?;
         let path = snapshot.memory_path();
-        let (file, window) =
-            super::linux::open_with_readahead_window(&path, super::linux::PAPER_READAHEAD_KIB)?;
+        let (file, window) = readahead::open_with_window(&path, DEFAULT_WINDOW_KIB)?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::On)?;
         let ws_path = snapshot.artifact_path(WS_FILE);
-        let (ws, _) =
-            super::linux::open_with_readahead_window(&ws_path, super::linux::PAPER_READAHEAD_KIB)?;
+        let (ws, _) = readahead::open_with_window(&ws_path, DEFAULT_WINDOW_KIB)?;
         for r in &meta.regions {
             memory.map_file(r.offset, r.len, &ws, r.ws_offset)?;
         }
@@ -443,7 +427,7 @@ impl Strategy for Faasnap {
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::Off)?;
         let scanner = Scanner::start(file.try_clone().map_err(ioe("dup"))?).map_err(ioe("scan"))?;
-        super::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
+        interface::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
         let first_seen = scanner.finish().map_err(ioe("mincore"))?;
         let zero = zero_pages(&path).map_err(ioe("scan for zero pages of"))?;
         let is_zero = |p: u64| zero.get(p as usize).copied().unwrap_or(false);

@@ -15,69 +15,69 @@
 //!   from the snapshot memory file. Each VM reads and holds its own copy: no sharing.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
+use super::interface::{self, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
+use super::spec::{OptionInfo, StrategyInfo, StrategyOptions};
 use crate::snapshot::Snapshot;
-use crate::uffd_backend::UffdMemory;
+use crate::uffd_backend::{self, UffdMemory};
 use snapbpf_store::artifact;
 use snapbpf_store::FileIdentity;
 use snapbpf_uffd::{self as uffd, server, GuestRegionUffdMapping, HandlerAck, Uffd, PAGE};
 
 /// Working-set file: the recorded pages' contents, in fault order.
-pub const WS_FILE: &str = "reap.ws";
+const WS_FILE: &str = "reap.ws";
 /// Trace file: the recorded pages' offsets and the binding to the snapshot.
-pub const TRACE_FILE: &str = "reap.trace";
+const TRACE_FILE: &str = "reap.trace";
 const TRACE_KIND: &str = "reap-trace";
 
 /// Header of `reap.trace`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TraceHeader {
+struct TraceHeader {
     /// Identity of the snapshot memory file the trace was recorded from.
-    pub memory: FileIdentity,
+    memory: FileIdentity,
     /// Page size of the offsets.
-    pub page_size: u64,
+    page_size: u64,
     /// Pages in the working set (= offsets in the payload).
-    pub pages: u64,
+    pages: u64,
     /// Size of `reap.ws`.
-    pub ws_bytes: u64,
+    ws_bytes: u64,
     /// CRC32 of `reap.ws`.
-    pub ws_crc32: u32,
+    ws_crc32: u32,
     /// Input of the recorded invocation.
-    pub input: u32,
+    input: u32,
 }
 
 /// A validated trace.
 #[derive(Debug, Clone)]
-pub struct Trace {
+struct Trace {
     /// Its header.
-    pub header: TraceHeader,
+    header: TraceHeader,
     /// File offsets of the working-set pages, in fault order (= their order in `reap.ws`).
-    pub offsets: Vec<u64>,
+    offsets: Vec<u64>,
 }
 
 /// Loads `reap.trace` and checks it against `snapshot` and `reap.ws` (size only; the
 /// contents' CRC is checked when the file is read for a restore).
-pub fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
-    let super::Recorded {
+fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
+    let interface::Recorded {
         header,
         payload,
         path,
         data_path,
-    } = super::read_recorded(
+    } = interface::read_recorded(
         snapshot,
-        "reap",
+        INFO.name,
         TRACE_FILE,
         WS_FILE,
         TRACE_KIND,
         |h: &TraceHeader| &h.memory,
     )?;
-    let bad = |reason: &str| super::bad_artifact(&path, reason.into());
+    let bad = |reason: &str| interface::bad_artifact(&path, reason.into());
     let offsets = artifact::u64s(&payload).ok_or_else(|| bad("payload is not u64s"))?;
     let mem = snapshot.meta.mem_bytes;
     if header.page_size != PAGE
@@ -91,7 +91,7 @@ pub fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
         .map_err(StrategyError::io(format!("stat {}", data_path.display())))?
         .len();
     if len != header.ws_bytes {
-        return Err(super::bad_artifact(
+        return Err(interface::bad_artifact(
             &data_path,
             format!(
                 "{len} bytes, the trace expects {} (truncated or from another recording)",
@@ -104,7 +104,7 @@ pub fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
 
 /// Reads `reap.ws` with one `O_DIRECT` read and checks it against the trace's CRC32 (the
 /// whole file is read on every restore, so its checksum is checked on every restore).
-pub fn read_ws(
+fn read_ws(
     snapshot: &Snapshot,
     trace: &Trace,
 ) -> Result<snapbpf_store::fsutil::AlignedBuf, StrategyError> {
@@ -131,7 +131,7 @@ pub fn read_ws(
 
 /// Reads `reap.ws` with one `O_DIRECT` read, checks its CRC, and installs it into the
 /// guest memory `regions` through `uffd`.
-pub fn prefetch(
+fn prefetch(
     uffd: &Uffd,
     regions: &[GuestRegionUffdMapping],
     snapshot: &Snapshot,
@@ -157,26 +157,22 @@ pub fn prefetch(
 }
 
 /// Registry row of `reap`.
-pub static INFO: StrategyInfo = StrategyInfo {
-    name: "reap",
-    description: "REAP: userfaultfd; the recorded working set read with one O_DIRECT read and installed before the vCPU runs",
-    options: &[OptionInfo {
-        name: "uffd-handler",
-        value: Some("SOCKET"),
-        help: "hand the userfaultfd to the page-fault handler listening on this Unix socket (Firecracker's UFFD protocol)",
-    }],
-    required: &[],
-    record: true,
-    artifacts: &[WS_FILE, TRACE_FILE],
-    parse: |o| parse_as(o).map(StrategySpec::Reap),
-};
+pub(super) static INFO: StrategyInfo = StrategyInfo::new::<ReapOptions>(
+    "reap",
+    "REAP: userfaultfd; the recorded working set read with one O_DIRECT read and installed before the vCPU runs",
+)
+.options(&[OptionInfo::valued(
+    "uffd-handler",
+    "SOCKET",
+    "hand the userfaultfd to the page-fault handler listening on this Unix socket (Firecracker's UFFD protocol)",
+)])
+.records(&[WS_FILE, TRACE_FILE]);
 
 /// Options of `reap`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReapOptions {
+#[derive(Debug, Clone, Default)]
+pub(super) struct ReapOptions {
     /// Serve guest memory from the external handler at this socket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uffd_handler: Option<PathBuf>,
+    uffd_handler: Option<PathBuf>,
 }
 
 impl StrategyOptions for ReapOptions {
@@ -206,29 +202,13 @@ impl StrategyOptions for ReapOptions {
 
 /// REAP.
 #[derive(Debug, Clone, Default)]
-pub struct Reap {
+struct Reap {
     /// Hand the userfaultfd to the handler listening on this socket instead of serving it
     /// in-process.
-    pub handler_socket: Option<PathBuf>,
+    handler_socket: Option<PathBuf>,
 }
 
 impl Strategy for Reap {
-    fn name(&self) -> &'static str {
-        "reap"
-    }
-
-    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
-        let mut files = vec![snapshot.memory_path()];
-        // Restoring through an external handler needs no recording: evict it if present.
-        files.extend(
-            [WS_FILE, TRACE_FILE]
-                .iter()
-                .map(|f| snapshot.artifact_path(f))
-                .filter(|p| self.handler_socket.is_none() || p.exists()),
-        );
-        files
-    }
-
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         if self.handler_socket.is_some() {
             // The handler there serves the VM with whatever it has (Firecracker's, ours,
@@ -268,8 +248,7 @@ impl Strategy for Reap {
                 bytes: ack.bytes,
                 ranges: ack.ranges,
                 ms: ack.ms,
-                first_request_ms: None,
-                compression: None,
+                ..PrefetchReport::default()
             })
         })?)
     }
@@ -281,31 +260,20 @@ impl Strategy for Reap {
         timeout: Duration,
     ) -> Result<RecordReport, StrategyError> {
         let started = Instant::now();
-        let log = record_faults(snapshot, input, timeout)?;
+        let log = uffd_backend::record_faults(snapshot, input, timeout)?;
         write_artifacts(snapshot, &log, input, started)
     }
-}
 
-/// REAP's record phase: runs one invocation with every fault served on demand from the
-/// snapshot's memory file and returns the file offsets of the pages faulted, in fault
-/// order (also Sabre's working set).
-pub fn record_faults(
-    snapshot: &Snapshot,
-    input: u32,
-    timeout: Duration,
-) -> Result<Vec<u64>, StrategyError> {
-    let path = snapshot.memory_path();
-    let memory_file =
-        File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
-    let (memory, recorder) = UffdMemory::new(snapshot.meta.mem_bytes)?.record(memory_file)?;
-    super::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
-    let log = recorder.finish()?;
-    if log.is_empty() {
-        return Err(StrategyError::io("record")(std::io::Error::other(
-            "the recorded invocation faulted no page",
-        )));
+    fn handler_prefetch(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<Option<Arc<server::Prefetch>>, StrategyError> {
+        let trace = load_trace(snapshot)?;
+        let snapshot = snapshot.clone();
+        Ok(Some(Arc::new(move |uffd, regions| {
+            Ok(prefetch(uffd, regions, &snapshot, &trace)?)
+        })))
     }
-    Ok(log)
 }
 
 /// Writes `reap.ws` (the pages at `offsets`, in order) and then `reap.trace`.
@@ -347,73 +315,4 @@ fn write_artifacts(
         pages: offsets.len() as u64,
         capture_cpu_ms: None,
     })
-}
-
-/// Errors of the external page-fault handler.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The snapshot is unusable.
-    #[error(transparent)]
-    Open(#[from] crate::snapshot::OpenError),
-    /// The REAP artifacts exist but are unusable.
-    #[error(transparent)]
-    Strategy(#[from] StrategyError),
-    /// The server failed.
-    #[error(transparent)]
-    Server(#[from] server::ServerError),
-    /// The memory file to serve cannot be identified.
-    #[error(transparent)]
-    Identify(#[from] snapbpf_store::verify::VerifyError),
-}
-
-/// What the external handler serves.
-#[derive(Debug, Clone)]
-pub enum HandlerSource {
-    /// A snapbpf snapshot directory: its memory file, and REAP's prefetch when recorded.
-    Snapshot(PathBuf),
-    /// Any raw guest memory file (e.g. a Firecracker snapshot's), served on demand only.
-    MemoryFile(PathBuf),
-}
-
-/// The external page-fault handler (`snapbpf uffd-handler`): the userfaultfd handler
-/// server ([`server::listen`]) with REAP's policy: every VM it serves first gets the
-/// snapshot's recorded working set installed, if one was recorded; everything else is
-/// served on demand from the memory file. Returns after `max_sessions` sessions, if given.
-pub fn run_handler(
-    socket: &Path,
-    source: &HandlerSource,
-    max_sessions: Option<u64>,
-    extension: bool,
-) -> Result<(), HandlerError> {
-    let on_demand: Arc<server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
-    let (prefetch, memory, identity) = match source {
-        HandlerSource::Snapshot(dir) => {
-            let snapshot = crate::snapshot::open(dir)?;
-            let memory = snapshot.memory_path();
-            let identity = snapshot.meta.memory;
-            match load_trace(&snapshot) {
-                Ok(trace) => {
-                    let install: Arc<server::Prefetch> = Arc::new(move |uffd, regions| {
-                        Ok(prefetch(uffd, regions, &snapshot, &trace)?)
-                    });
-                    (install, memory, identity)
-                }
-                Err(StrategyError::MissingArtifact { .. }) => {
-                    tracing::warn!(
-                        "uffd-handler: no REAP recording in {}: serving every fault on demand",
-                        dir.display()
-                    );
-                    (on_demand, memory, identity)
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        HandlerSource::MemoryFile(path) => {
-            // Hashed once (direct reads), so every VM it serves can check what it serves.
-            let identity = snapbpf_store::verify::identify(path)?;
-            (on_demand, path.clone(), identity)
-        }
-    };
-    server::listen(socket, &memory, identity, prefetch, max_sessions, extension)?;
-    Ok(())
 }

@@ -26,85 +26,96 @@ use std::time::{Duration, Instant};
 
 use snapbpf_vmm::{ExitHandler, FaultReadahead, GuestMemory, IgnoreHints};
 
-use serde::{Deserialize, Serialize};
-
-use super::linux::{open_with_readahead_window, PAPER_READAHEAD_KIB, THP_OPTION};
-use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
+use super::interface::{
+    self, Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError,
+};
+use super::spec::{OptionInfo, OptionRole, StrategyInfo, StrategyOptions, THP};
 use crate::pv::FreshAnonymizer;
 use crate::snapshot::Snapshot;
 use crate::store_memory::FromStore;
 use snapbpf_store::fsutil;
 use snapbpf_wss::capture::PageCacheCapture;
 use snapbpf_wss::prefetch::{self, PrefetchMethod, PrefetchOptions};
+use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
 use snapbpf_wss::workingset::WorkingSet;
 
 /// File name of the working set in the snapshot directory.
-pub const WS_FILE: &str = snapbpf_wss::workingset::SNAPBPF_FILE;
+const WS_FILE: &str = snapbpf_wss::workingset::SNAPBPF_FILE;
+
+/// SnapBPF's own failures: the eBPF capture of its record phase.
+#[derive(Debug, thiserror::Error)]
+enum SnapbpfError {
+    /// The eBPF capture could not start.
+    #[error("working-set capture")]
+    CaptureStart(#[from] snapbpf_wss::capture::CaptureStartError),
+    /// The eBPF capture failed when stopped.
+    #[error("working-set capture")]
+    CaptureStop(#[from] snapbpf_wss::capture::CaptureStopError),
+    /// The capture lost events: the working set would be incomplete.
+    #[error("working-set capture: the ring buffer overflowed: {lost} page events were lost, the working set would be incomplete")]
+    CaptureLost {
+        /// Events lost.
+        lost: u64,
+    },
+    /// Working sets could not be merged.
+    #[error("merging the working sets")]
+    Merge(#[from] snapbpf_wss::workingset::MergeError),
+    /// A working set could not be written.
+    #[error(transparent)]
+    Write(#[from] snapbpf_wss::workingset::WriteError),
+}
+
+impl From<SnapbpfError> for StrategyError {
+    fn from(e: SnapbpfError) -> Self {
+        StrategyError::own(INFO.name, e)
+    }
+}
 
 /// Threads that map prefetched ranges: with huge pages each one waits for a 2 MiB read,
 /// so a few keep the device busy (it serves about 32 requests in parallel).
 const PREMAP_THREADS: usize = 4;
 
 /// Registry row of `snapbpf`.
-pub static INFO: StrategyInfo = StrategyInfo {
-    name: "snapbpf",
-    description: "SnapBPF: eBPF-recorded offsets prefetched into the shared page cache; fresh allocations anonymous via a PV hint",
-    options: &[
-        OptionInfo {
-            name: "no-prefetch",
-            value: None,
-            help: "do not prefetch the working set (PV filtering only)",
-        },
-        OptionInfo {
-            name: "no-pv",
-            value: None,
-            help: "do not filter fresh guest allocations (prefetch only)",
-        },
-        OptionInfo {
-            name: "no-premap",
-            value: None,
-            help: "prefetch into the page cache without mapping the ranges into the VMM's page tables (the paper's prefetch exactly)",
-        },
-        OptionInfo {
-            name: "4k",
-            value: None,
-            help: "4 KiB page-cache pages, the paper's design (default: 2 MiB folios where transparent huge pages are on and no-premap and store are not given)",
-        },
-        THP_OPTION,
-        OptionInfo {
-            name: "store",
-            value: Some("SOCKET"),
-            help: "map guest memory from the in-memory snapshot store's memfd (`snapbpf store serve`) instead of the memory file: every VM shares the store's pages, with no disk I/O (`invoke --store SOCKET` sets it)",
-        },
-    ],
-    required: &[],
-    record: true,
-    artifacts: &[WS_FILE],
-    parse: |o| parse_as(o).map(StrategySpec::Snapbpf),
-};
+pub(super) static INFO: StrategyInfo = StrategyInfo::new::<SnapbpfOptions>(
+    "snapbpf",
+    "SnapBPF: eBPF-recorded offsets prefetched into the shared page cache; fresh allocations anonymous via a PV hint",
+)
+.options(&[
+    OptionInfo::flag("no-prefetch", "do not prefetch the working set (PV filtering only)"),
+    OptionInfo::flag("no-pv", "do not filter fresh guest allocations (prefetch only)"),
+    OptionInfo::flag(
+        "no-premap",
+        "prefetch into the page cache without mapping the ranges into the VMM's page tables (the paper's prefetch exactly)",
+    ),
+    OptionInfo::flag(
+        "4k",
+        "4 KiB page-cache pages, the paper's design (default: 2 MiB folios where transparent huge pages are on and no-premap and store are not given)",
+    ),
+    THP,
+    OptionInfo::valued(
+        "store",
+        "SOCKET",
+        "map guest memory from the in-memory snapshot store's memfd (`snapbpf store serve`) instead of the memory file: every VM shares the store's pages, with no disk I/O",
+    )
+    .role(OptionRole::StoreSocket),
+])
+.records(&[WS_FILE]);
 
 /// Options of `snapbpf`: the paper's breakdown variants, huge pages, and the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapbpfOptions {
+#[derive(Debug, Clone, Default)]
+pub(super) struct SnapbpfOptions {
     /// Skip the working-set prefetch.
-    #[serde(default)]
-    pub no_prefetch: bool,
+    no_prefetch: bool,
     /// Skip fresh-allocation filtering.
-    #[serde(default)]
-    pub no_pv: bool,
+    no_pv: bool,
     /// Prefetch into the page cache only, without mapping the ranges.
-    #[serde(default)]
-    pub no_premap: bool,
+    no_premap: bool,
     /// Back guest memory with huge page-cache folios (and fail where they cannot be had).
-    #[serde(default)]
-    pub thp: bool,
+    thp: bool,
     /// Back guest memory with 4 KiB page-cache pages: the paper's design.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub base_pages: bool,
+    base_pages: bool,
     /// Map guest memory from this in-memory snapshot store instead of the memory file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<PathBuf>,
+    store: Option<PathBuf>,
 }
 
 impl StrategyOptions for SnapbpfOptions {
@@ -153,7 +164,7 @@ impl StrategyOptions for SnapbpfOptions {
 
 /// The page size guest memory is backed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pages {
+enum Pages {
     /// 2 MiB page-cache folios where they can be had, else 4 KiB pages (the default):
     /// huge where transparent huge pages are on, unless the prefetch must not map
     /// (`no-premap`: the paper's `WILLNEED` prefetch fills the cache with 4 KiB folios) or
@@ -167,7 +178,7 @@ pub enum Pages {
 
 /// The SnapBPF strategy and its breakdown variants.
 #[derive(Debug, Clone)]
-pub struct SnapBpf {
+struct SnapBpf {
     prefetch: bool,
     pv: bool,
     premap: bool,
@@ -178,7 +189,7 @@ pub struct SnapBpf {
 impl SnapBpf {
     /// Prefetch and/or PV filtering; `premap` also maps prefetched ranges into the VMM's
     /// page tables (see [`prefetch::premap`]).
-    pub fn new(prefetch: bool, pv: bool, premap: bool) -> Self {
+    fn new(prefetch: bool, pv: bool, premap: bool) -> Self {
         Self {
             prefetch,
             pv,
@@ -192,22 +203,13 @@ impl SnapBpf {
     /// of the snapshot) instead of the memory file. The pages are already in memory, shared
     /// by every VM: nothing is read ahead; with pre-mapping the working set's ranges are
     /// still mapped into the page tables before the vCPU needs them.
-    pub fn with_store(mut self, socket: Option<PathBuf>) -> Self {
+    fn with_store(mut self, socket: Option<PathBuf>) -> Self {
         self.store = socket;
         self
     }
 
-    /// Backs guest memory with huge page-cache folios. The prefetch then maps the
-    /// working set's 2 MiB regions in recorded order (`MADV_POPULATE_READ` on the
-    /// huge-page mapping reads and maps whole PMD-sized folios) instead of issuing
-    /// `WILLNEED`, which would fill the cache with 4 KiB folios that cannot be mapped huge.
-    pub fn with_huge_pages(mut self, on: bool) -> Self {
-        self.pages = if on { Pages::Huge } else { Pages::Base };
-        self
-    }
-
     /// Backs guest memory with `pages` (see [`Pages`]).
-    pub fn with_pages(mut self, pages: Pages) -> Self {
+    fn with_pages(mut self, pages: Pages) -> Self {
         self.pages = pages;
         self
     }
@@ -244,11 +246,11 @@ impl SnapBpf {
 
 /// SnapBPF's working set recorded beside `snapshot`, checked to belong to it (other
 /// strategies that use SnapBPF's recording read it through this).
-pub(crate) fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
+pub(super) fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
     let path = snapshot.artifact_path(WS_FILE);
     if !path.exists() {
         return Err(StrategyError::MissingArtifact {
-            strategy: "snapbpf".into(),
+            strategy: INFO.name.into(),
             path,
         });
     }
@@ -265,22 +267,10 @@ pub(crate) fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, Strate
 }
 
 impl Strategy for SnapBpf {
-    fn name(&self) -> &'static str {
-        "snapbpf"
-    }
-
     fn shared_memory_bytes(&self, snapshot: &Snapshot) -> u64 {
         self.store.as_ref().map_or(0, |socket| {
             snapbpf_memstore::held_bytes(socket, &snapshot.dir)
         })
-    }
-
-    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
-        let mut files = vec![snapshot.memory_path()];
-        if self.prefetch {
-            files.push(Self::ws_path(snapshot));
-        }
-        files
     }
 
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
@@ -322,7 +312,7 @@ impl Strategy for SnapBpf {
             }
             None => {
                 let (file, window) =
-                    open_with_readahead_window(&snapshot.memory_path(), PAPER_READAHEAD_KIB)?;
+                    readahead::open_with_window(&snapshot.memory_path(), DEFAULT_WINDOW_KIB)?;
                 let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
                 (memory, window, Some(file))
             }
@@ -350,13 +340,7 @@ impl Strategy for SnapBpf {
             let host_lock = format!("prefetch-{}", snapshot.meta.memory.digest_hex());
             helpers
                 .spawn("snapbpf-prefetch", move || {
-                    let mut report = PrefetchReport {
-                        bytes: 0,
-                        ranges: 0,
-                        ms: 0.0,
-                        first_request_ms: None,
-                        compression: None,
-                    };
+                    let mut report = PrefetchReport::default();
                     let mut elapsed = Duration::ZERO;
                     // One prefetch of a snapshot per host: while one restore's prefetch
                     // runs, concurrent restores ride it (the page cache holds one copy, and
@@ -440,7 +424,7 @@ impl Strategy for SnapBpf {
         let ws_path = Self::ws_path(snapshot);
         let started = Instant::now();
         fsutil::evict(&path)?;
-        let capture = PageCacheCapture::start(&path)?;
+        let capture = PageCacheCapture::start(&path).map_err(SnapbpfError::from)?;
         // Readahead off while capturing, so only the pages the guest touches come in.
         let file =
             File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
@@ -449,7 +433,7 @@ impl Strategy for SnapBpf {
         // Always filter while recording, whatever the variant: the working set is a property
         // of the snapshot shared by every variant, and fresh allocations are never snapshot
         // data worth prefetching.
-        let run = super::run_recorded(
+        let run = interface::run_recorded(
             snapshot,
             Restored {
                 handler: Box::new(FreshAnonymizer::default()),
@@ -459,20 +443,21 @@ impl Strategy for SnapBpf {
             input,
             timeout,
         );
-        let captured = capture.stop()?;
+        let captured = capture.stop().map_err(SnapbpfError::from)?;
         run?;
         if captured.lost_events > 0 {
-            return Err(StrategyError::CaptureLost {
+            return Err(SnapbpfError::CaptureLost {
                 lost: captured.lost_events,
-            });
+            }
+            .into());
         }
         let id = snapshot.meta.memory;
         let mut ws = WorkingSet::from_capture(id, &captured);
         // Recording another input merges into the existing working set.
         if let Ok(existing) = WorkingSet::read_for(&ws_path, &id) {
-            ws = WorkingSet::merge(&[existing, ws])?;
+            ws = WorkingSet::merge(&[existing, ws]).map_err(SnapbpfError::from)?;
         }
-        ws.write_atomic(&ws_path)?;
+        ws.write_atomic(&ws_path).map_err(SnapbpfError::from)?;
         let size = std::fs::metadata(&ws_path).map(|m| m.len()).unwrap_or(0);
         Ok(RecordReport {
             artifacts: vec![(ws_path, size)],

@@ -22,39 +22,32 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
-use super::registry::{parse_as, OptionInfo, StrategyInfo, StrategyOptions, StrategySpec};
-use super::{PrefetchReport, Restored, Strategy, StrategyError};
+use super::interface::{PrefetchReport, Restored, Strategy, StrategyError};
+use super::spec::{OptionInfo, OptionRole, StrategyInfo, StrategyOptions};
 use crate::snapshot::Snapshot;
 use crate::store_memory::{FromStore, StoreStrategyError};
 
 /// Registry row of `snapfaas`.
-pub static INFO: StrategyInfo = StrategyInfo {
-    name: "snapfaas",
-    description: "SnapFaaS: the snapshot's memory copied from an in-memory snapshot store (`snapbpf store serve`) into the VM before it runs",
-    options: &[
-        OptionInfo {
-            name: "store",
-            value: Some("SOCKET"),
-            help: "the snapshot store's socket (required; `invoke --store SOCKET` sets it)",
-        },
-        OptionInfo {
-            name: "copy",
-            value: Some("all|ws"),
-            help: "copy every data page before the vCPU runs (all, SnapFaaS's poster), or only SnapBPF's recorded working set and page the rest from the store on demand (ws; needs `snapbpf record DIR --strategy snapbpf`)",
-        },
-    ],
-    required: &["store"],
-    record: false,
-    artifacts: &[],
-    parse: |o| parse_as(o).map(StrategySpec::Snapfaas),
-};
+pub(super) static INFO: StrategyInfo = StrategyInfo::new::<SnapfaasOptions>(
+    "snapfaas",
+    "SnapFaaS: the snapshot's memory copied from an in-memory snapshot store (`snapbpf store serve`) into the VM before it runs",
+)
+.options(&[
+    OptionInfo::valued("store", "SOCKET", "the snapshot store's socket (required)")
+        .role(OptionRole::StoreSocket)
+        .required(),
+    OptionInfo::valued(
+        "copy",
+        "all|ws",
+        "copy every data page before the vCPU runs (all, SnapFaaS's poster), or only SnapBPF's recorded working set and page the rest from the store on demand (ws; needs `snapbpf record DIR --strategy snapbpf`)",
+    ),
+])
+// copy=ws reads SnapBPF's recorded working set.
+.reads(&[snapbpf_wss::workingset::SNAPBPF_FILE]);
 
 /// What a restore copies before the vCPU runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Copy {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Copy {
     /// Every data page the store holds.
     #[default]
     All,
@@ -63,14 +56,12 @@ pub enum Copy {
 }
 
 /// Options of `snapfaas`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapfaasOptions {
+#[derive(Debug, Clone, Default)]
+pub(super) struct SnapfaasOptions {
     /// The store's socket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<PathBuf>,
+    store: Option<PathBuf>,
     /// What is copied before the vCPU runs.
-    #[serde(default)]
-    pub copy: Copy,
+    copy: Copy,
 }
 
 impl StrategyOptions for SnapfaasOptions {
@@ -103,29 +94,17 @@ impl StrategyOptions for SnapfaasOptions {
 
 /// SnapFaaS.
 #[derive(Debug, Clone, Default)]
-pub struct Snapfaas {
+struct Snapfaas {
     /// The store's socket.
-    pub store: Option<PathBuf>,
+    store: Option<PathBuf>,
     /// What a restore copies before the vCPU runs.
-    pub copy: Copy,
+    copy: Copy,
 }
 
 impl Strategy for Snapfaas {
-    fn name(&self) -> &'static str {
-        "snapfaas"
-    }
-
-    fn cold_files(&self, snapshot: &Snapshot) -> Vec<PathBuf> {
-        let mut files = vec![snapshot.memory_path()];
-        if self.copy == Copy::Ws {
-            files.push(snapshot.artifact_path(super::snapbpf::WS_FILE));
-        }
-        files
-    }
-
     fn check(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
         if self.store.is_none() {
-            return Err(StoreStrategyError::NoStore("snapfaas").into());
+            return Err(StoreStrategyError::NoStore(INFO.name).into());
         }
         if self.copy == Copy::Ws {
             super::snapbpf::load_working_set(snapshot)?;
@@ -143,7 +122,7 @@ impl Strategy for Snapfaas {
         let socket = self
             .store
             .as_ref()
-            .ok_or(StoreStrategyError::NoStore("snapfaas"))?;
+            .ok_or(StoreStrategyError::NoStore(INFO.name))?;
         let started = Instant::now();
         let from = FromStore::fetch(socket, snapshot)?;
         let (built, ranges) = match self.copy {
@@ -159,8 +138,7 @@ impl Strategy for Snapfaas {
                 bytes: built.copied,
                 ranges: ranges as u64,
                 ms: started.elapsed().as_secs_f64() * 1e3,
-                first_request_ms: None,
-                compression: None,
+                ..PrefetchReport::default()
             }),
             readahead_kib: built.readahead_kib,
             ..Restored::plain(built.memory)

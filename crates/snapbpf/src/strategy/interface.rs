@@ -1,0 +1,304 @@
+//! What a strategy is to the engine: the [`Strategy`] trait, its errors, its record
+//! report, and the helpers every strategy's artifacts go through (read, bind, check).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::run::{Helpers, PrefetchReport, Restored};
+use crate::snapshot::Snapshot;
+
+use super::spec::StrategySpec;
+
+/// Errors of a strategy.
+#[derive(Debug, thiserror::Error)]
+pub enum StrategyError {
+    /// The strategy has nothing to record.
+    #[error("strategy '{0}' has no record phase: it restores without artifacts")]
+    NothingToRecord(String),
+    /// A required artifact is missing.
+    #[error("strategy '{strategy}' needs {path}, which does not exist: run `snapbpf record <DIR> --strategy {strategy}` first")]
+    MissingArtifact {
+        /// Strategy name.
+        strategy: String,
+        /// Missing file.
+        path: PathBuf,
+    },
+    /// An artifact is stale, corrupt or foreign.
+    #[error("{path} cannot be used: {reason}")]
+    BadArtifact {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A data file is not the content its metadata was recorded with.
+    #[error(
+        "a recorded data file is damaged or from another recording (run `snapbpf record` again)"
+    )]
+    Data(#[source] Box<snapbpf_store::verify::VerifyError>),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] snapbpf_vmm::MemoryError),
+    /// A working set cannot be read.
+    #[error(transparent)]
+    WorkingSet(#[from] snapbpf_wss::workingset::ReadError),
+    /// An artifact container could not be read or written.
+    #[error(transparent)]
+    Artifact(#[from] snapbpf_store::artifact::ArtifactError),
+    /// The snapshot could not be made cold.
+    #[error(transparent)]
+    Evict(#[from] snapbpf_store::fsutil::EvictError),
+    /// The recorded invocation failed.
+    #[error("recorded invocation failed")]
+    Record(#[source] Box<crate::run::RunError>),
+    /// A userfaultfd operation or handler handshake failed.
+    #[error(transparent)]
+    Uffd(#[from] snapbpf_uffd::UffdError),
+    /// The in-memory snapshot store failed or refused.
+    #[error(transparent)]
+    Store(#[from] crate::store_memory::StoreStrategyError),
+    /// A file could not be opened with its readahead window.
+    #[error(transparent)]
+    Readahead(#[from] snapbpf_wss::readahead::ReadaheadError),
+    /// Userfaultfd-backed guest memory could not be set up or served.
+    #[error(transparent)]
+    Backend(#[from] crate::uffd_backend::BackendError),
+    /// The snapshot directory is locked by another snapbpf.
+    #[error(transparent)]
+    Lock(#[from] snapbpf_os::lock::LockError),
+    /// A strategy's own failure: its module's typed error, kept whole as the source.
+    #[error("{strategy}")]
+    Own {
+        /// The strategy.
+        strategy: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Any other I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StrategyError {
+    /// The failure `source` of `strategy`, in that strategy's own error type.
+    pub fn own(
+        strategy: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Own {
+            strategy,
+            source: Box::new(source),
+        }
+    }
+
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+/// What `record` produced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordReport {
+    /// Artifact files written, with their sizes in bytes.
+    pub artifacts: Vec<(PathBuf, u64)>,
+    /// Wall time of the recording, ms.
+    pub ms: f64,
+    /// Pages in the recorded working set.
+    pub pages: u64,
+    /// CPU time the capture itself cost, ms: its BPF programs' run time plus the thread
+    /// that drained their events (SnapBPF's record; `None` for strategies without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_cpu_ms: Option<f64>,
+}
+
+/// A restore strategy.
+pub trait Strategy: Send + Sync {
+    /// Checks before any VM starts that the strategy's artifacts exist and belong to
+    /// `snapshot`; a stale or corrupt artifact is refused here.
+    fn check(&self, _snapshot: &Snapshot) -> Result<(), StrategyError> {
+        Ok(())
+    }
+
+    /// One line on what this strategy recorded in `snapshot`, once its artifacts pass
+    /// the checks of [`Strategy::check`]. `snapbpf inspect` calls it where one of the
+    /// strategy's artifacts is present.
+    fn describe_recording(&self, snapshot: &Snapshot) -> Result<String, StrategyError> {
+        self.check(snapshot)
+            .map(|()| "recorded, bound to this snapshot".into())
+    }
+
+    /// Re-reads every artifact this strategy recorded beside `snapshot` and checks it
+    /// against the content its metadata names, whatever a verification cache says
+    /// (`snapbpf verify`). Strategies whose artifacts carry their own checksum, checked on
+    /// every read, need not override it.
+    fn verify_recording(&self, snapshot: &Snapshot) -> Result<(), StrategyError> {
+        self.check(snapshot)
+    }
+
+    /// The ranges of the snapshot's memory file this strategy prefetches, for measuring
+    /// how long the device takes to deliver them (`None`: it prefetches nothing from
+    /// the memory file itself).
+    fn prefetched_ranges(
+        &self,
+        _snapshot: &Snapshot,
+    ) -> Option<Result<Vec<snapbpf_wss::workingset::PageRange>, StrategyError>> {
+        None
+    }
+
+    /// Bytes of `snapshot` held in memory outside the page cache and shared by every VM
+    /// (an in-memory snapshot store's copy), for the run's memory report; counted once.
+    fn shared_memory_bytes(&self, _snapshot: &Snapshot) -> u64 {
+        0
+    }
+
+    /// What a page-fault handler serving this strategy's VMs installs before each runs
+    /// (REAP's recorded working set), for `snapbpf uffd-handler` and for VMMs whose memory
+    /// an external handler fills (Firecracker's Uffd backend); `None` where the strategy
+    /// has no such policy, and every fault is served on demand.
+    fn handler_prefetch(
+        &self,
+        _snapshot: &Snapshot,
+    ) -> Result<Option<std::sync::Arc<snapbpf_uffd::server::Prefetch>>, StrategyError> {
+        Ok(None)
+    }
+
+    /// Builds guest memory for one VM restored from `snapshot`.
+    fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError>;
+
+    /// Runs one recorded invocation with `input` and writes the strategy's artifacts.
+    /// Callers go through [`record`], which locks the snapshot directory; strategies whose
+    /// row records nothing keep the default.
+    fn record(
+        &self,
+        _snapshot: &Snapshot,
+        _input: u32,
+        _timeout: Duration,
+    ) -> Result<RecordReport, StrategyError> {
+        Err(StrategyError::NothingToRecord("this strategy".into()))
+    }
+}
+
+/// Records the artifacts of `spec`'s strategy for `snapshot` holding the directory's
+/// exclusive lock: a second `record`, or VMs restoring from the directory meanwhile, would
+/// interleave with the artifacts being written. Every front-end records through this.
+pub fn record(
+    spec: &StrategySpec,
+    snapshot: &Snapshot,
+    input: u32,
+    timeout: Duration,
+) -> Result<RecordReport, StrategyError> {
+    if !spec.info().record {
+        return Err(StrategyError::NothingToRecord(spec.name().into()));
+    }
+    let _lock = snapbpf_os::lock::lock_dir(&snapshot.dir, snapbpf_os::lock::LockMode::Exclusive)?;
+    spec.build().record(snapshot, input, timeout)
+}
+
+/// A strategy's metadata artifact, read and checked by [`read_recorded`].
+pub(crate) struct Recorded<H> {
+    /// The artifact's header.
+    pub header: H,
+    /// The artifact's payload.
+    pub payload: Vec<u8>,
+    /// The artifact file.
+    pub path: PathBuf,
+    /// The data file recorded beside it.
+    pub data_path: PathBuf,
+}
+
+/// The refusal of an artifact file, with the reason.
+pub(crate) fn bad_artifact(path: &Path, reason: String) -> StrategyError {
+    StrategyError::BadArtifact {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads the metadata artifact `meta_file` of `strategy` (kind `kind`) for `snapshot`.
+/// Both it and its data file `data_file` must exist, the artifact must be whole
+/// (magic, version, checksum), and `memory_of(header)` must be the identity of this
+/// snapshot's memory file: an artifact recorded from another snapshot is stale.
+pub(crate) fn read_recorded<H: serde::de::DeserializeOwned>(
+    snapshot: &Snapshot,
+    strategy: &str,
+    meta_file: &str,
+    data_file: &str,
+    kind: &str,
+    memory_of: impl Fn(&H) -> &snapbpf_store::FileIdentity,
+) -> Result<Recorded<H>, StrategyError> {
+    let path = snapshot.artifact_path(meta_file);
+    let data_path = snapshot.artifact_path(data_file);
+    for p in [&path, &data_path] {
+        if !p.exists() {
+            return Err(StrategyError::MissingArtifact {
+                strategy: strategy.into(),
+                path: p.clone(),
+            });
+        }
+    }
+    let (header, payload): (H, Vec<u8>) = snapbpf_store::artifact::read(&path, kind)?;
+    if memory_of(&header) != &snapshot.meta.memory {
+        return Err(bad_artifact(
+            &path,
+            "it was recorded for another version of the snapshot's memory file (stale: run `snapbpf record` again)".into(),
+        ));
+    }
+    Ok(Recorded {
+        header,
+        payload,
+        path,
+        data_path,
+    })
+}
+
+/// Checks that the data file of a recording at `path` is the content its metadata names
+/// (`expected`; `None` in metadata written before data files were bound by content).
+/// With `now`, the file is hashed whatever the verification cache says.
+pub(crate) fn check_data(
+    path: &Path,
+    expected: Option<&snapbpf_store::FileIdentity>,
+    now: bool,
+) -> Result<(), StrategyError> {
+    let Some(expected) = expected else {
+        return Err(bad_artifact(
+            path,
+            "its metadata was written by an older snapbpf and names no content checksum (run `snapbpf record` again)".into(),
+        ));
+    };
+    let checked = if now {
+        snapbpf_store::verify::check_now(path, expected)
+    } else {
+        snapbpf_store::verify::check(path, expected)
+    };
+    checked.map_err(|e| StrategyError::Data(Box::new(e)))
+}
+
+/// Runs the invocation of a `record` phase over `restored`. The strategy's recorder (a
+/// fault log, a residency scan) runs beside it and is collected by the caller once this
+/// returns.
+pub(crate) fn run_recorded(
+    snapshot: &Snapshot,
+    restored: Restored,
+    input: u32,
+    timeout: Duration,
+) -> Result<(), StrategyError> {
+    crate::run::run_restored(
+        snapshot,
+        restored,
+        &crate::run::RunOptions { input, timeout },
+        Instant::now(),
+        crate::run::major_faults(),
+    )
+    .map(|_| ())
+    .map_err(|e| StrategyError::Record(Box::new(e)))
+}
