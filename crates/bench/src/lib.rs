@@ -20,9 +20,15 @@ pub use snapbpf_run::InvokeReport;
 pub mod calibrate;
 pub mod charts;
 mod compat;
+mod markdown;
 mod progress;
 pub mod report;
+mod runner;
+mod stamp;
 pub mod stats;
+
+pub use runner::run;
+pub use stamp::utc_now;
 
 pub use stats::Summary;
 
@@ -455,328 +461,18 @@ impl std::fmt::Display for WrongAnswer {
     }
 }
 
-/// Runs the benchmark on `engine`. `git_rev` stamps the results.
-pub fn run(
-    config: &BenchConfig,
-    engine: &dyn Engine,
-    git_rev: &str,
-) -> Result<BenchResults, BenchError> {
-    config.validate()?;
-    let plan = config.plan();
-    if plan.is_empty() {
-        return Err(BenchError::Config("no strategy to measure".into()));
-    }
-    let snap_dir = config.out.join("snapshots");
-    std::fs::create_dir_all(&snap_dir).map_err(|source| BenchError::Io {
-        path: snap_dir.clone(),
-        source,
-    })?;
-    let invocations: u64 = plan
-        .iter()
-        .map(|(_, levels)| {
-            levels.len() as u64 * u64::from(config.repeat + config.warmup)
-                + u64::from(config.warm_repeat)
-        })
-        .sum();
-    let progress = progress::Progress::new(config.functions.len() as u64 * invocations);
-    let mut snapshots = Vec::new();
-    let mut records = Vec::new();
-    let mut device_bounds = Vec::new();
-    let mut samples = Vec::new();
-    let mut references = Vec::new();
-    let mut wrong: Vec<WrongAnswer> = Vec::new();
-    progress.stage("calibration: fault costs (faultprobe)");
-    let mut calibration =
-        calibrate::fault_costs(engine, &config.probes, &snap_dir, config.timeout, &|m| {
-            progress.warn(m)
-        })?;
-    for (name, cost) in calibration.faults() {
-        progress.note(&format!(
-            "calibration: {name}: {:.2} µs ({})",
-            cost.us, cost.strategy
-        ));
-    }
-    let device_speed = |function: &str| {
-        engine
-            .device_speed()
-            .transpose()
-            .map_err(|source| BenchError::Device {
-                function: function.to_string(),
-                strategy: "(device check)".into(),
-                source,
-            })
-    };
-    for function in &config.functions {
-        let device_before = device_speed(function)?;
-        progress.stage(&format!("{function}: reference checksum (fresh boot)"));
-        let expected = engine
-            .reference(function, config.input, config.timeout)
-            .map_err(|source| BenchError::Reference {
-                function: function.clone(),
-                source,
-            })?;
-        references.push(Reference {
-            function: function.clone(),
-            input: config.input,
-            checksum: expected.clone(),
-        });
-        progress.stage(&format!("{function}: snapshot"));
-        let dir = snap_dir.join(function);
-        let facts = engine
-            .snapshot(function, &dir)
-            .map_err(|source| BenchError::Snapshot {
-                function: function.clone(),
-                source,
-            })?;
-        snapshots.push(facts);
-        // Record every strategy once per function, in this run, so its cost is measured;
-        // variants of one strategy share its artifacts.
-        let mut recorded: Vec<&str> = Vec::new();
-        for (entry, _) in &plan {
-            if recorded.contains(&entry.name.as_str()) || !entry.record {
-                continue;
-            }
-            recorded.push(&entry.name);
-            progress.stage(&format!("{function}: record {}", entry.name));
-            let facts = engine
-                .record(&dir, entry, config.input, config.timeout)
-                .map_err(|source| BenchError::Record {
-                    function: function.clone(),
-                    strategy: entry.name.clone(),
-                    source,
-                })?;
-            records.push(facts);
-        }
-        // The device bound: the ranges the system under evaluation prefetches.
-        if let Some((subject, _)) = plan.iter().find(|(e, _)| e.label == config.subject) {
-            if let Some(bound) = engine.device_time(&dir, subject, config.repeat) {
-                progress.stage(&format!("{function}: device time for the working set"));
-                device_bounds.push(bound.map_err(|source| BenchError::Device {
-                    function: function.clone(),
-                    strategy: subject.label.clone(),
-                    source,
-                })?);
-            }
-        }
-        for (entry, levels) in &plan {
-            let label = &entry.label;
-            let mut measure = |concurrency: u32, cold: bool, runs: u32, keep: bool| {
-                let cell = Cell {
-                    strategy: entry.clone(),
-                    concurrency,
-                    cold,
-                    input: config.input,
-                    timeout: config.timeout,
-                };
-                for _ in 0..runs {
-                    let report =
-                        engine
-                            .invoke(&dir, &cell)
-                            .map_err(|source| BenchError::Invoke {
-                                function: function.clone(),
-                                strategy: label.clone(),
-                                concurrency,
-                                source,
-                            })?;
-                    progress.inc();
-                    let bad: Vec<WrongAnswer> = report
-                        .runs
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.checksum != expected)
-                        .map(|(vm, r)| WrongAnswer {
-                            function: function.clone(),
-                            strategy: label.clone(),
-                            concurrency,
-                            cold,
-                            vm,
-                            checksum: r.checksum.clone(),
-                            expected: expected.clone(),
-                        })
-                        .collect();
-                    if !bad.is_empty() {
-                        for w in &bad {
-                            progress.error(&format!("WRONG ANSWER, sample void: {w}"));
-                        }
-                        wrong.extend(bad);
-                        continue;
-                    }
-                    if keep {
-                        samples.push(Sample {
-                            function: function.clone(),
-                            strategy: label.clone(),
-                            concurrency,
-                            cold,
-                            report,
-                        });
-                    }
-                }
-                Ok::<(), BenchError>(())
-            };
-            for &concurrency in levels {
-                if config.warmup > 0 {
-                    progress.stage(&format!("{function} · {label} · warm-up · x{concurrency}"));
-                    measure(concurrency, true, config.warmup, false)?;
-                }
-                progress.stage(&format!("{function} · {label} · cold · x{concurrency}"));
-                measure(concurrency, true, config.repeat, true)?;
-            }
-            if config.warm_repeat > 0 {
-                progress.stage(&format!("{function} · {label} · warm · x1"));
-                measure(1, false, config.warm_repeat, true)?;
-            }
-        }
-        if let (Some(before), Some(after)) = (device_before, device_speed(function)?) {
-            let check = calibrate::DeviceCheck::new(function, before, after);
-            if check.drifted {
-                progress.warn(&format!(
-                    "{function}: the device drifted {:.0} % while it was measured ({:.0} → {:.0} MB/s, {:.0} → {:.0} random reads/s): its cells are flagged",
-                    check.drift * 100.0,
-                    before.seq_mb_s,
-                    after.seq_mb_s,
-                    before.rand_4k_iops,
-                    after.rand_4k_iops
-                ));
-            }
-            calibration.device.push(check);
-        }
-        // A long run that is interrupted keeps what it measured so far.
-        let so_far = BenchResults {
-            stamp: stamp(git_rev, &snap_dir),
-            config: config.clone(),
-            snapshots: snapshots.clone(),
-            records: records.clone(),
-            device_bounds: device_bounds.clone(),
-            samples: samples.clone(),
-            references: references.clone(),
-            wrong: wrong.clone(),
-            calibration: calibration.clone(),
-        };
-        write_json(&so_far, &config.out.join(PARTIAL_RESULTS))?;
-    }
-    progress.finish();
-    let results = BenchResults {
-        stamp: stamp(git_rev, &snap_dir),
-        config: config.clone(),
-        snapshots,
-        records,
-        device_bounds,
-        samples,
-        references,
-        wrong,
-        calibration,
-    };
-    let path = config.out.join("results.json");
-    write_json(&results, &path)?;
-    let _ = std::fs::remove_file(config.out.join(PARTIAL_RESULTS));
-    if let Some(first) = results.wrong.first() {
-        return Err(BenchError::WrongAnswers {
-            count: results.wrong.len(),
-            first: first.to_string(),
-            path,
-        });
-    }
-    Ok(results)
-}
-
 /// Raw results of the functions finished so far, rewritten after each function and
 /// removed when the run completes.
 pub const PARTIAL_RESULTS: &str = "results.partial.json";
 
 /// Writes `results` as JSON to `path` atomically.
-fn write_json(results: &BenchResults, path: &Path) -> Result<(), BenchError> {
+pub(crate) fn write_json(results: &BenchResults, path: &Path) -> Result<(), BenchError> {
     let io = |source| BenchError::Io {
         path: path.to_path_buf(),
         source,
     };
     let json = serde_json::to_vec_pretty(results).map_err(|e| io(e.into()))?;
     snapbpf_store::fsutil::write_atomic(path, &json).map_err(io)
-}
-
-fn first_line(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
-}
-
-fn stamp(git_rev: &str, snapshots: &Path) -> Stamp {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let disk = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(snapshots)
-            .ok()
-            .map(|m| {
-                let (maj, min) = (libc_major(m.dev()), libc_minor(m.dev()));
-                let name = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}"))
-                    .ok()
-                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .unwrap_or_else(|| format!("{maj}:{min}"));
-                let model = first_line(&format!("/sys/block/{name}/device/model"))
-                    .or_else(|| first_line(&format!("/sys/block/{name}/device/vendor")))
-                    .unwrap_or_default();
-                let rotational = first_line(&format!("/sys/block/{name}/queue/rotational"))
-                    .map(|r| {
-                        if r == "0" {
-                            " (non-rotational)"
-                        } else {
-                            " (rotational)"
-                        }
-                    })
-                    .unwrap_or("");
-                format!("{name} {model}{rotational}").trim().to_string()
-            })
-            .unwrap_or_else(|| "unknown".into())
-    };
-    Stamp {
-        git_rev: git_rev.into(),
-        kernel: first_line("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into()),
-        cpu,
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        disk,
-        date: utc_now(),
-    }
-}
-
-fn libc_major(dev: u64) -> u64 {
-    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
-}
-
-fn libc_minor(dev: u64) -> u64 {
-    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
-}
-
-/// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Writes `results.json`, `summary.md` and the figures' charts (`fig*.svg`, `fig*.png`)

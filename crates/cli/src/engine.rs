@@ -18,7 +18,7 @@ pub struct SnapbpfEngine {
     /// This executable.
     pub exe: PathBuf,
     /// The storage class every VM reads its snapshot from.
-    pub device: snapbpf::device::DeviceProfile,
+    pub device: snapbpf::storage_profile::StorageProfile,
     /// A file on the snapshots' device to measure it with during the run (direct reads).
     pub probe: Option<PathBuf>,
 }
@@ -26,14 +26,14 @@ pub struct SnapbpfEngine {
 /// What the device holding `probe` delivers to direct reads under `profile`'s throttle
 /// (`None` where the profile has no throttle, or it cannot hold this thread).
 pub fn measure_under(
-    profile: snapbpf::device::DeviceProfile,
+    profile: snapbpf::storage_profile::StorageProfile,
     probe: &Path,
-) -> anyhow::Result<Option<snapbpf::device::DeviceSpeed>> {
+) -> anyhow::Result<Option<snapbpf::storage_profile::DeviceSpeed>> {
     use anyhow::Context;
-    let Some(throttle) = snapbpf::device::Throttle::new(profile, probe)? else {
+    let Some(throttle) = snapbpf::storage_profile::Throttle::new(profile, probe)? else {
         return Ok(None);
     };
-    match throttle.run_throttled(|| snapbpf::device::measure(probe))? {
+    match throttle.run_throttled(|| snapbpf::storage_profile::measure(probe))? {
         Some(speed) => Ok(Some(speed.context("measure the throttled device")?)),
         None => Ok(None),
     }
@@ -159,7 +159,7 @@ impl Engine for SnapbpfEngine {
         let probe = self.probe.as_ref()?;
         let measured = measure_under(self.device, probe).and_then(|throttled| match throttled {
             Some(speed) => Ok(speed),
-            None => Ok(snapbpf::device::measure(probe)?),
+            None => Ok(snapbpf::storage_profile::measure(probe)?),
         });
         Some(
             measured

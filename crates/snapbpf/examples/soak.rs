@@ -99,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         },
                         // Alternate cold and warm starts.
                         cache: snapbpf::launch::CacheStart::cold_if(i % 2 == 0),
-                        device: snapbpf::device::DeviceProfile::Native,
+                        device: snapbpf::storage_profile::StorageProfile::Native,
                         concurrency: conc,
                     },
                     &worker_cmd,

@@ -83,7 +83,7 @@ pub enum InvokeError {
     Lock(#[from] snapbpf_os::lock::LockError),
     /// The device profile's throttle could not be set up.
     #[error(transparent)]
-    Throttle(#[from] crate::device::ThrottleError),
+    Throttle(#[from] crate::storage_profile::ThrottleError),
     /// The number of VMs is out of range.
     #[error("--concurrency must be between 1 and 64, got {0}")]
     Concurrency(u32),
@@ -152,7 +152,7 @@ pub struct InvokeRequest {
     /// Number of VMs started together.
     pub concurrency: u32,
     /// The storage class the VMs read the snapshot from.
-    pub device: crate::device::DeviceProfile,
+    pub device: crate::storage_profile::StorageProfile,
 }
 
 /// What went wrong with one worker process.
@@ -274,7 +274,7 @@ pub fn invoke(
     // The run's own watchdog ends a VM at its timeout; these only catch a worker that is
     // stuck outside it.
     // Every VM's reads of the snapshot's device go through the profile's throttle.
-    let throttle = crate::device::Throttle::new(req.device, &req.dir)?;
+    let throttle = crate::storage_profile::Throttle::new(req.device, &req.dir)?;
     let ready_by = Instant::now() + READY_DEADLINE;
     let result = (|| {
         for index in 0..req.concurrency as usize {

@@ -12,15 +12,17 @@
 //!   primitive, its helper threads and its measurements.
 //! - [`launch`]: N VMs at once in N worker processes, and the worker protocol.
 //! - [`measure`]: bounds beside the runs (the device time of a strategy's prefetch).
+//! - [`storage_profile`]: VMs on storage of another class (`--device sata`, a blkio throttle).
+//! - [`store_memory`]: guest memory from the in-memory snapshot store.
 //! - [`profile`]: each function's measured memory behaviour (`snapbpf profile`).
 //! - [`pv`]: the host side of online filtering of fresh guest allocations.
 //! - [`uffd_backend`]: guest memory served through userfaultfd, in process or by an
 //!   external handler.
 
-pub mod device;
 pub mod launch;
 pub mod measure;
 pub mod profile;
+pub mod storage_profile;
 pub use snapbpf_run as run;
 pub mod pv;
 pub mod snapshot;

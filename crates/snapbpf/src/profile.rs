@@ -123,7 +123,7 @@ pub fn profile(
                 spec,
                 run: RunOptions { input, timeout },
                 cache: crate::launch::CacheStart::Cold,
-                device: crate::device::DeviceProfile::Native,
+                device: crate::storage_profile::StorageProfile::Native,
                 concurrency: 1,
             };
             launch::invoke(&req, worker)

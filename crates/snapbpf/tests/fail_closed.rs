@@ -108,7 +108,7 @@ fn a_silent_worker_is_killed_at_the_deadline() {
                 timeout: Duration::from_secs(30),
             },
             cache: snapbpf::launch::CacheStart::Warm,
-            device: snapbpf::device::DeviceProfile::Native,
+            device: snapbpf::storage_profile::StorageProfile::Native,
             concurrency: 1,
         },
         // Reads nothing, says nothing.

@@ -55,8 +55,8 @@ pub struct Args {
     /// The storage VMs read snapshots from, comma-separated: `native` (the host's device)
     /// and/or `sata` (reads throttled to a SATA SSD's 550 MB/s and 95k IOPS, the papers'
     /// class, by a blkio cgroup). Several: one run each, into --out/PROFILE.
-    #[arg(long, value_delimiter = ',', default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
-    device: Vec<snapbpf::device::DeviceProfile>,
+    #[arg(long, value_delimiter = ',', default_value = "native", value_parser = snapbpf::storage_profile::StorageProfile::parse)]
+    device: Vec<snapbpf::storage_profile::StorageProfile>,
     /// Measure nothing: redraw the tables and charts of an earlier run from its
     /// results.json into --out (default: the run's directory).
     #[arg(long, value_name = "RESULTS_JSON")]
@@ -233,7 +233,7 @@ pub fn run(args: Args) -> Result<()> {
 /// device cannot deliver it now). The probe stays for the run's device checks; it is
 /// removed when the guard drops.
 fn measure_device(
-    profile: snapbpf::device::DeviceProfile,
+    profile: snapbpf::storage_profile::StorageProfile,
     out: &std::path::Path,
 ) -> Result<(snapbpf_bench::DeviceStamp, RemoveOnDrop)> {
     use anyhow::Context;
@@ -247,7 +247,7 @@ fn measure_device(
         std::io::Write::write_all(&mut file, &block).context("write the device probe")?;
     }
     file.sync_all().context("sync the device probe")?;
-    let native = snapbpf::device::measure(&probe.0).context("measure the device")?;
+    let native = snapbpf::storage_profile::measure(&probe.0).context("measure the device")?;
     if let Some((bps, _)) = profile.limits() {
         // The throttle caps the device; it cannot make a slow device fast. (Its IOPS cap
         // is for parallel reads and is not comparable with our one-at-a-time probe.)

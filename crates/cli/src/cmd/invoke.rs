@@ -33,8 +33,8 @@ pub struct Args {
     timeout_secs: u64,
     /// The storage the VMs read the snapshot from: `native`, or `sata` (a blkio cgroup
     /// throttles reads of the snapshot's disk to 550 MB/s and 95k IOPS).
-    #[arg(long, default_value = "native", value_parser = snapbpf::device::DeviceProfile::parse)]
-    device: snapbpf::device::DeviceProfile,
+    #[arg(long, default_value = "native", value_parser = snapbpf::storage_profile::StorageProfile::parse)]
+    device: snapbpf::storage_profile::StorageProfile,
     /// The host's chunk cache, for an `s3://` snapshot.
     #[arg(long, default_value = "/var/cache/snapbpf/chunks")]
     cache: PathBuf,

@@ -25,6 +25,12 @@ pub enum StrategyError {
         /// Missing file.
         path: PathBuf,
     },
+    /// The working set the eBPF capture records is missing.
+    #[error("{path} does not exist: run `snapbpf record <DIR> --strategy snapbpf` first (the eBPF capture of the working set)")]
+    MissingWorkingSet {
+        /// The file.
+        path: PathBuf,
+    },
     /// An artifact is stale, corrupt or foreign.
     #[error("{path} cannot be used: {reason}")]
     BadArtifact {
@@ -301,4 +307,27 @@ pub(crate) fn run_recorded(
     )
     .map(|_| ())
     .map_err(|e| StrategyError::Record(Box::new(e)))
+}
+
+/// The working set recorded beside `snapshot` as file offsets (the eBPF capture's,
+/// `snapbpf_wss::workingset::SNAPBPF_FILE`; every strategy that uses it reads it through
+/// this), checked to belong to the snapshot's memory file.
+pub(crate) fn recorded_working_set(
+    snapshot: &Snapshot,
+) -> Result<snapbpf_wss::workingset::WorkingSet, StrategyError> {
+    let path = snapshot.artifact_path(snapbpf_wss::workingset::SNAPBPF_FILE);
+    if !path.exists() {
+        return Err(StrategyError::MissingWorkingSet { path });
+    }
+    snapbpf_wss::workingset::WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| match e
+    {
+        snapbpf_wss::workingset::ReadError::Stale { fields, .. } => StrategyError::BadArtifact {
+            path: path.clone(),
+            reason: format!(
+                "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
+                fields.join(", ")
+            ),
+        },
+        other => other.into(),
+    })
 }

@@ -244,26 +244,9 @@ impl SnapBpf {
     }
 }
 
-/// SnapBPF's working set recorded beside `snapshot`, checked to belong to it (other
-/// strategies that use SnapBPF's recording read it through this).
-pub(super) fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
-    let path = snapshot.artifact_path(WS_FILE);
-    if !path.exists() {
-        return Err(StrategyError::MissingArtifact {
-            strategy: INFO.name.into(),
-            path,
-        });
-    }
-    WorkingSet::read_for(&path, &snapshot.meta.memory).map_err(|e| match e {
-        snapbpf_wss::workingset::ReadError::Stale { fields, .. } => StrategyError::BadArtifact {
-            path: path.clone(),
-            reason: format!(
-                "stale: recorded for a memory file that differs in {}; run `snapbpf record` again",
-                fields.join(", ")
-            ),
-        },
-        other => other.into(),
-    })
+/// SnapBPF's working set recorded beside `snapshot`.
+fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
+    interface::recorded_working_set(snapshot)
 }
 
 impl Strategy for SnapBpf {

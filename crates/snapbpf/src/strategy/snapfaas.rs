@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::interface::{PrefetchReport, Restored, Strategy, StrategyError};
+use super::interface::{self, PrefetchReport, Restored, Strategy, StrategyError};
 use super::spec::{OptionInfo, OptionRole, StrategyInfo, StrategyOptions};
 use crate::snapshot::Snapshot;
 use crate::store_memory::{FromStore, StoreStrategyError};
@@ -107,7 +107,7 @@ impl Strategy for Snapfaas {
             return Err(StoreStrategyError::NoStore(INFO.name).into());
         }
         if self.copy == Copy::Ws {
-            super::snapbpf::load_working_set(snapshot)?;
+            interface::recorded_working_set(snapshot)?;
         }
         Ok(())
     }
@@ -128,7 +128,7 @@ impl Strategy for Snapfaas {
         let (built, ranges) = match self.copy {
             Copy::All => (from.copy_all(snapshot)?, from.extents().len()),
             Copy::Ws => {
-                let ws = super::snapbpf::load_working_set(snapshot)?;
+                let ws = interface::recorded_working_set(snapshot)?;
                 let ranges = ws.ranges.iter().map(|r| (r.start, r.pages));
                 (from.copy_ranges(snapshot, ranges)?, ws.ranges.len())
             }

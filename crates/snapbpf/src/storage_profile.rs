@@ -1,4 +1,4 @@
-//! Device profiles: running VMs on storage of another class than the host's.
+//! Storage profiles: running VMs on storage of another class than the host's (`--device`).
 //!
 //! Our virtio disk reads about 2.7 GB/s; the papers' SATA SSDs read 540-550 MB/s at about
 //! 95k random 4 KiB IOPS, which is where compressed working sets (Sabre) and sequential
@@ -7,7 +7,7 @@
 //! reads at that speed, including its page-cache reads. cgroup v1's
 //! `blkio.throttle.read_{bps,iops}_device` is used where the blkio controller is mounted,
 //! cgroup v2's `io.max` where the io controller is; with neither, a profile other than
-//! [`DeviceProfile::Native`] is refused.
+//! [`StorageProfile::Native`] is refused.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// A storage class VMs run on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeviceProfile {
+pub enum StorageProfile {
     /// The host's device, unthrottled.
     #[default]
     Native,
@@ -25,7 +25,7 @@ pub enum DeviceProfile {
     Sata,
 }
 
-impl DeviceProfile {
+impl StorageProfile {
     /// Parses `native` or `sata`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
@@ -92,7 +92,7 @@ pub struct Throttle {
     dir: PathBuf,
     controller: Controller,
     root: PathBuf,
-    profile: DeviceProfile,
+    profile: StorageProfile,
     device: (u32, u32),
     _undo: snapbpf_os::interrupt::Guard,
 }
@@ -155,8 +155,8 @@ pub fn block_device_of(path: &Path) -> Result<(u32, u32), ThrottleError> {
 
 impl Throttle {
     /// A new throttled cgroup for the device holding `path`, with `profile`'s limits;
-    /// `None` for [`DeviceProfile::Native`].
-    pub fn new(profile: DeviceProfile, path: &Path) -> Result<Option<Self>, ThrottleError> {
+    /// `None` for [`StorageProfile::Native`].
+    pub fn new(profile: StorageProfile, path: &Path) -> Result<Option<Self>, ThrottleError> {
         let Some((bps, iops)) = profile.limits() else {
             return Ok(None);
         };
@@ -206,7 +206,7 @@ impl Throttle {
     }
 
     /// The profile it applies.
-    pub fn profile(&self) -> DeviceProfile {
+    pub fn profile(&self) -> StorageProfile {
         self.profile
     }
 
