@@ -405,3 +405,109 @@ pub fn rss_kib() -> (u64, u64) {
     };
     (field("RssAnon:"), field("RssFile:"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn report(bytes: u64, ms: f64, first: Option<f64>) -> PrefetchReport {
+        PrefetchReport {
+            bytes,
+            ranges: 1,
+            ms,
+            first_request_ms: first,
+            ..PrefetchReport::default()
+        }
+    }
+
+    #[test]
+    fn prefetch_reports_merge_as_one_prefetch() {
+        let a = report(10, 5.0, Some(2.0)).with_part("compression", &serde_json::json!({"x": 1}));
+        let b = report(20, 7.0, None).with_part("compression", &serde_json::json!({"x": 2}));
+        let m = a.merge(&b);
+        assert_eq!((m.bytes, m.ranges), (30, 2));
+        assert_eq!(m.ms, 7.0, "the longer wall time");
+        assert_eq!(m.first_request_ms, Some(2.0), "the one first request");
+        assert_eq!(
+            m.part::<serde_json::Value>("compression"),
+            Some(serde_json::json!({"x": 1})),
+            "a strategy's own part: the first one's"
+        );
+        let both = report(0, 0.0, Some(3.0)).merge(&report(0, 0.0, Some(1.5)));
+        assert_eq!(both.first_request_ms, Some(1.5), "the earlier one");
+        // Parts travel under their key in JSON, beside the common fields.
+        let json = serde_json::to_value(&a).expect("json");
+        assert_eq!(json["compression"]["x"], 1);
+        let back: PrefetchReport = serde_json::from_value(json).expect("back");
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn helpers_are_stopped_joined_and_summed() {
+        let mut helpers = Helpers::none();
+        helpers
+            .spawn("a", || Ok(Some(report(1, 1.0, None))))
+            .expect("spawn");
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let seen = stopped.clone();
+        helpers
+            .spawn_stoppable(
+                "b",
+                move || drop(tx),
+                move || {
+                    // Serves until asked to stop, as a fault handler does.
+                    let _ = rx.recv();
+                    seen.store(true, Ordering::SeqCst);
+                    Ok(Some(report(2, 3.0, None)))
+                },
+            )
+            .expect("spawn");
+        helpers.spawn("c", || Ok(None)).expect("spawn");
+        let sum = helpers.finish().expect("all succeed").expect("a prefetch");
+        assert!(stopped.load(Ordering::SeqCst), "stop reached the helper");
+        assert_eq!((sum.bytes, sum.ranges, sum.ms), (3, 2, 3.0));
+    }
+
+    #[test]
+    fn a_failed_or_panicked_helper_fails_the_run() {
+        let mut helpers = Helpers::none();
+        helpers
+            .spawn("fine", || Ok(Some(report(1, 1.0, None))))
+            .expect("spawn");
+        helpers
+            .spawn("broken", || Err("the source went away".into()))
+            .expect("spawn");
+        match helpers.finish() {
+            Err(RunError::Helper { name, source }) => {
+                assert_eq!(name, "broken");
+                assert_eq!(source.to_string(), "the source went away");
+            }
+            other => panic!("expected the helper's failure, got {other:?}"),
+        }
+        let mut helpers = Helpers::none();
+        helpers
+            .spawn("panics", || panic!("a bug in a helper"))
+            .expect("spawn");
+        assert!(matches!(
+            helpers.finish(),
+            Err(RunError::HelperPanicked { name: "panics" })
+        ));
+        // Dropped without finish: still stopped and joined, nothing leaks or hangs.
+        let mut helpers = Helpers::none();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        helpers
+            .spawn_stoppable(
+                "waits",
+                move || drop(tx),
+                move || {
+                    let _ = rx.recv();
+                    Ok(None)
+                },
+            )
+            .expect("spawn");
+        drop(helpers);
+    }
+}

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::run::{self, PrefetchReport, RunError, RunOptions, RunReport};
 pub use crate::run::{InvokeReport, MemoryReport};
-use crate::snapshot::OpenError;
+use crate::snapshot::{OpenError, Snapshot};
 use crate::strategy::{StrategyError, StrategySpec};
 use snapbpf_store::fsutil;
 
@@ -211,13 +211,67 @@ pub fn invoke(
     req: &InvokeRequest,
     worker: &dyn Fn() -> Command,
 ) -> Result<InvokeReport, InvokeError> {
+    let prepared = prepare(req)?;
+    let args = WorkerArgs {
+        dir: req.dir.clone(),
+        spec: req.spec.clone(),
+        run: req.run.clone(),
+    };
+    let mut args_line = serde_json::to_vec(&args).map_err(|e| {
+        worker_err(0)(WorkerFailure::Io {
+            what: "encode the worker's arguments",
+            source: e.into(),
+        })
+    })?;
+    args_line.push(b'\n');
+    let mut workers = Workers::new();
+    // Every VM's reads of the snapshot's device go through the profile's throttle.
+    let throttle = crate::storage_profile::Throttle::new(req.device, &req.dir)?;
+    let result = (|| {
+        workers.start(req.concurrency, worker, &args_line, throttle.as_ref())?;
+        workers.release()?;
+        let runs = workers.reports(Instant::now() + req.run.timeout + REPORT_GRACE)?;
+        // Every VM is alive and idle: the memory of the run as a whole.
+        let memory = prepared.memory(&runs);
+        Ok::<_, InvokeError>((runs, memory))
+    })();
+    workers.reap(result.is_err());
+    let (runs, memory) = result?;
+    let prefetch = runs
+        .iter()
+        .filter_map(|r| r.prefetch.as_ref())
+        .fold(PrefetchReport::default(), |a, p| a.merge(p));
+    Ok(InvokeReport {
+        function: prepared.snapshot.meta.function.clone(),
+        strategy: req.spec.label(),
+        input: req.run.input,
+        cold: req.cache == CacheStart::Cold,
+        concurrency: req.concurrency,
+        runs,
+        memory,
+        prefetch,
+    })
+}
+
+/// An invocation checked and ready to start its VMs.
+struct Prepared {
+    snapshot: Snapshot,
+    strategy: Box<dyn crate::strategy::Strategy>,
+    /// The files whose page cache the run holds (and a cold start evicted).
+    files: Vec<PathBuf>,
+    /// Held until every worker is gone: a `record` into this directory would change the
+    /// artifacts under the VMs.
+    _lock: snapbpf_os::lock::DirLock,
+}
+
+/// Everything that can be refused before a VM starts: the snapshot, the input, the
+/// strategy's artifacts; then the page cache the VMs start from.
+fn prepare(req: &InvokeRequest) -> Result<Prepared, InvokeError> {
     if req.concurrency == 0 || req.concurrency > 64 {
         return Err(InvokeError::Concurrency(req.concurrency));
     }
     let snapshot = crate::snapshot::open(&req.dir)?;
-    // Held until every worker is gone: a `record` into this directory would change the
-    // artifacts under the VMs.
-    let _lock = snapbpf_os::lock::lock_dir(&req.dir, snapbpf_os::lock::LockMode::Shared)?;
+    let lock = snapbpf_os::lock::lock_dir(&req.dir, snapbpf_os::lock::LockMode::Shared)?;
     let info = snapbpf_functions::info(&snapshot.meta.function)
         .ok_or_else(|| OpenError::UnknownFunction(snapshot.meta.function.clone()))?;
     if req.run.input >= info.inputs {
@@ -245,39 +299,79 @@ pub fn invoke(
         }
         CacheStart::AsIs => {}
     }
+    Ok(Prepared {
+        snapshot,
+        strategy,
+        files,
+        _lock: lock,
+    })
+}
 
-    let worker_err =
-        |index: usize| move |reason: WorkerFailure| InvokeError::Worker { index, reason };
-    let args = WorkerArgs {
-        dir: req.dir.clone(),
-        spec: req.spec.clone(),
-        run: req.run.clone(),
-    };
-    let mut args_line = serde_json::to_vec(&args).map_err(|e| {
-        worker_err(0)(WorkerFailure::Io {
-            what: "encode the worker's arguments",
-            source: e.into(),
-        })
-    })?;
-    args_line.push(b'\n');
-    let mut children: Vec<(Child, WorkerOutput)> = Vec::new();
-    let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
-    let undo_pids = pids.clone();
-    let _interrupted = snapbpf_os::interrupt::on_interrupt("stopped the VM workers", move || {
-        if let Ok(pids) = undo_pids.lock() {
-            for &pid in pids.iter() {
-                // SAFETY: kill(2) on a worker we started and have not reaped yet.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            }
+impl Prepared {
+    /// The run's system memory with every VM alive: the snapshot's page cache once, an
+    /// in-memory store's copy once, and every VM's anonymous memory.
+    fn memory(&self, runs: &[RunReport]) -> MemoryReport {
+        let page_cache_kib = self
+            .files
+            .iter()
+            .filter_map(|f| std::fs::File::open(f).ok())
+            .filter_map(|f| fsutil::resident_pages(&f).ok())
+            .sum::<u64>()
+            * (fsutil::page_size() as u64 / 1024);
+        let anon_kib = runs.iter().map(|r| r.rss_anon_kib).sum();
+        let store_kib = self.strategy.shared_memory_bytes(&self.snapshot) / 1024;
+        MemoryReport {
+            total_kib: page_cache_kib + store_kib + anon_kib,
+            page_cache_kib,
+            anon_kib,
+            store_kib,
         }
-    });
-    // The run's own watchdog ends a VM at its timeout; these only catch a worker that is
-    // stuck outside it.
-    // Every VM's reads of the snapshot's device go through the profile's throttle.
-    let throttle = crate::storage_profile::Throttle::new(req.device, &req.dir)?;
-    let ready_by = Instant::now() + READY_DEADLINE;
-    let result = (|| {
-        for index in 0..req.concurrency as usize {
+    }
+}
+
+fn worker_err(index: usize) -> impl Fn(WorkerFailure) -> InvokeError {
+    move |reason: WorkerFailure| InvokeError::Worker { index, reason }
+}
+
+/// The worker processes of one invocation: started, released together, read, and reaped
+/// on every path (killed by an interrupt meanwhile).
+struct Workers {
+    children: Vec<(Child, WorkerOutput)>,
+    pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    _interrupted: snapbpf_os::interrupt::Guard,
+}
+
+impl Workers {
+    fn new() -> Self {
+        let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let undo_pids = pids.clone();
+        let interrupted =
+            snapbpf_os::interrupt::on_interrupt("stopped the VM workers", move || {
+                if let Ok(pids) = undo_pids.lock() {
+                    for &pid in pids.iter() {
+                        // SAFETY: kill(2) on a worker we started and have not reaped yet.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    }
+                }
+            });
+        Self {
+            children: Vec::new(),
+            pids,
+            _interrupted: interrupted,
+        }
+    }
+
+    /// Starts `n` workers, each moved into the throttle first and handed its arguments,
+    /// and waits until every one says `ready`.
+    fn start(
+        &mut self,
+        n: u32,
+        worker: &dyn Fn() -> Command,
+        args_line: &[u8],
+        throttle: Option<&crate::storage_profile::Throttle>,
+    ) -> Result<(), InvokeError> {
+        let ready_by = Instant::now() + READY_DEADLINE;
+        for index in 0..n as usize {
             let mut child = worker()
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -290,16 +384,16 @@ pub fn invoke(
                     source: std::io::ErrorKind::BrokenPipe.into(),
                 })
             })?;
-            if let Some(throttle) = &throttle {
+            if let Some(throttle) = throttle {
                 throttle.add_process(child.id())?;
             }
-            send(&mut child, &args_line).map_err(worker_err(index))?;
-            if let Ok(mut pids) = pids.lock() {
+            send(&mut child, args_line).map_err(worker_err(index))?;
+            if let Ok(mut pids) = self.pids.lock() {
                 pids.push(child.id());
             }
-            children.push((child, WorkerOutput::new(stdout)));
+            self.children.push((child, WorkerOutput::new(stdout)));
         }
-        for (index, (_, out)) in children.iter_mut().enumerate() {
+        for (index, (_, out)) in self.children.iter_mut().enumerate() {
             let line = out
                 .line(ready_by, "it started")
                 .map_err(worker_err(index))?;
@@ -314,15 +408,23 @@ pub fn invoke(
                 }));
             }
         }
-        // Release every VM at once.
-        for (index, (child, _)) in children.iter_mut().enumerate() {
+        Ok(())
+    }
+
+    /// Releases every VM at once.
+    fn release(&mut self) -> Result<(), InvokeError> {
+        for (index, (child, _)) in self.children.iter_mut().enumerate() {
             send(child, b"go\n").map_err(worker_err(index))?;
         }
+        Ok(())
+    }
+
+    /// Every worker's report, by `deadline`.
+    fn reports(&mut self, deadline: Instant) -> Result<Vec<RunReport>, InvokeError> {
         let mut runs = Vec::new();
-        let report_by = Instant::now() + req.run.timeout + REPORT_GRACE;
-        for (index, (_, out)) in children.iter_mut().enumerate() {
+        for (index, (_, out)) in self.children.iter_mut().enumerate() {
             let line = out
-                .line(report_by, "it restored and ran its VM")
+                .line(deadline, "it restored and ran its VM")
                 .map_err(worker_err(index))?;
             match serde_json::from_str(&line) {
                 Ok(WorkerReply::Ok(run)) => runs.push(run),
@@ -335,49 +437,24 @@ pub fn invoke(
                 }
             }
         }
-        // Every VM is alive and idle: the memory of the run as a whole.
-        let page_cache_kib = files
-            .iter()
-            .filter_map(|f| std::fs::File::open(f).ok())
-            .filter_map(|f| fsutil::resident_pages(&f).ok())
-            .sum::<u64>()
-            * (fsutil::page_size() as u64 / 1024);
-        let anon_kib = runs.iter().map(|r| r.rss_anon_kib).sum();
-        let store_kib = strategy.shared_memory_bytes(&snapshot) / 1024;
-        Ok((runs, page_cache_kib, anon_kib, store_kib))
-    })();
-    for (mut child, _) in children {
-        drop(child.stdin.take());
-        if result.is_err() {
-            // A worker stuck (or still running its VM) would never exit on its own.
-            let _ = child.kill();
+        Ok(runs)
+    }
+
+    /// Closes every worker's stdin (it exits) and reaps it; after a failure kills it
+    /// first, since a stuck worker (or one still running its VM) never exits on its own.
+    fn reap(mut self, failed: bool) {
+        for (mut child, _) in std::mem::take(&mut self.children) {
+            drop(child.stdin.take());
+            if failed {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
         }
-        let _ = child.wait();
+        // Reaped: their pids may be reused, an interrupt must not kill those.
+        if let Ok(mut pids) = self.pids.lock() {
+            pids.clear();
+        }
     }
-    // Reaped: their pids may be reused, an interrupt must not kill those.
-    if let Ok(mut pids) = pids.lock() {
-        pids.clear();
-    }
-    let (runs, page_cache_kib, anon_kib, store_kib) = result?;
-    let prefetch = runs
-        .iter()
-        .filter_map(|r| r.prefetch.as_ref())
-        .fold(PrefetchReport::default(), |a, p| a.merge(p));
-    Ok(InvokeReport {
-        function: snapshot.meta.function.clone(),
-        strategy: req.spec.label(),
-        input: req.run.input,
-        cold: req.cache == CacheStart::Cold,
-        concurrency: req.concurrency,
-        runs,
-        memory: MemoryReport {
-            total_kib: page_cache_kib + store_kib + anon_kib,
-            page_cache_kib,
-            anon_kib,
-            store_kib,
-        },
-        prefetch,
-    })
 }
 
 /// Writes `bytes` to a worker's stdin.
@@ -540,4 +617,84 @@ pub fn worker_main() -> Result<(), WorkerError> {
         rest.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that runs `script` and whose stdout the launcher reads.
+    fn child(script: &str) -> (Child, WorkerOutput) {
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let out = child.stdout.take().expect("stdout");
+        (child, WorkerOutput::new(out))
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn lines_arrive_whole_and_in_order() {
+        let (mut c, mut out) = child("printf 'rea'; sleep 0.1; printf 'dy\\n{\"x\":1}\\n'");
+        assert_eq!(out.line(soon(), "ready").expect("line"), "ready");
+        assert_eq!(out.line(soon(), "report").expect("line"), r#"{"x":1}"#);
+        assert!(matches!(
+            out.line(soon(), "more"),
+            Err(WorkerFailure::Exited)
+        ));
+        let _ = c.wait();
+    }
+
+    #[test]
+    fn a_silent_worker_is_given_up_at_the_deadline() {
+        let (mut c, mut out) = child("sleep 30");
+        let started = Instant::now();
+        let e = out
+            .line(Instant::now() + Duration::from_millis(300), "it started")
+            .expect_err("silent");
+        assert!(matches!(e, WorkerFailure::Silent { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "bounded wait");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let (mut c, mut out) = child("head -c 200000 /dev/zero | tr '\\0' x");
+        let e = out.line(soon(), "a report").expect_err("too long");
+        assert!(
+            matches!(e, WorkerFailure::Protocol { .. }),
+            "{e}: a line without end is refused, not buffered without bound"
+        );
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    #[test]
+    fn replies_and_arguments_round_trip() {
+        let args = WorkerArgs {
+            dir: PathBuf::from("/snaps/a:b"),
+            spec: StrategySpec::parse("sabre:codec=lz4").expect("spec"),
+            run: RunOptions {
+                input: 1,
+                timeout: Duration::from_secs(3),
+            },
+        };
+        let json = serde_json::to_string(&args).expect("json");
+        assert_eq!(
+            serde_json::from_str::<WorkerArgs>(&json).expect("back"),
+            args
+        );
+        let reply = serde_json::to_string(&WorkerReply::Err("boom".into())).expect("json");
+        assert!(matches!(
+            serde_json::from_str::<WorkerReply>(&reply),
+            Ok(WorkerReply::Err(e)) if e == "boom"
+        ));
+    }
 }

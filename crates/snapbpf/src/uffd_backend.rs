@@ -518,3 +518,111 @@ pub fn run_handler(
     uffd::server::listen(socket, &memory, identity, prefetch, max_sessions, extension)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `pages` pages, each filled with its page number plus one.
+    fn source(pages: u64) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memory");
+        let data: Vec<u8> = (0..pages * PAGE).map(|i| (i / PAGE) as u8 + 1).collect();
+        std::fs::write(&path, &data).expect("write");
+        let file = File::open(&path).expect("open");
+        (dir, file)
+    }
+
+    /// Userfaultfd-backed memory, or `None` after a loud message where the host has no
+    /// userfaultfd (a failure under `CI=true`).
+    fn memory(len: u64) -> Option<UffdMemory> {
+        match UffdMemory::new(len) {
+            Ok(m) => Some(m),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("userfaultfd memory unavailable and CI=true: {e}")
+            }
+            Err(e) => {
+                eprintln!("\n!!!!!!!! SKIPPED: userfaultfd memory unavailable: {e} !!!!!!!!\n");
+                None
+            }
+        }
+    }
+
+    fn byte_at(memory: &GuestMemory, gpa: u64) -> u8 {
+        let mut b = [0u8; 1];
+        memory.read(gpa, &mut b).expect("read guest memory");
+        b[0]
+    }
+
+    /// The strategy's prefetch is installed before the restore returns; every other page
+    /// is served from the source on demand; the handler stops with the helpers.
+    #[test]
+    fn in_process_prefetch_then_on_demand() {
+        let pages = 8;
+        let (_dir, file) = source(pages);
+        let Some(mem) = memory(pages * PAGE) else {
+            return;
+        };
+        let restored = mem
+            .serve_in_process(file, |uffd, regions| {
+                // Page 2 installed from elsewhere: a value the source does not hold.
+                let base = regions[0].base_host_virt_addr;
+                uffd.copy(base + 2 * PAGE, &[0xaa; PAGE as usize])?;
+                Ok(PrefetchReport {
+                    bytes: PAGE,
+                    ranges: 1,
+                    ..PrefetchReport::default()
+                })
+            })
+            .expect("restore");
+        assert_eq!(restored.prefetched.as_ref().map(|p| p.bytes), Some(PAGE));
+        assert_eq!(byte_at(&restored.memory, 2 * PAGE), 0xaa, "prefetched");
+        for page in [0, 1, 5, 7] {
+            assert_eq!(
+                byte_at(&restored.memory, page * PAGE + 17),
+                page as u8 + 1,
+                "page {page} on demand from the source"
+            );
+        }
+        let Restored {
+            memory, helpers, ..
+        } = restored;
+        helpers.finish().expect("the handler stops cleanly");
+        drop(memory);
+    }
+
+    /// A failed prefetch fails the restore: nothing is served.
+    #[test]
+    fn a_failed_prefetch_fails_the_restore() {
+        let (_dir, file) = source(4);
+        let Some(mem) = memory(4 * PAGE) else {
+            return;
+        };
+        let e = mem
+            .serve_in_process(file, |_, _| Err("the working set is damaged".into()))
+            .expect_err("refused");
+        assert!(matches!(e, BackendError::Prefetch(_)), "{e}");
+        assert_eq!(
+            crate::error_chain(&e),
+            "prefetch before the vCPU runs failed: the working set is damaged"
+        );
+    }
+
+    /// Recording serves every fault from the source and logs its offset in fault order.
+    #[test]
+    fn recording_logs_faults_in_order() {
+        let (_dir, file) = source(8);
+        let Some(mem) = memory(8 * PAGE) else {
+            return;
+        };
+        let (memory, recorder) = mem.record(file).expect("record");
+        for page in [6u64, 1, 3, 1] {
+            assert_eq!(byte_at(&memory, page * PAGE), page as u8 + 1);
+        }
+        assert_eq!(
+            recorder.finish().expect("log"),
+            vec![6 * PAGE, PAGE, 3 * PAGE],
+            "each page once, in the order first touched"
+        );
+    }
+}

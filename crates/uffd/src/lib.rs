@@ -29,3 +29,21 @@ pub const PAGE: u64 = snapbpf_guest_abi::PAGE_SIZE;
 /// `huge_pages: "2M"`): such a region is filled, and its faults served, in whole 2 MiB
 /// pages, since the kernel fills hugetlb memory only that way.
 pub const HUGETLB_PAGE: u64 = 2 << 20;
+
+/// For the crate's tests: a userfaultfd, or `None` after a loud message where the host
+/// has none, and a failure under `CI=true`, where every capability must be there.
+#[cfg(test)]
+pub(crate) fn uffd_or_skip(features: u64) -> Option<Uffd> {
+    match Uffd::with_features(features) {
+        Ok(uffd) => Some(uffd),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("no userfaultfd (features {features:#x}) and CI=true: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: no userfaultfd (features {features:#x}) here: {e} !!!!!!!!\n"
+            );
+            None
+        }
+    }
+}

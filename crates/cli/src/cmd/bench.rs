@@ -79,26 +79,69 @@ fn parse_all<'a>(list: impl IntoIterator<Item = &'a str>) -> Result<Vec<Strategy
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.replot {
-        let mut results = snapbpf_bench::read_results(path)?;
-        // Results from before the run recorded its baseline and subject compared to the
-        // paper's, as every run did then.
-        if results.config.baseline.is_empty() {
-            results.config.baseline = registry::baseline().label();
-        }
-        if results.config.subject.is_empty() {
-            results.config.subject = registry::subject().label();
-        }
-        let out = args.out.clone().unwrap_or_else(|| {
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."))
-                .to_path_buf()
-        });
-        snapbpf_bench::redraw(&results, &out)?;
-        println!("{}", snapbpf_bench::report::console(&results));
-        eprintln!("tables and charts redrawn in {}", out.display());
-        return Ok(());
+        return replot(path, args.out.as_deref());
     }
+    let (config, uses_store) = plan(&args)?;
+    let exe = super::current_exe()?;
+    let _store = if uses_store {
+        let capacity: u64 = config
+            .functions
+            .iter()
+            .filter_map(|f| snapbpf_functions::info(f))
+            .map(|f| u64::from(f.mem_mib) << 20)
+            .sum();
+        Some(BenchStore::start(
+            &exe,
+            &store_socket(&config.out)?,
+            capacity * 2,
+        )?)
+    } else {
+        None
+    };
+    // Several profiles: one full run each, into a subdirectory named by the profile.
+    let several = args.device.len() > 1;
+    for &device in &args.device {
+        let mut config = config.clone();
+        if several {
+            config.out = config.out.join(device.name());
+        }
+        run_profile(config, device, &exe)?;
+    }
+    Ok(())
+}
+
+/// `--replot`: the tables and charts of an earlier run, redrawn into `out` (default: the
+/// run's directory); nothing measured.
+fn replot(path: &std::path::Path, out: Option<&std::path::Path>) -> Result<()> {
+    let mut results = snapbpf_bench::read_results(path)?;
+    // Results from before the run recorded its baseline and subject compared to the
+    // paper's, as every run did then.
+    if results.config.baseline.is_empty() {
+        results.config.baseline = registry::baseline().label();
+    }
+    if results.config.subject.is_empty() {
+        results.config.subject = registry::subject().label();
+    }
+    let out = out.map(std::path::Path::to_path_buf).unwrap_or_else(|| {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    });
+    snapbpf_bench::redraw(&results, &out)?;
+    println!("{}", snapbpf_bench::report::console(&results));
+    eprintln!("tables and charts redrawn in {}", out.display());
+    Ok(())
+}
+
+/// The socket of the store the bench runs for its store strategies.
+fn store_socket(out: &std::path::Path) -> Result<PathBuf> {
+    Ok(std::path::absolute(out.join("store.sock"))?)
+}
+
+/// The run's configuration from the arguments, and whether a strategy of it restores
+/// from the bench's own store.
+fn plan(args: &Args) -> Result<(BenchConfig, bool)> {
     let functions = if !args.functions.is_empty() {
         args.functions.clone()
     } else if args.quick {
@@ -119,32 +162,31 @@ pub fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("bench-out"));
     // Strategies that restore from the in-memory store use one the bench runs itself.
-    let store_socket = std::path::absolute(out.join("store.sock"))?;
+    let socket = store_socket(&out)?;
     let mut uses_store = false;
     let mut with_store = |list: Vec<String>| -> Vec<String> {
         list.into_iter()
             .map(|text| {
                 let text = args.options.apply_to(&text);
-                let rewritten = bench_store_option(&text, &store_socket);
+                let rewritten = bench_store_option(&text, &socket);
                 uses_store |= rewritten != text;
                 rewritten
             })
             .collect()
     };
+    let defaults = |plan: &[&str]| plan.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let strategy_texts = if args.strategies.is_empty() {
-        registry::DEFAULT_COMPARISON
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        defaults(registry::DEFAULT_COMPARISON)
     } else {
         args.strategies.clone()
     };
     let strategies = parse_all(with_store(strategy_texts).iter().map(String::as_str))?;
     let breakdown = match args.breakdown.as_slice() {
-        [] => {
-            let texts = registry::DEFAULT_BREAKDOWN.iter().map(|s| s.to_string());
-            parse_all(with_store(texts.collect()).iter().map(String::as_str))?
-        }
+        [] => parse_all(
+            with_store(defaults(registry::DEFAULT_BREAKDOWN))
+                .iter()
+                .map(String::as_str),
+        )?,
         [none] if none == "none" => Vec::new(),
         list => parse_all(with_store(list.to_vec()).iter().map(String::as_str))?,
     };
@@ -153,6 +195,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         (args.repeat, args.warmup, args.repeat.min(3))
     };
+    let [read_fault_4k, anon_fault_4k, fault_2m] = registry::FAULT_PROBES.map(String::from);
     let config = BenchConfig {
         functions,
         strategies,
@@ -167,64 +210,51 @@ pub fn run(args: Args) -> Result<()> {
         baseline: registry::baseline().label(),
         subject: registry::subject().label(),
         device: snapbpf_bench::DeviceStamp::default(),
-        probes: {
-            let [read_fault_4k, anon_fault_4k, fault_2m] = registry::FAULT_PROBES.map(String::from);
-            snapbpf_bench::calibrate::ProbeStrategies {
-                read_fault_4k,
-                anon_fault_4k,
-                fault_2m,
-            }
+        probes: snapbpf_bench::calibrate::ProbeStrategies {
+            read_fault_4k,
+            anon_fault_4k,
+            fault_2m,
         },
     };
     config.validate()?;
-    let exe = super::current_exe()?;
-    let _store = if uses_store {
-        let capacity: u64 = config
-            .functions
-            .iter()
-            .filter_map(|f| snapbpf_functions::info(f))
-            .map(|f| u64::from(f.mem_mib) << 20)
-            .sum();
-        Some(BenchStore::start(&exe, &store_socket, capacity * 2)?)
-    } else {
-        None
+    Ok((config, uses_store))
+}
+
+/// One full run under one device profile: the device measured, the plan run, the
+/// results written and the comparison printed.
+fn run_profile(
+    mut config: BenchConfig,
+    device: snapbpf::storage_profile::StorageProfile,
+    exe: &std::path::Path,
+) -> Result<()> {
+    let (stamp, probe) = measure_device(device, &config.out)?;
+    config.device = stamp;
+    eprintln!(
+        "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
+         {} warm-up(s) and {} sample(s) per cell; device {}; into {}",
+        config.functions.len(),
+        config.strategies.len(),
+        config.concurrency,
+        config.plan().len() - config.strategies.len(),
+        config.warmup,
+        config.repeat,
+        device.name(),
+        config.out.display()
+    );
+    let engine = SnapbpfEngine {
+        exe: exe.to_path_buf(),
+        device,
+        probe: Some(probe.0.clone()),
     };
-    // Several profiles: one full run each, into a subdirectory named by the profile.
-    let several = args.device.len() > 1;
-    for &device in &args.device {
-        let mut config = config.clone();
-        if several {
-            config.out = config.out.join(device.name());
-        }
-        let (stamp, probe) = measure_device(device, &config.out)?;
-        config.device = stamp;
-        eprintln!(
-            "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
-             {} warm-up(s) and {} sample(s) per cell; device {}; into {}",
-            config.functions.len(),
-            config.strategies.len(),
-            config.concurrency,
-            config.plan().len() - config.strategies.len(),
-            config.warmup,
-            config.repeat,
-            device.name(),
-            config.out.display()
-        );
-        let engine = SnapbpfEngine {
-            exe: exe.clone(),
-            device,
-            probe: Some(probe.0.clone()),
-        };
-        let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
-        snapbpf_bench::write_results(&results)?;
-        println!("{}", snapbpf_bench::report::console(&results));
-        eprintln!(
-            "raw samples: {}; tables: {}; charts: {}/fig*.svg and .png",
-            config.out.join("results.json").display(),
-            config.out.join("summary.md").display(),
-            config.out.display()
-        );
-    }
+    let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
+    snapbpf_bench::write_results(&results)?;
+    println!("{}", snapbpf_bench::report::console(&results));
+    eprintln!(
+        "raw samples: {}; tables: {}; charts: {}/fig*.svg and .png",
+        config.out.join("results.json").display(),
+        config.out.join("summary.md").display(),
+        config.out.display()
+    );
     Ok(())
 }
 
