@@ -523,11 +523,16 @@ pub fn run_handler(
 mod tests {
     use super::*;
 
-    /// A file of `pages` pages, each filled with its page number plus one.
+    /// Guest memory is whole 2 MiB blocks: 512 pages.
+    const PAGES: u64 = 512;
+
+    /// A file of `pages` pages, each filled with its page number plus one (mod 256).
     fn source(pages: u64) -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("memory");
-        let data: Vec<u8> = (0..pages * PAGE).map(|i| (i / PAGE) as u8 + 1).collect();
+        let data: Vec<u8> = (0..pages * PAGE)
+            .map(|i| ((i / PAGE) as u8).wrapping_add(1))
+            .collect();
         std::fs::write(&path, &data).expect("write");
         let file = File::open(&path).expect("open");
         (dir, file)
@@ -558,9 +563,8 @@ mod tests {
     /// is served from the source on demand; the handler stops with the helpers.
     #[test]
     fn in_process_prefetch_then_on_demand() {
-        let pages = 8;
-        let (_dir, file) = source(pages);
-        let Some(mem) = memory(pages * PAGE) else {
+        let (_dir, file) = source(PAGES);
+        let Some(mem) = memory(PAGES * PAGE) else {
             return;
         };
         let restored = mem
@@ -577,10 +581,10 @@ mod tests {
             .expect("restore");
         assert_eq!(restored.prefetched.as_ref().map(|p| p.bytes), Some(PAGE));
         assert_eq!(byte_at(&restored.memory, 2 * PAGE), 0xaa, "prefetched");
-        for page in [0, 1, 5, 7] {
+        for page in [0, 1, 5, 7, 300] {
             assert_eq!(
                 byte_at(&restored.memory, page * PAGE + 17),
-                page as u8 + 1,
+                (page as u8).wrapping_add(1),
                 "page {page} on demand from the source"
             );
         }
@@ -594,8 +598,8 @@ mod tests {
     /// A failed prefetch fails the restore: nothing is served.
     #[test]
     fn a_failed_prefetch_fails_the_restore() {
-        let (_dir, file) = source(4);
-        let Some(mem) = memory(4 * PAGE) else {
+        let (_dir, file) = source(PAGES);
+        let Some(mem) = memory(PAGES * PAGE) else {
             return;
         };
         let e = mem
@@ -611,13 +615,13 @@ mod tests {
     /// Recording serves every fault from the source and logs its offset in fault order.
     #[test]
     fn recording_logs_faults_in_order() {
-        let (_dir, file) = source(8);
-        let Some(mem) = memory(8 * PAGE) else {
+        let (_dir, file) = source(PAGES);
+        let Some(mem) = memory(PAGES * PAGE) else {
             return;
         };
         let (memory, recorder) = mem.record(file).expect("record");
         for page in [6u64, 1, 3, 1] {
-            assert_eq!(byte_at(&memory, page * PAGE), page as u8 + 1);
+            assert_eq!(byte_at(&memory, page * PAGE), (page as u8).wrapping_add(1));
         }
         assert_eq!(
             recorder.finish().expect("log"),
