@@ -218,11 +218,17 @@ fn bad_working_sets_are_refused() {
     let mid = corrupt.len() / 2;
     corrupt[mid] ^= 0x55;
     std::fs::write(&ws, &corrupt).expect("write");
-    fails(&["invoke", s, "--strategy", "snapbpf"], "checksum");
+    fails(&["invoke", s, "--strategy", "snapbpf"], "CRC mismatch");
     std::fs::write(&ws, b"not a working set at all, just text").expect("write");
     fails(
         &["invoke", s, "--strategy", "snapbpf"],
-        "not a snapbpf working-set file (starts with \"not a wo\"",
+        "not a snapbpf artifact (bad magic)",
+    );
+    // One in the format before working sets were artifacts.
+    std::fs::write(&ws, b"SNAPBPFW\x01\0\0\0 and the rest").expect("write");
+    fails(
+        &["invoke", s, "--strategy", "snapbpf"],
+        "written by an older snapbpf (the pre-container working-set format): run `snapbpf record` again",
     );
     // A working set that is a link to a device would be read forever: refused at once.
     std::fs::remove_file(&ws).expect("rm");
