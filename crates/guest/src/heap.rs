@@ -304,14 +304,14 @@ pub fn init(start: u64, end: u64) {
     // SAFETY: the VMM reserves [heap_start, mem_bytes) for the heap: identity-mapped RAM
     // that nothing else uses; this runs once, before any allocation.
     if unsafe { talc.claim(span) }.is_err() {
-        crate::hypercall::panic_message(format_args!("cannot claim heap {start:#x}..{end:#x}"));
+        crate::transport::panic_message(format_args!("cannot claim heap {start:#x}..{end:#x}"));
     }
     let base = start.next_multiple_of(PAGE_SIZE);
     let pages = ((end - base) / PAGE_SIZE) as usize;
     let layout = Layout::array::<u16>(pages).unwrap_or(Layout::new::<u16>());
     // SAFETY: a valid non-zero layout.
     let Ok(entries) = (unsafe { talc.malloc(layout) }) else {
-        crate::hypercall::panic_message(format_args!("no memory for the page ledger"));
+        crate::transport::panic_message(format_args!("no memory for the page ledger"));
     };
     drop(talc);
     let entries = entries.as_ptr().cast::<u16>();

@@ -1,81 +1,112 @@
-//! The snapbpf guest: a freestanding program the VMM runs at CPL 3.
+//! The snapbpf guest: a freestanding program that runs at CPL 3 under either VMM.
 //!
-//! Boot: the VMM loads this ELF, builds page tables and the mailbox, and starts `_start`
-//! with `rsp` at the top of the stack. The runtime sets up the heap over the rest of guest
+//! Boot under snapbpf's VMM: it loads this ELF, builds page tables and the mailbox, and
+//! starts `_start` at CPL 3 with `rsp` at the top of the stack. Boot under an unmodified
+//! Firecracker: `_start` runs at ring 0 on Firecracker's page tables; a short stub
+//! ([`boot`]) builds the same page tables and GDT our VMM would have and drops to ring 3,
+//! where [`firecracker::init_mailbox`] writes the mailbox's boot fields from the boot
+//! parameters and selects the serial transport.
+//!
+//! From there both are the same code: the runtime sets up the heap over the rest of guest
 //! RAM, runs the selected function's init phase, reports ready (the snapshot point), and
-//! then serves invocations forever: read the input from the mailbox, invoke, report the
-//! checksum. Each report is one MMIO hypercall; the VMM resumes the guest for the next one.
+//! then serves invocations forever: wait for the input, invoke, report the checksum
+//! ([`transport`] says how each of those reaches the VMM).
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+mod boot;
+mod firecracker;
 mod heap;
 mod hypercall;
 mod mem;
+mod serial;
+mod transport;
 
 use snapbpf_guest_abi::{Mailbox, MAILBOX_GPA, MAILBOX_MAGIC};
-
-core::arch::global_asm!(
-    ".section .text._start, \"ax\"",
-    ".global _start",
-    "_start:",
-    "    xor ebp, ebp",
-    "    call {main}",
-    "    ud2",
-    main = sym guest_main,
-);
 
 fn mailbox() -> *mut Mailbox {
     MAILBOX_GPA as *mut Mailbox
 }
 
-extern "C" fn guest_main() -> ! {
+/// The common ring-3 entry (see [`boot`]). `boot_params` is the guest-physical address of
+/// Firecracker's boot parameters, or 0 when our VMM started us (it wrote the mailbox).
+extern "C" fn guest_main(boot_params: u64) -> ! {
+    if boot_params != 0 {
+        firecracker::init_mailbox(boot_params);
+    }
     let mb = mailbox();
-    // SAFETY: the VMM wrote the mailbox page at MAILBOX_GPA before starting us; it is
-    // identity-mapped and only read here between hypercalls, when the VMM is not writing.
-    let (magic, function, heap_start, mem_bytes) = unsafe {
+    // SAFETY: the VMM (or init_mailbox above) wrote the mailbox page at MAILBOX_GPA before
+    // this point; it is identity-mapped and only read here between reports, when the VMM
+    // is not writing.
+    let (magic, function, heap_start, mem_bytes, transport) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*mb).magic),
             core::ptr::read_volatile(&raw const (*mb).function),
             core::ptr::read_volatile(&raw const (*mb).heap_start),
             core::ptr::read_volatile(&raw const (*mb).mem_bytes),
+            core::ptr::read_volatile(&raw const (*mb).transport),
         )
     };
+    transport::select(transport);
     if magic != MAILBOX_MAGIC {
-        hypercall::panic_message(format_args!("bad mailbox magic {magic:#x}"));
+        transport::panic_message(format_args!("bad mailbox magic {magic:#x}"));
+    }
+    if heap_start < boot::image_end() {
+        transport::panic_message(format_args!(
+            "heap start {heap_start:#x} lies inside the image (ends at {:#x})",
+            boot::image_end()
+        ));
     }
     heap::init(heap_start, mem_bytes);
     let Some(mut function) = snapbpf_functions::init(function) else {
-        hypercall::panic_message(format_args!("unknown function index {function}"));
+        transport::panic_message(format_args!("unknown function index {function}"));
     };
     heap::freeze_at_snapshot();
-    hypercall::ready();
+    transport::ready(function_index(mb));
     heap::snapshot_passed();
     loop {
-        // SAFETY: as above; the VMM writes `input` only while we are stopped in a hypercall.
-        let input = unsafe { core::ptr::read_volatile(&raw const (*mb).input) };
+        let input = transport::next_input();
+        let start = rdtsc();
         let checksum = function.invoke(input);
-        // SAFETY: as above; the VMM reads these only after the DONE hypercall.
-        unsafe {
+        let cycles = rdtsc().wrapping_sub(start);
+        // SAFETY: as above; the VMM reads these only after the done report.
+        let invocations = unsafe {
             core::ptr::write_volatile(&raw mut (*mb).result, checksum);
-            let n = core::ptr::read_volatile(&raw const (*mb).invocations);
-            core::ptr::write_volatile(&raw mut (*mb).invocations, n + 1);
-        }
-        hypercall::done(checksum);
+            let n = core::ptr::read_volatile(&raw const (*mb).invocations) + 1;
+            core::ptr::write_volatile(&raw mut (*mb).invocations, n);
+            n
+        };
+        transport::done(checksum, invocations, cycles);
     }
+}
+
+fn function_index(mb: *mut Mailbox) -> u32 {
+    // SAFETY: as in guest_main: the identity-mapped mailbox page, written before boot.
+    unsafe { core::ptr::read_volatile(&raw const (*mb).function) }
+}
+
+/// The time-stamp counter (allowed at CPL 3: CR4.TSD is clear).
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc reads a counter into two registers; no memory is touched.
+    unsafe {
+        core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     match info.location() {
-        Some(at) => hypercall::panic_message(format_args!(
+        Some(at) => transport::panic_message(format_args!(
             "{} (at {}:{})",
             info.message(),
             at.file(),
             at.line()
         )),
-        None => hypercall::panic_message(format_args!("{}", info.message())),
+        None => transport::panic_message(format_args!("{}", info.message())),
     }
 }
 

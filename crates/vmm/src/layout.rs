@@ -4,7 +4,7 @@
 
 use snapbpf_guest_abi::{
     Mailbox, ABI_VERSION, IMAGE_BASE, MAILBOX_GPA, MAILBOX_MAGIC, PAGE_DIRS, PAGE_SIZE, PDPT_GPA,
-    PD_GPA, PML4_GPA,
+    PD_GPA, PML4_GPA, TRANSPORT_HYPERCALL,
 };
 use std::mem::offset_of;
 
@@ -150,6 +150,11 @@ pub fn init_mailbox(
     mem.write(at(offset_of!(Mailbox, function)), &function.to_le_bytes())?;
     mem.write_u64(at(offset_of!(Mailbox, mem_bytes)), mem.len())?;
     mem.write_u64(at(offset_of!(Mailbox, heap_start)), heap_start)?;
+    // This VMM serves the guest's hypercalls (the serial transport is for Firecracker).
+    mem.write(
+        at(offset_of!(Mailbox, transport)),
+        &TRANSPORT_HYPERCALL.to_le_bytes(),
+    )?;
     set_hints_enabled(mem, hints_enabled)
 }
 
