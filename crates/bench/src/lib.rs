@@ -241,6 +241,29 @@ pub struct BenchConfig {
     /// calibration).
     #[serde(default)]
     pub probes: calibrate::ProbeStrategies,
+    /// The VMM every VM of the run restores under (`builtin` in results written before
+    /// Firecracker was measured), and its version where it has one.
+    #[serde(default)]
+    pub vmm: VmmStamp,
+}
+
+/// The VMM of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmStamp {
+    /// `builtin` or `firecracker`.
+    pub name: String,
+    /// `firecracker --version`, for Firecracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Default for VmmStamp {
+    fn default() -> Self {
+        Self {
+            name: "builtin".into(),
+            version: None,
+        }
+    }
 }
 
 /// The device profile of a run and what the device delivered to our own direct reads,

@@ -44,6 +44,7 @@ fn config(concurrency: Vec<u32>) -> BenchConfig {
         subject: "snapbpf".into(),
         device: Default::default(),
         probes: Default::default(),
+        vmm: Default::default(),
     }
 }
 
@@ -64,6 +65,7 @@ fn sample(function: &str, strategy: &str, vms: &[f64], cold: bool, mem_mib: u64)
             fresh_bytes: 0,
             readahead_kib: None,
             prefetch: None,
+            load_ms: None,
         })
         .collect();
     Sample {

@@ -19,6 +19,8 @@ pub struct SnapbpfEngine {
     pub exe: PathBuf,
     /// The storage class every VM reads its snapshot from.
     pub device: snapbpf::storage_profile::StorageProfile,
+    /// The VMM snapshots are taken with and restored under.
+    pub vmm: snapbpf::snapshot::Vmm,
     /// A file on the snapshots' device to measure it with during the run (direct reads).
     pub probe: Option<PathBuf>,
 }
@@ -60,7 +62,7 @@ impl Engine for SnapbpfEngine {
 
     fn snapshot(&self, function: &str, dir: &Path) -> Result<SnapshotFacts, EngineError> {
         use std::os::unix::fs::MetadataExt;
-        let snapshot = snapbpf::snapshot::ensure(function, dir)?;
+        let snapshot = snapbpf::snapshot::ensure_under(function, dir, self.vmm)?;
         Ok(SnapshotFacts {
             function: function.to_string(),
             mem_bytes: snapshot.meta.mem_bytes,

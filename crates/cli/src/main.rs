@@ -15,6 +15,10 @@ mod engine;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The Firecracker binary for snapshots taken or restored with `--vmm firecracker`
+    /// [default: $FIRECRACKER, else `firecracker` on PATH].
+    #[arg(long, global = true, value_name = "PATH")]
+    firecracker: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,13 +65,18 @@ fn main() {
         }
         default_hook(info);
     }));
+    let cli = Cli::parse();
+    if let Some(path) = &cli.firecracker {
+        // Before any thread starts: the library and every VM worker process find the
+        // binary there.
+        std::env::set_var("FIRECRACKER", path);
+    }
     // Library code that must end the process (after an interrupt's undo, or a fault
     // handler that cannot stop its vCPU) ends it this way.
     snapbpf_os::terminate::set_hook(|code| std::process::exit(code));
     if let Err(e) = snapbpf_os::interrupt::install() {
         tracing::warn!("interrupts will not clean up: {e}");
     }
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Functions(a) => cmd::functions::run(a),
         Command::Strategies(a) => cmd::strategies::run(a),

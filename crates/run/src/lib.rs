@@ -268,6 +268,10 @@ pub struct RunReport {
     /// Prefetch done for this VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<PrefetchReport>,
+    /// The VMM's own snapshot load call, ms, for a VMM in another process (Firecracker's
+    /// `PUT /snapshot/load`, which returns once its vCPUs run); part of `restore_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_ms: Option<f64>,
 }
 
 /// Options of one invocation.
@@ -291,6 +295,12 @@ pub enum RunError {
     /// The mailbox could not be written.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The snapshot was taken with another VMM, whose state this VMM cannot resume.
+    #[error("the snapshot was taken with {}, not snapbpf's VMM: it restores under that VMM only", .vmm.name())]
+    OtherVmm {
+        /// The snapshot's VMM.
+        vmm: snapbpf_store::snapshot::Vmm,
+    },
     /// The snapshot's memory holds no mailbox of this ABI.
     #[error("snapshot memory does not hold a snapbpf guest of this ABI version")]
     ForeignMemory,
@@ -339,7 +349,10 @@ pub fn run_restored(
     // Helpers are joined on every path: `helpers` outlives the VM only on success, where
     // it is finished explicitly; on an early return its drop stops and joins them.
     let mut vm = MicroVm::new(memory)?;
-    vm.set_state(&snapshot.vcpu)?;
+    let vcpu = snapshot.vcpu().ok_or(RunError::OtherVmm {
+        vmm: snapshot.vmm(),
+    })?;
+    vm.set_state(vcpu)?;
     if !vm.mailbox_matches_abi()? {
         return Err(RunError::ForeignMemory);
     }
@@ -374,6 +387,7 @@ pub fn run_restored(
         fresh_bytes: stats.hinted_bytes,
         readahead_kib,
         prefetch: prefetched.or(prefetch_during),
+        load_ms: None,
     })
 }
 

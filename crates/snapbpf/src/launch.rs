@@ -41,6 +41,37 @@ pub enum RunOneError {
     /// The VM failed.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The VM under Firecracker failed.
+    #[error(transparent)]
+    Firecracker(#[from] crate::firecracker::FirecrackerError),
+}
+
+/// What keeps a VM alive after its report, until the launcher has measured memory: for
+/// Firecracker its process (and the handler beside it); nothing for snapbpf's own VMM,
+/// whose memory the worker process itself holds until it exits.
+#[derive(Debug)]
+pub enum Alive {
+    /// snapbpf's VMM ran in this process.
+    Here,
+    /// A Firecracker process.
+    Firecracker(Box<crate::firecracker::Running>),
+}
+
+/// Restores one VM from `dir` with `spec` under the VMM the snapshot was taken with and
+/// runs one invocation.
+pub fn run_any(
+    dir: &Path,
+    spec: &StrategySpec,
+    opts: &RunOptions,
+) -> Result<(RunReport, Alive), RunOneError> {
+    let vmm = crate::snapshot::open_metadata(dir)?.vmm();
+    match vmm {
+        snapbpf_store::snapshot::Vmm::Builtin => Ok((run_one(dir, spec, opts)?, Alive::Here)),
+        snapbpf_store::snapshot::Vmm::Firecracker => {
+            let (report, running) = crate::firecracker::run_one(dir, spec, opts)?;
+            Ok((report, Alive::Firecracker(Box::new(running))))
+        }
+    }
 }
 
 /// Restores one VM from `dir` with `spec` in this process and runs one invocation.
@@ -281,6 +312,7 @@ fn prepare(req: &InvokeRequest) -> Result<Prepared, InvokeError> {
             input: req.run.input,
         });
     }
+    crate::strategy::check_vmm(&req.spec, snapshot.vmm())?;
     let strategy = req.spec.build();
     strategy.check(&snapshot)?;
     let files = req.spec.cold_files(&snapshot);
@@ -606,9 +638,9 @@ pub fn worker_main() -> Result<(), WorkerError> {
     if line.trim() != "go" {
         return Ok(());
     }
-    let outcome = match run_one(&args.dir, &args.spec, &args.run) {
-        Ok(r) => WorkerReply::Ok(r),
-        Err(e) => WorkerReply::Err(crate::error_chain(&e)),
+    let (outcome, _alive) = match run_any(&args.dir, &args.spec, &args.run) {
+        Ok((r, alive)) => (WorkerReply::Ok(r), Some(alive)),
+        Err(e) => (WorkerReply::Err(crate::error_chain(&e)), None),
     };
     reply(&mut stdout, &outcome)?;
     // Stay alive (keeping guest memory mapped) until the launcher has measured memory.

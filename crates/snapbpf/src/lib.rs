@@ -11,6 +11,8 @@
 //! - [`run`] (the `snapbpf-run` crate): one VM over memory a strategy restored: the run
 //!   primitive, its helper threads and its measurements.
 //! - [`launch`]: N VMs at once in N worker processes, and the worker protocol.
+//! - [`firecracker`]: snapshots, restores and record phases under an unmodified
+//!   Firecracker, one process per VM.
 //! - [`measure`]: bounds beside the runs (the device time of a strategy's prefetch).
 //! - [`storage_profile`]: VMs on storage of another class (`--device sata`, a blkio throttle).
 //! - [`store_memory`]: guest memory from the in-memory snapshot store.
@@ -19,6 +21,7 @@
 //! - [`uffd_backend`]: guest memory served through userfaultfd, in process or by an
 //!   external handler.
 
+pub mod firecracker;
 pub mod launch;
 pub mod measure;
 pub mod profile;

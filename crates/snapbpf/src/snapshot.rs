@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use snapbpf_store::snapshot::{self as store, SnapshotContents};
-pub use snapbpf_store::snapshot::{OpenError, Snapshot, SnapshotMeta, WriteError};
+pub use snapbpf_store::snapshot::{OpenError, Snapshot, SnapshotMeta, Vmm, WriteError};
 use snapbpf_vmm::{
     BootError, CreateError, GuestEvent, GuestMemory, IgnoreHints, MemoryError, MicroVm, RunError,
     StateError,
@@ -42,6 +42,9 @@ pub enum SnapshotError {
     /// Reading the vCPU state failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Firecracker could not take the snapshot.
+    #[error("under Firecracker")]
+    Firecracker(#[source] Box<crate::firecracker::FirecrackerError>),
     /// Writing the snapshot failed.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -86,10 +89,15 @@ pub fn open_metadata(dir: &Path) -> Result<Snapshot, OpenError> {
 }
 
 /// Reuses a valid snapshot of `function` for this build at `dir`, or takes a new one
-/// there (replacing whatever is not one).
+/// there (replacing whatever is not one), with snapbpf's own VMM.
 pub fn ensure(function: &str, dir: &Path) -> Result<Snapshot, SnapshotError> {
+    ensure_under(function, dir, Vmm::Builtin)
+}
+
+/// [`ensure`] for a snapshot taken with `vmm`.
+pub fn ensure_under(function: &str, dir: &Path, vmm: Vmm) -> Result<Snapshot, SnapshotError> {
     if let Ok(s) = open(dir) {
-        if s.meta.function == function {
+        if s.meta.function == function && s.vmm() == vmm {
             return Ok(s);
         }
     }
@@ -98,6 +106,7 @@ pub fn ensure(function: &str, dir: &Path) -> Result<Snapshot, SnapshotError> {
         dir,
         &CreateOptions {
             force: true,
+            vmm,
             ..CreateOptions::default()
         },
     )
@@ -112,6 +121,8 @@ pub struct CreateOptions {
     pub force: bool,
     /// Longest the init phase may run.
     pub timeout: Duration,
+    /// The VMM that boots the function and takes the snapshot.
+    pub vmm: Vmm,
 }
 
 impl Default for CreateOptions {
@@ -120,6 +131,7 @@ impl Default for CreateOptions {
             mem_mib: None,
             force: false,
             timeout: Duration::from_secs(300),
+            vmm: Vmm::Builtin,
         }
     }
 }
@@ -134,6 +146,17 @@ pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapsh
         return Err(SnapshotError::Exists(out.to_path_buf()));
     }
     let mem_bytes = u64::from(opts.mem_mib.unwrap_or(info.mem_mib)) << 20;
+    snapbpf_vmm::memory::check_size(mem_bytes)?;
+    if opts.vmm == Vmm::Firecracker {
+        return crate::firecracker::take_snapshot(
+            function,
+            index,
+            mem_bytes,
+            out,
+            opts.force,
+            opts.timeout,
+        );
+    }
     let started = Instant::now();
     let mut vm = MicroVm::new(GuestMemory::anonymous(mem_bytes)?)?;
     vm.boot(snapbpf_guest_image::GUEST_ELF, index)?;

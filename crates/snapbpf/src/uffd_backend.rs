@@ -519,6 +519,153 @@ pub fn run_handler(
     Ok(())
 }
 
+/// Longest a VMM handed [`OneVmm`]'s socket may take to connect and send its userfaultfd.
+pub const ONE_VMM_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A page-fault handler for one VMM in another process (Firecracker's Uffd backend), on
+/// a thread of this process: it listens on a socket in a private directory, takes the
+/// VMM's userfaultfd and regions (Firecracker's handshake), installs what the strategy
+/// asks (`install`) and then serves every other fault from `source` until it is stopped;
+/// with `record`, it logs the file offset of every page it serves, in fault order.
+#[derive(Debug)]
+pub struct OneVmm {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    stop: Arc<StopSignal>,
+    installed: mpsc::Receiver<PrefetchReport>,
+    join: Option<std::thread::JoinHandle<Result<Vec<u64>, BackendError>>>,
+}
+
+impl OneVmm {
+    /// Starts the handler; [`OneVmm::socket`] is where the VMM connects.
+    pub fn start(
+        source: File,
+        install: Option<Arc<uffd::server::Prefetch>>,
+        record: bool,
+    ) -> Result<Self, BackendError> {
+        let dir = tempfile::Builder::new()
+            .prefix("snapbpf-uffd-")
+            .tempdir()
+            .map_err(thread_err("page-fault handler socket directory"))?;
+        let socket = dir.path().join("uffd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .map_err(thread_err("page-fault handler socket"))?;
+        let stop = Arc::new(StopSignal::new().map_err(thread_err("page-fault handler"))?);
+        let (installed_tx, installed) = mpsc::channel();
+        let thread_stop = stop.clone();
+        let join = std::thread::Builder::new()
+            .name("uffd-one-vmm".into())
+            .spawn(move || -> Result<Vec<u64>, BackendError> {
+                let Some(stream) = accept_until(&listener, &thread_stop)? else {
+                    return Ok(Vec::new());
+                };
+                let (uffd, regions) = uffd::receive_from_vmm(&stream)?;
+                let len = source.metadata().map(|m| m.len()).unwrap_or(0);
+                uffd::check_regions(&regions, len)?;
+                if let Some(install) = install {
+                    let ack = install(&uffd, &regions).map_err(BackendError::Prefetch)?;
+                    let _ = installed_tx.send(report(&ack));
+                }
+                let stats = uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), record)?;
+                Ok(stats.log)
+            })
+            .map_err(thread_err("page-fault handler"))?;
+        Ok(Self {
+            _dir: dir,
+            socket,
+            stop,
+            installed,
+            join: Some(join),
+        })
+    }
+
+    /// The socket the VMM connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// What the handler installed, once it has (`None` before, or with nothing to
+    /// install).
+    pub fn installed(&self) -> Option<PrefetchReport> {
+        self.installed.try_recv().ok()
+    }
+
+    /// Stops the handler (once its VMM is gone: it serves that VMM's faults until then)
+    /// and returns the faults it logged.
+    pub fn finish(mut self) -> Result<Vec<u64>, BackendError> {
+        self.stop.signal();
+        match self.join.take().map(|j| j.join()) {
+            Some(Ok(result)) => result,
+            _ => Err(BackendError::HandlerEnded),
+        }
+    }
+}
+
+impl Drop for OneVmm {
+    fn drop(&mut self) {
+        self.stop.signal();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// The first connection to `listener`, or `None` once `stop` is signalled first; an error
+/// after [`ONE_VMM_CONNECT_TIMEOUT`].
+fn accept_until(
+    listener: &std::os::unix::net::UnixListener,
+    stop: &StopSignal,
+) -> Result<Option<UnixStream>, BackendError> {
+    let deadline = std::time::Instant::now() + ONE_VMM_CONNECT_TIMEOUT;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(BackendError::Uffd(UffdError::Ioctl {
+                op: "accept the VMM's connection",
+                source: std::io::ErrorKind::TimedOut.into(),
+            }));
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of two pollfd structs for the call's duration.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(BackendError::Uffd(UffdError::Ioctl {
+                op: "poll",
+                source: err,
+            }));
+        }
+        if fds[1].revents != 0 {
+            return Ok(None);
+        }
+        if fds[0].revents != 0 {
+            return match listener.accept() {
+                Ok((stream, _)) => Ok(Some(stream)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(source) => Err(BackendError::Uffd(UffdError::Ioctl {
+                    op: "accept",
+                    source,
+                })),
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,8 @@ fn pyaes_snapshot() -> (tempfile::TempDir, snapbpf::snapshot::Snapshot) {
         "pyaes",
         &dir.path().join("pyaes"),
         &snapbpf::snapshot::CreateOptions {
-            mem_mib: None,
-            force: false,
             timeout: Duration::from_secs(60),
+            ..Default::default()
         },
     )
     .expect("snapshot");

@@ -118,11 +118,13 @@ pub fn decode<H: DeserializeOwned>(
         path: path.to_path_buf(),
         reason,
     };
+    // The magic first: a foreign file is named as foreign even when it is short.
+    let magic_len = bytes.len().min(ARTIFACT_MAGIC.len());
+    if bytes[..magic_len] != ARTIFACT_MAGIC[..magic_len] {
+        return Err(corrupt("not a snapbpf artifact (bad magic)".into()));
+    }
     if bytes.len() < FIXED + 8 + 4 {
         return Err(corrupt("truncated (shorter than the fixed header)".into()));
-    }
-    if &bytes[..8] != ARTIFACT_MAGIC {
-        return Err(corrupt("not a snapbpf artifact (bad magic)".into()));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
     if version != ARTIFACT_VERSION {

@@ -16,6 +16,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace(path, bytes, true)
 }
 
+/// Makes `path` readable and writable by its owner only (0600): for files a VMM wrote
+/// that hold a tenant's memory or machine state.
+pub fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Replaces `path` with `bytes` atomically for readers (temporary file, rename) but
 /// without waiting for the disk: for caches, whose loss in a crash costs only recomputing
 /// them (a crash may leave an empty file, which reads as an empty cache). An `fsync`

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! <dir>/memory         raw guest memory, file offset = guest-physical address
-//! <dir>/vcpu           vCPU registers (snapbpf_vmm::vcpu_state format: magic, version, CRC)
-//! <dir>/snapshot.json  metadata: function, sizes, guest build, identity of `memory`
+//! <dir>/vcpu           vCPU registers (snapbpf_vmm::vcpu_state format: magic, version, CRC),
+//!                      for snapshots of snapbpf's own VMM
+//! <dir>/vmstate        Firecracker's device and vCPU state, for snapshots it took
+//! <dir>/snapshot.json  metadata: function, sizes, guest build, the VMM, identity of `memory`
 //! ```
 //! The directory is built under a temporary name beside the target and renamed into place,
 //! so a crash never leaves a half-written snapshot under the requested name.
@@ -24,6 +26,8 @@ use crate::verify::{self, VerifyError};
 pub const MEMORY_FILE: &str = "memory";
 /// Name of the vCPU state file.
 pub const VCPU_FILE: &str = "vcpu";
+/// Name of Firecracker's state file in a snapshot it took.
+pub const VMSTATE_FILE: &str = "vmstate";
 /// Name of the metadata file.
 pub const META_FILE: &str = "snapshot.json";
 /// Value of `format` in `snapshot.json`.
@@ -35,6 +39,49 @@ pub const META_VERSION: u32 = 1;
 pub const MAX_META_BYTES: u64 = 1 << 20;
 /// Largest `vcpu` file accepted (a real one is a few KiB).
 pub const MAX_VCPU_BYTES: u64 = 1 << 20;
+/// Largest `vmstate` accepted (Firecracker's is tens of KiB).
+pub const MAX_VMSTATE_BYTES: u64 = 16 << 20;
+
+/// The VMM a snapshot was taken with, and restores under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Vmm {
+    /// snapbpf's own microVM (`snapbpf-vmm`), in the restoring process.
+    #[default]
+    Builtin,
+    /// An unmodified Firecracker, one process per VM, driven through its API.
+    Firecracker,
+}
+
+impl Vmm {
+    /// Every VMM, in the order tables show them.
+    pub const ALL: [Vmm; 2] = [Vmm::Builtin, Vmm::Firecracker];
+
+    /// Its name, as on the command line and in `snapshot.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Builtin => "builtin",
+            Vmm::Firecracker => "firecracker",
+        }
+    }
+
+    /// The VMM named `name`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| format!("unknown VMM '{name}' (expected builtin or firecracker)"))
+    }
+}
+
+/// What `snapshot.json` says about a snapshot Firecracker took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirecrackerState {
+    /// `firecracker --version` of the Firecracker that took it.
+    pub version: String,
+    /// Identity of its `vmstate` file.
+    pub vmstate: FileIdentity,
+}
 
 /// `snapshot.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,8 +102,14 @@ pub struct SnapshotMeta {
     pub guest_digest: String,
     /// Identity of `memory`; strategy artifacts are bound to it.
     pub memory: FileIdentity,
-    /// CRC32 of the `vcpu` file.
+    /// CRC32 of the `vcpu` file (0 for a snapshot Firecracker took, which has none).
     pub vcpu_crc32: u32,
+    /// The VMM it was taken with (snapshots of snapbpf 0.1 are the builtin one's).
+    #[serde(default)]
+    pub vmm: Vmm,
+    /// Firecracker's state, for a snapshot it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firecracker: Option<FirecrackerState>,
     /// Time the init phase took in the fresh VM, ms.
     pub init_ms: f64,
     /// Creation time, seconds since the epoch.
@@ -82,6 +135,9 @@ pub enum WriteError {
     /// The snapshot to replace is in use.
     #[error(transparent)]
     Busy(#[from] snapbpf_os::lock::LockError),
+    /// The VMM could not write its files (Firecracker's snapshot call).
+    #[error("the VMM could not write the snapshot")]
+    Vmm(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The snapshot written cannot be opened again.
     #[error("the snapshot written to {path} does not open")]
     Reopen {
@@ -179,6 +235,9 @@ pub enum OpenError {
     /// vcpu file differs from the one the metadata names.
     #[error("{0} does not belong to this snapshot (CRC differs from snapshot.json)")]
     VcpuMismatch(PathBuf),
+    /// Firecracker's state file differs from the one the metadata names.
+    #[error("{0} does not belong to this snapshot (its content differs from snapshot.json)")]
+    StateMismatch(PathBuf),
 }
 
 /// What an opener can restore, checked against a snapshot's metadata before any of its
@@ -190,6 +249,15 @@ pub trait Accept {
     fn accept(&self, meta: &SnapshotMeta) -> Result<(), OpenError>;
 }
 
+/// The machine state a snapshot resumes, as its VMM saved it.
+#[derive(Debug, Clone)]
+pub enum SavedState {
+    /// snapbpf's VMM: the vCPU's registers.
+    Builtin(Box<VcpuState>),
+    /// Firecracker's `vmstate` file, checked against its identity; Firecracker reads it.
+    Firecracker(PathBuf),
+}
+
 /// An opened, validated snapshot.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -197,8 +265,8 @@ pub struct Snapshot {
     pub dir: PathBuf,
     /// Its metadata.
     pub meta: SnapshotMeta,
-    /// The vCPU state to resume.
-    pub vcpu: VcpuState,
+    /// The machine state to resume.
+    pub state: SavedState,
 }
 
 impl Snapshot {
@@ -210,6 +278,19 @@ impl Snapshot {
     /// Path of a strategy artifact in the snapshot directory.
     pub fn artifact_path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The VMM it restores under.
+    pub fn vmm(&self) -> Vmm {
+        self.meta.vmm
+    }
+
+    /// The vCPU state, for a snapshot of snapbpf's own VMM.
+    pub fn vcpu(&self) -> Option<&VcpuState> {
+        match &self.state {
+            SavedState::Builtin(vcpu) => Some(vcpu),
+            SavedState::Firecracker(_) => None,
+        }
     }
 
     /// Opens and validates `dir`: metadata format, what the caller can run (`accept`
@@ -257,22 +338,49 @@ impl Snapshot {
                 meta.mem_bytes
             )));
         }
-        let vcpu_path = dir.join(VCPU_FILE);
-        let vcpu_bytes =
-            fsutil::read_regular(&vcpu_path, MAX_VCPU_BYTES).map_err(io(&vcpu_path))?;
-        let vcpu = VcpuState::from_bytes(&vcpu_bytes).map_err(|source| OpenError::Vcpu {
-            path: vcpu_path.clone(),
-            source,
-        })?;
-        if crc32fast::hash(&vcpu_bytes) != meta.vcpu_crc32 {
-            return Err(OpenError::VcpuMismatch(vcpu_path));
-        }
+        let state = match (meta.vmm, &meta.firecracker) {
+            (Vmm::Builtin, _) => SavedState::Builtin(Box::new(read_vcpu(dir, &meta)?)),
+            (Vmm::Firecracker, Some(fc)) => {
+                let path = dir.join(VMSTATE_FILE);
+                let bytes = fsutil::read_regular(&path, MAX_VMSTATE_BYTES).map_err(io(&path))?;
+                // Small enough to hash on every open: what Firecracker will restore is
+                // what the snapshot was taken with.
+                if FileIdentity::of_bytes(&bytes) != fc.vmstate {
+                    return Err(OpenError::StateMismatch(path));
+                }
+                SavedState::Firecracker(path)
+            }
+            (Vmm::Firecracker, None) => {
+                return Err(OpenError::CorruptMeta {
+                    path: meta_path,
+                    reason: "a Firecracker snapshot without its firecracker section".into(),
+                })
+            }
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             meta,
-            vcpu,
+            state,
         })
     }
+}
+
+/// Reads and checks the `vcpu` file of a snapshot of snapbpf's own VMM.
+fn read_vcpu(dir: &Path, meta: &SnapshotMeta) -> Result<VcpuState, OpenError> {
+    let vcpu_path = dir.join(VCPU_FILE);
+    let vcpu_bytes =
+        fsutil::read_regular(&vcpu_path, MAX_VCPU_BYTES).map_err(|source| OpenError::Io {
+            path: vcpu_path.clone(),
+            source,
+        })?;
+    let vcpu = VcpuState::from_bytes(&vcpu_bytes).map_err(|source| OpenError::Vcpu {
+        path: vcpu_path.clone(),
+        source,
+    })?;
+    if crc32fast::hash(&vcpu_bytes) != meta.vcpu_crc32 {
+        return Err(OpenError::VcpuMismatch(vcpu_path));
+    }
+    Ok(vcpu)
 }
 
 /// Parses `snapshot.json` (read from `path`, named in errors): format and version first,
@@ -298,15 +406,59 @@ pub fn parse_meta(raw: &[u8], path: &Path) -> Result<SnapshotMeta, OpenError> {
     })
 }
 
-/// Writes `contents` as a snapshot directory at `out`, atomically: it is built under a
-/// temporary name beside `out`, every file synced, and renamed into place; with `force`,
-/// an existing `out` is replaced (moved aside first, so the rename stays atomic). Opens
-/// the result again to check it.
+/// Writes `contents` (snapbpf's own VMM's memory and vCPU) as a snapshot directory at
+/// `out`, atomically (see [`write_with`]).
 pub fn write(
     out: &Path,
     contents: &SnapshotContents<'_>,
     force: bool,
     accept: &dyn Accept,
+) -> Result<Snapshot, WriteError> {
+    write_with(out, force, accept, |tmp| {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WriteError::Io { path, source }
+        };
+        let memory_path = tmp.join(MEMORY_FILE);
+        let digest = write_memory(&memory_path, contents.memory).map_err(io(&memory_path))?;
+        let memory = FileIdentity {
+            size: contents.memory.len(),
+            digest,
+        };
+        verify::remember(&memory_path, memory).map_err(io(&memory_path))?;
+        let vcpu_path = tmp.join(VCPU_FILE);
+        let vcpu_bytes = contents.vcpu.to_bytes();
+        fsutil::write_atomic(&vcpu_path, &vcpu_bytes).map_err(io(&vcpu_path))?;
+        Ok(SnapshotMeta {
+            format: META_FORMAT.into(),
+            version: META_VERSION,
+            function: contents.function.into(),
+            function_index: contents.function_index,
+            mem_bytes: memory.size,
+            abi_version: contents.abi_version,
+            guest_digest: contents.guest_digest.into(),
+            memory,
+            vcpu_crc32: crc32fast::hash(&vcpu_bytes),
+            vmm: Vmm::Builtin,
+            firecracker: None,
+            init_ms: contents.init_ms,
+            created_unix: 0,
+            snapbpf_version: String::new(),
+        })
+    })
+}
+
+/// Writes a snapshot directory at `out`, atomically: `fill` writes the VMM's files into a
+/// fresh temporary directory beside `out` (created with `create_dir`, so nothing another
+/// process made is reused) and returns the metadata (`format`, `version`, `created_unix`
+/// and `snapbpf_version` are set here); `snapshot.json` is written, every file synced, and
+/// the directory renamed into place; with `force`, an existing `out` is replaced (moved
+/// aside first, so the rename stays atomic). Opens the result again to check it.
+pub fn write_with(
+    out: &Path,
+    force: bool,
+    accept: &dyn Accept,
+    fill: impl FnOnce(&Path) -> Result<SnapshotMeta, WriteError>,
 ) -> Result<Snapshot, WriteError> {
     if out.exists() && !force {
         return Err(WriteError::Exists(out.to_path_buf()));
@@ -330,42 +482,18 @@ pub fn write(
         let _ = std::fs::remove_dir_all(&tmp);
         // `create_dir`, not `create_dir_all`: it fails on anything already there.
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-        let memory_path = tmp.join(MEMORY_FILE);
-        let digest = write_memory(&memory_path, contents.memory).map_err(io(&memory_path))?;
-        verify::remember(
-            &memory_path,
-            FileIdentity {
-                size: contents.memory.len(),
-                digest,
-            },
-        )
-        .map_err(io(&memory_path))?;
-        let vcpu_path = tmp.join(VCPU_FILE);
-        let vcpu_bytes = contents.vcpu.to_bytes();
-        fsutil::write_atomic(&vcpu_path, &vcpu_bytes).map_err(io(&vcpu_path))?;
-        let meta = SnapshotMeta {
-            format: META_FORMAT.into(),
-            version: META_VERSION,
-            function: contents.function.into(),
-            function_index: contents.function_index,
-            mem_bytes: contents.memory.len(),
-            abi_version: contents.abi_version,
-            guest_digest: contents.guest_digest.into(),
-            memory: FileIdentity {
-                size: contents.memory.len(),
-                digest,
-            },
-            vcpu_crc32: crc32fast::hash(&vcpu_bytes),
-            init_ms: contents.init_ms,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            snapbpf_version: env!("CARGO_PKG_VERSION").into(),
-        };
+        let mut meta = fill(&tmp)?;
+        meta.format = META_FORMAT.into();
+        meta.version = META_VERSION;
+        meta.created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        meta.snapbpf_version = env!("CARGO_PKG_VERSION").into();
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| io(&tmp)(e.into()))?;
         let meta_path = tmp.join(META_FILE);
         fsutil::write_atomic(&meta_path, &json).map_err(io(&meta_path))?;
+        fsutil::sync_dir(&tmp).map_err(io(&tmp))?;
         if force && out.exists() {
             // Not from under a `record` or running VMs.
             let _busy = snapbpf_os::lock::lock_dir(out, snapbpf_os::lock::LockMode::Exclusive)?;

@@ -2,7 +2,7 @@
 //!
 //! Fault read-around uses the window of the opened file (`file->f_ra.ra_pages`), which
 //! the kernel copies from the device's `read_ahead_kb` when the file is opened. There is
-//! no per-file knob, so [`open_with_window`] opens the file while the device's value is
+//! no per-file knob, so [`with_window`] opens the file while the device's value is
 //! set to the window and restores the device value right after, under a host-wide lock
 //! so concurrent opens do not interleave (and an interrupt puts the device value back).
 //! The window then stays with this open file only. Files without a block device (tmpfs)
@@ -66,14 +66,25 @@ pub fn device_knob(path: &Path) -> Option<PathBuf> {
 /// Opens `path` so that its file readahead window is `kib`; returns the file and the
 /// window actually in effect (`None` when the file has no block device).
 pub fn open_with_window(path: &Path, kib: u64) -> Result<(File, Option<u64>), ReadaheadError> {
-    let open = || {
-        File::open(path).map_err(|source| ReadaheadError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
+    let (file, window) = with_window(path, kib, || File::open(path))?;
+    let file = file.map_err(|source| ReadaheadError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((file, window))
+}
+
+/// Runs `open` while the device holding `path` has the read-around window `kib`, so that
+/// whatever `open` opens (this process, or a VMM it asks to open the file) keeps that
+/// window; returns what `open` returned and the window in effect (`None` when the file
+/// has no block device: `open` runs as it is). Concurrent callers are serialised.
+pub fn with_window<T>(
+    path: &Path,
+    kib: u64,
+    open: impl FnOnce() -> T,
+) -> Result<(T, Option<u64>), ReadaheadError> {
     let Some(knob) = device_knob(path) else {
-        return Ok((open()?, None));
+        return Ok((open(), None));
     };
     let knob_err = |what: &'static str| {
         let knob = knob.clone();
@@ -98,7 +109,7 @@ pub fn open_with_window(path: &Path, kib: u64) -> Result<(File, Option<u64>), Re
     sysfs.read_to_string(&mut old).map_err(knob_err("read"))?;
     let old = old.trim().to_string();
     if old == kib.to_string() {
-        return Ok((open()?, Some(kib)));
+        return Ok((open(), Some(kib)));
     }
     let set = |f: &mut File, v: &str| -> std::io::Result<()> {
         f.rewind()?;
@@ -110,8 +121,8 @@ pub fn open_with_window(path: &Path, kib: u64) -> Result<(File, Option<u64>), Re
             let _ = std::fs::write(&undo_knob, &undo_value);
         });
     set(&mut sysfs, &kib.to_string()).map_err(knob_err("write"))?;
-    let file = open();
+    let opened = open();
     // Restore the device setting whatever happened to the open.
     set(&mut sysfs, &old).map_err(knob_err("restore"))?;
-    Ok((file?, Some(kib)))
+    Ok((opened, Some(kib)))
 }

@@ -286,6 +286,15 @@ pub fn markdown(results: &BenchResults) -> String {
         "git {} · kernel {} · {} ({} cores) · disk {} · {}",
         st.git_rev, st.kernel, st.cpu, st.cores, st.disk, st.date
     ));
+    let vmm = &results.config.vmm;
+    if vmm.name != "builtin" {
+        md.para(&format!(
+            "VMM: {} ({}); E2E runs from the restore request (starting the VMM process) to \
+             the guest's result line, and includes the VMM's snapshot load.",
+            vmm.name,
+            vmm.version.as_deref().unwrap_or("version unknown")
+        ));
+    }
     md.para(&format!(
         "{} cold sample(s) per cell after {} warm-up(s), the snapshot's files evicted before \
          each; {} warm sample(s); input {}.",

@@ -57,6 +57,13 @@ pub struct Args {
     /// class, by a blkio cgroup). Several: one run each, into --out/PROFILE.
     #[arg(long, value_delimiter = ',', default_value = "native", value_parser = snapbpf::storage_profile::StorageProfile::parse)]
     device: Vec<snapbpf::storage_profile::StorageProfile>,
+    /// The VMMs VMs restore under, comma-separated: `builtin` (snapbpf's microVM) and/or
+    /// `firecracker` (an unmodified Firecracker: --firecracker, $FIRECRACKER or PATH).
+    /// Each runs the strategies it supports (the breakdown only under builtin: its
+    /// variants are SnapBPF's PV filtering, which Firecracker cannot act on). Several: one
+    /// run each, into --out/VMM.
+    #[arg(long, value_delimiter = ',', default_value = "builtin", value_parser = snapbpf::snapshot::Vmm::parse)]
+    vmm: Vec<snapbpf::snapshot::Vmm>,
     /// Measure nothing: redraw the tables and charts of an earlier run from its
     /// results.json into --out (default: the run's directory).
     #[arg(long, value_name = "RESULTS_JSON")]
@@ -98,16 +105,64 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    // Several profiles: one full run each, into a subdirectory named by the profile.
-    let several = args.device.len() > 1;
-    for &device in &args.device {
-        let mut config = config.clone();
-        if several {
-            config.out = config.out.join(device.name());
+    // Several VMMs or profiles: one full run each, into subdirectories named by them.
+    for &vmm in &args.vmm {
+        let mut config = for_vmm(&config, vmm)?;
+        if args.vmm.len() > 1 {
+            config.out = config.out.join(vmm.name());
         }
-        run_profile(config, device, &exe)?;
+        for &device in &args.device {
+            let mut config = config.clone();
+            if args.device.len() > 1 {
+                config.out = config.out.join(device.name());
+            }
+            run_profile(config, device, vmm, &exe)?;
+        }
     }
     Ok(())
+}
+
+/// `config` for runs under `vmm`: the strategies that run there (the others are left out,
+/// with a note), the breakdown and the fault calibration only under snapbpf's own VMM,
+/// and the VMM stamped.
+fn for_vmm(config: &BenchConfig, vmm: snapbpf::snapshot::Vmm) -> Result<BenchConfig> {
+    let mut config = config.clone();
+    let runs_there = |entry: &StrategyEntry| -> Result<bool> {
+        let spec = StrategySpec::parse(&entry.spec)?;
+        Ok(match snapbpf::strategy::check_vmm(&spec, vmm) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!(
+                    "bench: {} left out under {}: {why}",
+                    entry.label,
+                    vmm.name()
+                );
+                false
+            }
+        })
+    };
+    let mut kept = Vec::new();
+    for entry in config.strategies.drain(..) {
+        if runs_there(&entry)? {
+            kept.push(entry);
+        }
+    }
+    config.strategies = kept;
+    config.vmm = snapbpf_bench::VmmStamp {
+        name: vmm.name().into(),
+        version: None,
+    };
+    if vmm != snapbpf::snapshot::Vmm::Builtin {
+        config.breakdown.clear();
+        // The host's fault costs are measured with snapbpf's VMM (the runs under it).
+        config.probes = snapbpf_bench::calibrate::ProbeStrategies::default();
+        let bin = snapbpf::firecracker::binary()?;
+        config.vmm.version = Some(bin.version().to_string());
+    }
+    if config.strategies.is_empty() {
+        anyhow::bail!("no strategy of the plan runs under {}", vmm.name());
+    }
+    Ok(config)
 }
 
 /// `--replot`: the tables and charts of an earlier run, redrawn into `out` (default: the
@@ -215,6 +270,7 @@ fn plan(args: &Args) -> Result<(BenchConfig, bool)> {
             anon_fault_4k,
             fault_2m,
         },
+        vmm: snapbpf_bench::VmmStamp::default(),
     };
     config.validate()?;
     Ok((config, uses_store))
@@ -225,25 +281,32 @@ fn plan(args: &Args) -> Result<(BenchConfig, bool)> {
 fn run_profile(
     mut config: BenchConfig,
     device: snapbpf::storage_profile::StorageProfile,
+    vmm: snapbpf::snapshot::Vmm,
     exe: &std::path::Path,
 ) -> Result<()> {
     let (stamp, probe) = measure_device(device, &config.out)?;
     config.device = stamp;
     eprintln!(
         "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
-         {} warm-up(s) and {} sample(s) per cell; device {}; into {}",
+         {} warm-up(s) and {} sample(s) per cell; VMM {}; device {}; into {}",
         config.functions.len(),
         config.strategies.len(),
         config.concurrency,
         config.plan().len() - config.strategies.len(),
         config.warmup,
         config.repeat,
+        config
+            .vmm
+            .version
+            .clone()
+            .unwrap_or_else(|| vmm.name().into()),
         device.name(),
         config.out.display()
     );
     let engine = SnapbpfEngine {
         exe: exe.to_path_buf(),
         device,
+        vmm,
         probe: Some(probe.0.clone()),
     };
     let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;

@@ -71,6 +71,15 @@ pub fn run(args: Args) -> Result<()> {
         m.memory.digest_hex()
     );
     println!("guest build   {}", m.guest_digest);
+    match &m.firecracker {
+        Some(fc) => println!(
+            "vmm           {} ({}, vmstate sha256 {})",
+            m.vmm.name(),
+            fc.version,
+            fc.vmstate.digest_hex()
+        ),
+        None => println!("vmm           {}", m.vmm.name()),
+    }
     println!("init          {:.1} ms", m.init_ms);
     println!("files:");
     for (name, size) in &files {

@@ -22,6 +22,11 @@ pub struct Args {
     /// Longest the init phase may run, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// The VMM that boots the function and takes the snapshot: `builtin` (snapbpf's
+    /// microVM) or `firecracker` (an unmodified Firecracker; see --firecracker). Every
+    /// later command takes it from the snapshot.
+    #[arg(long, default_value = "builtin", value_parser = snapbpf::snapshot::Vmm::parse)]
+    vmm: snapbpf::snapshot::Vmm,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -37,10 +42,15 @@ pub fn run(args: Args) -> Result<()> {
             mem_mib: args.mem_mib,
             force: args.force,
             timeout: super::secs(args.timeout_secs),
+            vmm: args.vmm,
         },
     )?;
+    let by = match &snap.meta.firecracker {
+        Some(fc) => format!(" by {}", fc.version),
+        None => String::new(),
+    };
     println!(
-        "snapshot of {} written to {}: {} MiB memory, init {:.1} ms",
+        "snapshot of {} written to {}{by}: {} MiB memory, init {:.1} ms",
         snap.meta.function,
         snap.dir.display(),
         snap.meta.mem_bytes >> 20,

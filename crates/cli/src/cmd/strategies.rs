@@ -6,7 +6,7 @@ use snapbpf::strategy::registry;
 /// List the restore strategies, their options and what they record.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print JSON: `{"strategies": [{"name", "description", "options", "record", "artifacts"}]}`.
+    /// Print JSON: `{"strategies": [{"name", "description", "options", "record", "artifacts", "vmms"}]}`.
     #[arg(long)]
     json: bool,
 }
@@ -18,6 +18,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     for info in registry::REGISTRY {
         println!("{:<12} {}", info.name, info.description);
+        let vmms: Vec<&str> = info.vmms.iter().map(|v| v.name()).collect();
+        println!("{:<12} vmms: {}", "", vmms.join(", "));
         if info.record {
             println!(
                 "{:<12} record: `snapbpf record DIR --strategy {}` writes {}",

@@ -29,9 +29,13 @@ pub fn run(args: Args) -> Result<()> {
         snapbpf_store::verify::check_now(&memory, &snap.meta.memory)
             .map_err(|e| snapbpf::error_chain(&e)),
     ));
-    // The vcpu file's CRC was checked by opening. Every strategy with artifacts here
-    // re-checks them.
-    checks.push((snapbpf_store::snapshot::VCPU_FILE.into(), Ok(())));
+    // The VMM's state file was checked by opening (the vcpu file's CRC, Firecracker's
+    // vmstate's digest). Every strategy with artifacts here re-checks them.
+    let state = match snap.vmm() {
+        snapbpf::snapshot::Vmm::Builtin => snapbpf_store::snapshot::VCPU_FILE,
+        snapbpf::snapshot::Vmm::Firecracker => snapbpf_store::snapshot::VMSTATE_FILE,
+    };
+    checks.push((state.into(), Ok(())));
     for info in REGISTRY.iter() {
         if !info
             .artifacts

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::run::{Helpers, PrefetchReport, Restored};
 use crate::snapshot::Snapshot;
 
-use super::spec::StrategySpec;
+use super::spec::{StrategySpec, Vmm};
 
 /// Errors of a strategy.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,9 @@ pub enum StrategyError {
     /// The recorded invocation failed.
     #[error("recorded invocation failed")]
     Record(#[source] Box<crate::run::RunError>),
+    /// The recorded invocation under another VMM (Firecracker) failed.
+    #[error("recorded invocation failed")]
+    RecordElsewhere(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A userfaultfd operation or handler handshake failed.
     #[error(transparent)]
     Uffd(#[from] snapbpf_uffd::UffdError),
@@ -74,6 +77,27 @@ pub enum StrategyError {
     /// The snapshot directory is locked by another snapbpf.
     #[error(transparent)]
     Lock(#[from] snapbpf_os::lock::LockError),
+    /// The strategy does not run under the snapshot's VMM (its row says which it does).
+    #[error("strategy '{strategy}' does not run under the {vmm} VMM (it runs under: {supported})")]
+    UnsupportedVmm {
+        /// The strategy.
+        strategy: &'static str,
+        /// The snapshot's VMM.
+        vmm: &'static str,
+        /// The VMMs it runs under.
+        supported: String,
+    },
+    /// An option of the strategy needs the VMM to map memory in this process.
+    #[error("strategy option '{option}' needs snapbpf's own VMM ({why})")]
+    NeedsBuiltinVmm {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        why: &'static str,
+    },
+    /// A row lists a VMM whose plan the strategy does not give (a bug in the strategy).
+    #[error("the strategy lists a VMM it has no plan for")]
+    NoExternalPlan,
     /// A strategy's own failure: its module's typed error, kept whole as the source.
     #[error("{strategy}")]
     Own {
@@ -178,8 +202,33 @@ pub trait Strategy: Send + Sync {
         Ok(None)
     }
 
-    /// Builds guest memory for one VM restored from `snapshot`.
+    /// Builds guest memory for one VM restored from `snapshot` by snapbpf's own VMM, in
+    /// this process.
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError>;
+
+    /// Refuses options this strategy cannot honour under `vmm` (one that needs the VMM to
+    /// map guest memory in this process, under a VMM that maps it in its own).
+    fn check_vmm_options(&self, _vmm: Vmm) -> Result<(), StrategyError> {
+        Ok(())
+    }
+
+    /// How a VMM that maps guest memory itself, in a process of its own (Firecracker),
+    /// backs it for one VM restored from `snapshot`, and what runs beside it here. Only
+    /// called for VMMs the strategy's row lists.
+    fn external(&self, _snapshot: &Snapshot) -> Result<ExternalPlan, StrategyError> {
+        Err(StrategyError::NoExternalPlan)
+    }
+
+    /// [`Strategy::record`] under such a VMM: `recorder` runs the recorded invocation with
+    /// memory backed as the strategy asks, and the strategy captures around it.
+    fn record_external(
+        &self,
+        _snapshot: &Snapshot,
+        _input: u32,
+        _recorder: &dyn ExternalRecorder,
+    ) -> Result<RecordReport, StrategyError> {
+        Err(StrategyError::NoExternalPlan)
+    }
 
     /// Runs one recorded invocation with `input` and writes the strategy's artifacts.
     /// Callers go through [`record`], which locks the snapshot directory; strategies whose
@@ -194,9 +243,74 @@ pub trait Strategy: Send + Sync {
     }
 }
 
-/// Records the artifacts of `spec`'s strategy for `snapshot` holding the directory's
-/// exclusive lock: a second `record`, or VMs restoring from the directory meanwhile, would
-/// interleave with the artifacts being written. Every front-end records through this.
+/// How a VMM that maps guest memory in its own process backs it for a strategy.
+pub enum ExternalBacking {
+    /// The memory file, mapped privately by the VMM (Firecracker's File backend), opened
+    /// while its device's read-around window is `readahead_kib` (0: off), since a file's
+    /// window is fixed when it is opened.
+    File {
+        /// The read-around window, KiB.
+        readahead_kib: u64,
+    },
+    /// Anonymous memory whose missing pages the VMM hands to a userfaultfd handler in the
+    /// restoring process (Firecracker's Uffd backend): `install` runs first, before the
+    /// vCPU; every other fault is served from the memory file on demand.
+    Userfault {
+        /// What the handler installs first.
+        install: Option<std::sync::Arc<snapbpf_uffd::server::Prefetch>>,
+    },
+    /// Anonymous memory whose userfaultfd the VMM hands to the handler process listening
+    /// on `socket` (`snapbpf uffd-handler`, or Firecracker's own handlers).
+    Handler {
+        /// The handler's socket.
+        socket: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Debug for ExternalBacking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File { readahead_kib } => write!(f, "File {{ readahead_kib: {readahead_kib} }}"),
+            Self::Userfault { install } => {
+                write!(f, "Userfault {{ install: {} }}", install.is_some())
+            }
+            Self::Handler { socket } => write!(f, "Handler {{ socket: {} }}", socket.display()),
+        }
+    }
+}
+
+/// One VM's memory under an external VMM: the backing, and what runs beside the VMM in
+/// the restoring process.
+#[derive(Debug)]
+pub struct ExternalPlan {
+    /// How the VMM backs guest memory.
+    pub backing: ExternalBacking,
+    /// Threads started before the VMM loads the snapshot (a prefetcher), stopped and
+    /// joined once the invocation is over, as beside snapbpf's VMM.
+    pub helpers: Helpers,
+}
+
+/// How a record phase under an external VMM backs guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordBacking {
+    /// The memory file mapped privately with read-around off: exactly the pages the guest
+    /// touches are read (what an eBPF capture of the page cache sees).
+    File,
+    /// Userfaultfd: every fault served on demand from the memory file, and logged.
+    Userfault,
+}
+
+/// Runs one recorded invocation of a snapshot under an external VMM.
+pub trait ExternalRecorder {
+    /// Runs it with memory backed as `backing`; for [`RecordBacking::Userfault`], returns
+    /// the file offsets of the pages faulted, in fault order (empty otherwise).
+    fn run(&self, backing: RecordBacking) -> Result<Vec<u64>, StrategyError>;
+}
+
+/// Records the artifacts of `spec`'s strategy for `snapshot` under the VMM the snapshot
+/// was taken with, holding the directory's exclusive lock: a second `record`, or VMs
+/// restoring from the directory meanwhile, would interleave with the artifacts being
+/// written. Every front-end records through this.
 pub fn record(
     spec: &StrategySpec,
     snapshot: &Snapshot,
@@ -206,8 +320,35 @@ pub fn record(
     if !spec.info().record {
         return Err(StrategyError::NothingToRecord(spec.name().into()));
     }
+    check_vmm(spec, snapshot.vmm())?;
     let _lock = snapbpf_os::lock::lock_dir(&snapshot.dir, snapbpf_os::lock::LockMode::Exclusive)?;
-    spec.build().record(snapshot, input, timeout)
+    let strategy = spec.build();
+    match snapshot.vmm() {
+        Vmm::Builtin => strategy.record(snapshot, input, timeout),
+        Vmm::Firecracker => {
+            let recorder = crate::firecracker::Recorder::new(snapshot, input, timeout);
+            strategy.record_external(snapshot, input, &recorder)
+        }
+    }
+}
+
+/// Refuses `spec` for a snapshot of `vmm` unless its row lists that VMM and its options
+/// can be honoured there.
+pub fn check_vmm(spec: &StrategySpec, vmm: Vmm) -> Result<(), StrategyError> {
+    let info = spec.info();
+    if info.supports(vmm) {
+        return spec.build().check_vmm_options(vmm);
+    }
+    Err(StrategyError::UnsupportedVmm {
+        strategy: info.name,
+        vmm: vmm.name(),
+        supported: info
+            .vmms
+            .iter()
+            .map(|v| v.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// A strategy's metadata artifact, read and checked by [`read_recorded`].

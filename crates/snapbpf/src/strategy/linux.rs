@@ -11,22 +11,24 @@ use std::fs::File;
 use snapbpf_vmm::{FaultReadahead, GuestMemory};
 use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
 
-use super::interface::{Restored, Strategy, StrategyError};
-use super::spec::{StrategyInfo, StrategyOptions, THP};
+use super::interface::{ExternalBacking, ExternalPlan, Helpers, Restored, Strategy, StrategyError};
+use super::spec::{StrategyInfo, StrategyOptions, Vmm, THP};
 use crate::snapshot::Snapshot;
 
 /// Registry row of `linux-nora`.
 pub(super) static NORA_INFO: StrategyInfo = StrategyInfo::new::<NoraOptions>(
     "linux-nora",
     "demand paging from a MAP_PRIVATE mapping of the snapshot, readahead off",
-);
+)
+.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
 
 /// Registry row of `linux-ra`.
 pub(super) static RA_INFO: StrategyInfo = StrategyInfo::new::<ReadaheadOptions>(
     "linux-ra",
     "demand paging with the kernel's 128 KiB fault read-around (the paper's baseline)",
 )
-.options(&[THP]);
+.options(&[THP])
+.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
 
 /// Options of `linux-nora`: none.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,6 +123,28 @@ impl Strategy for LinuxPaging {
         Ok(Restored {
             readahead_kib: window,
             ..Restored::plain(memory)
+        })
+    }
+
+    fn check_vmm_options(&self, vmm: Vmm) -> Result<(), StrategyError> {
+        if self.huge_pages && vmm != Vmm::Builtin {
+            return Err(StrategyError::NeedsBuiltinVmm {
+                option: "thp",
+                why: "huge pages are advised on the VMM's own mapping of guest memory",
+            });
+        }
+        Ok(())
+    }
+
+    fn external(&self, _snapshot: &Snapshot) -> Result<ExternalPlan, StrategyError> {
+        self.check_vmm_options(Vmm::Firecracker)?;
+        // Firecracker maps the file itself: its window is the device's while it opens it
+        // (0 turns read-around off, as MADV_RANDOM does on our own mapping).
+        Ok(ExternalPlan {
+            backing: ExternalBacking::File {
+                readahead_kib: self.readahead_kib.unwrap_or(0),
+            },
+            helpers: Helpers::none(),
         })
     }
 }

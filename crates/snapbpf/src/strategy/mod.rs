@@ -21,7 +21,10 @@ mod sabre;
 mod snapbpf;
 mod snapfaas;
 
-pub use interface::{record, RecordReport, Strategy, StrategyError};
+pub use interface::{
+    check_vmm, record, ExternalBacking, ExternalPlan, ExternalRecorder, RecordBacking,
+    RecordReport, Strategy, StrategyError,
+};
 pub use interface::{Helpers, PrefetchReport, Restored};
 pub use registry::REGISTRY;
 pub use spec::{OptionInfo, SpecError, StrategyInfo, StrategySpec};

@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::interface::{self, PrefetchReport, RecordReport, Restored, Strategy, StrategyError};
-use super::spec::{OptionInfo, StrategyInfo, StrategyOptions};
+use super::interface::{
+    self, ExternalBacking, ExternalPlan, ExternalRecorder, Helpers, PrefetchReport, RecordBacking,
+    RecordReport, Restored, Strategy, StrategyError,
+};
+use super::spec::{OptionInfo, StrategyInfo, StrategyOptions, Vmm};
 use crate::snapshot::Snapshot;
 use crate::uffd_backend::{self, UffdMemory};
 use snapbpf_store::artifact;
@@ -166,7 +169,8 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<ReapOptions>(
     "SOCKET",
     "hand the userfaultfd to the page-fault handler listening on this Unix socket (Firecracker's UFFD protocol)",
 )])
-.records(&[WS_FILE, TRACE_FILE]);
+.records(&[WS_FILE, TRACE_FILE])
+.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
 
 /// Options of `reap`.
 #[derive(Debug, Clone, Default)]
@@ -261,6 +265,33 @@ impl Strategy for Reap {
     ) -> Result<RecordReport, StrategyError> {
         let started = Instant::now();
         let log = uffd_backend::record_faults(snapshot, input, timeout)?;
+        write_artifacts(snapshot, &log, input, started)
+    }
+
+    fn external(&self, snapshot: &Snapshot) -> Result<ExternalPlan, StrategyError> {
+        let backing = match &self.handler_socket {
+            // Firecracker hands its userfaultfd to that handler itself.
+            Some(socket) => ExternalBacking::Handler {
+                socket: socket.clone(),
+            },
+            None => ExternalBacking::Userfault {
+                install: self.handler_prefetch(snapshot)?,
+            },
+        };
+        Ok(ExternalPlan {
+            backing,
+            helpers: Helpers::none(),
+        })
+    }
+
+    fn record_external(
+        &self,
+        snapshot: &Snapshot,
+        input: u32,
+        recorder: &dyn ExternalRecorder,
+    ) -> Result<RecordReport, StrategyError> {
+        let started = Instant::now();
+        let log = recorder.run(RecordBacking::Userfault)?;
         write_artifacts(snapshot, &log, input, started)
     }
 

@@ -199,6 +199,8 @@ pub struct ListedStrategy {
     pub record: bool,
     /// Files its record phase writes.
     pub artifacts: Vec<&'static str>,
+    /// The VMMs it runs under.
+    pub vmms: Vec<&'static str>,
 }
 
 /// The whole registry, for listing.
@@ -213,6 +215,7 @@ pub fn listing() -> Listing {
                 options: s.options.iter().map(|o| o.name).collect(),
                 record: s.record,
                 artifacts: s.artifacts.to_vec(),
+                vmms: s.vmms.iter().map(|v| v.name()).collect(),
             })
             .collect(),
     }

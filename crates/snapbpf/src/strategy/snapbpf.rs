@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 use snapbpf_vmm::{ExitHandler, FaultReadahead, GuestMemory, IgnoreHints};
 
 use super::interface::{
-    self, Helpers, PrefetchReport, RecordReport, Restored, Strategy, StrategyError,
+    self, ExternalBacking, ExternalPlan, ExternalRecorder, Helpers, PrefetchReport, RecordBacking,
+    RecordReport, Restored, Strategy, StrategyError,
 };
-use super::spec::{OptionInfo, OptionRole, StrategyInfo, StrategyOptions, THP};
+use super::spec::{OptionInfo, OptionRole, StrategyInfo, StrategyOptions, Vmm, THP};
 use crate::pv::FreshAnonymizer;
 use crate::snapshot::Snapshot;
 use crate::store_memory::FromStore;
@@ -99,7 +100,8 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<SnapbpfOptions>(
     )
     .role(OptionRole::StoreSocket),
 ])
-.records(&[WS_FILE]);
+.records(&[WS_FILE])
+.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
 
 /// Options of `snapbpf`: the paper's breakdown variants, huge pages, and the store.
 #[derive(Debug, Clone, Default)]
@@ -318,73 +320,17 @@ impl Strategy for SnapBpf {
         // prefetched ranges, in order, into this process's page tables.
         let mut helpers = Helpers::none();
         if self.prefetch {
-            let ranges = load_working_set(snapshot)?.ranges;
-            let mapping = premap.then(|| memory.populator());
-            let host_lock = format!("prefetch-{}", snapshot.meta.memory.digest_hex());
+            let prefetcher = Prefetcher {
+                ranges: load_working_set(snapshot)?.ranges,
+                mapping: premap.then(|| memory.populator()),
+                file,
+                readahead,
+                check_folios,
+                host_lock: format!("prefetch-{}", snapshot.meta.memory.digest_hex()),
+                requested,
+            };
             helpers
-                .spawn("snapbpf-prefetch", move || {
-                    let mut report = PrefetchReport::default();
-                    let mut elapsed = Duration::ZERO;
-                    // One prefetch of a snapshot per host: while one restore's prefetch
-                    // runs, concurrent restores ride it (the page cache holds one copy, and
-                    // their pre-mapping waits for pages in flight) instead of asking for
-                    // the same reads again. The lock is held until this thread is done.
-                    let (leading, _held) = match snapbpf_os::lock::try_host_lock(&host_lock) {
-                        Ok(Some(lock)) => (true, Some(lock)),
-                        Ok(None) => (false, None),
-                        Err(e) => {
-                            tracing::debug!("no host-wide prefetch lock ({e}): prefetching");
-                            (true, None)
-                        }
-                    };
-                    let since_request = || Some(requested.elapsed().as_secs_f64() * 1e3);
-                    if leading {
-                        // Pages already in the page cache cost nothing: not asked for again.
-                        let todo = match &file {
-                            Some(file) => prefetch::missing_ranges(file, &ranges)
-                                .unwrap_or_else(|_| ranges.clone()),
-                            None => ranges.clone(),
-                        };
-                        report.first_request_ms = since_request();
-                        match (&file, readahead) {
-                            (Some(file), true) => {
-                                let stats = prefetch::prefetch_with(
-                                    file,
-                                    &todo,
-                                    &PrefetchOptions {
-                                        method: PrefetchMethod::default(),
-                                        max_request_bytes: None,
-                                    },
-                                )?;
-                                report.bytes = stats.bytes;
-                                report.ranges = stats.ranges;
-                                elapsed += stats.elapsed;
-                            }
-                            // No read-ahead (huge pages, or the store): pre-mapping brings
-                            // the working set in, reading what is not in the cache yet.
-                            _ => {
-                                report.bytes = todo.iter().map(|r| r.len_bytes()).sum();
-                                report.ranges = todo.len() as u64;
-                            }
-                        }
-                    }
-                    if let Some(m) = mapping {
-                        elapsed += prefetch::premap(m, &ranges, PREMAP_THREADS)?.elapsed;
-                        // The first few ranges with a page-cache page mapped tell.
-                        let probes = if check_folios { 16 } else { 0 };
-                        let large = ranges
-                            .iter()
-                            .take(probes)
-                            .find_map(|r| m.large_folio_at(r.offset()));
-                        if large == Some(false) {
-                            tracing::warn!(
-                                "snapbpf: the memory file's page cache holds no 2 MiB folios (its filesystem does not support large folios?): the guest runs on 4 KiB pages; `snapbpf:4k` skips the huge-page prefetch"
-                            );
-                        }
-                    }
-                    report.ms = elapsed.as_secs_f64() * 1e3;
-                    Ok(Some(report))
-                })
+                .spawn("snapbpf-prefetch", move || prefetcher.run())
                 .map_err(StrategyError::io("start the prefetch thread"))?;
         }
         Ok(Restored {
@@ -397,6 +343,67 @@ impl Strategy for SnapBpf {
         })
     }
 
+    fn check_vmm_options(&self, vmm: Vmm) -> Result<(), StrategyError> {
+        if vmm == Vmm::Builtin {
+            return Ok(());
+        }
+        if self.store.is_some() {
+            return Err(StrategyError::NeedsBuiltinVmm {
+                option: "store",
+                why: "guest memory is mapped from the store's memfd in the VMM's process",
+            });
+        }
+        if self.pages == Pages::Huge {
+            return Err(StrategyError::NeedsBuiltinVmm {
+                option: "thp",
+                why: "huge pages are advised on the VMM's own mapping of guest memory",
+            });
+        }
+        Ok(())
+    }
+
+    fn external(&self, snapshot: &Snapshot) -> Result<ExternalPlan, StrategyError> {
+        // The VMM maps guest memory in its own process: nothing here can premap it, advise
+        // huge pages on it or back fresh allocations with anonymous memory; SnapBPF is its
+        // prefetch into the page cache, the paper's design on Firecracker.
+        self.check_vmm_options(Vmm::Firecracker)?;
+        let mut helpers = Helpers::none();
+        if self.prefetch {
+            let (file, _) =
+                readahead::open_with_window(&snapshot.memory_path(), DEFAULT_WINDOW_KIB)?;
+            let prefetcher = Prefetcher {
+                ranges: load_working_set(snapshot)?.ranges,
+                mapping: None,
+                file: Some(file),
+                readahead: true,
+                check_folios: false,
+                host_lock: format!("prefetch-{}", snapshot.meta.memory.digest_hex()),
+                requested: Instant::now(),
+            };
+            // Started before the VMM loads the snapshot, so its reads overlap the load.
+            helpers
+                .spawn("snapbpf-prefetch", move || prefetcher.run())
+                .map_err(StrategyError::io("start the prefetch thread"))?;
+        }
+        Ok(ExternalPlan {
+            backing: ExternalBacking::File {
+                readahead_kib: DEFAULT_WINDOW_KIB,
+            },
+            helpers,
+        })
+    }
+
+    fn record_external(
+        &self,
+        snapshot: &Snapshot,
+        _input: u32,
+        recorder: &dyn ExternalRecorder,
+    ) -> Result<RecordReport, StrategyError> {
+        // The same capture around the VMM's run; without PV hints (the VMM cannot act on
+        // them), pages the guest allocates fresh are captured too.
+        self.capture_around(snapshot, || recorder.run(RecordBacking::File).map(|_| ()))
+    }
+
     fn record(
         &self,
         snapshot: &Snapshot,
@@ -404,28 +411,45 @@ impl Strategy for SnapBpf {
         timeout: Duration,
     ) -> Result<RecordReport, StrategyError> {
         let path = snapshot.memory_path();
+        self.capture_around(snapshot, || {
+            // Readahead off while capturing, so only the pages the guest touches come in.
+            let file =
+                File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+            let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
+            memory.set_fault_readahead(FaultReadahead::Off)?;
+            // Always filter while recording, whatever the variant: the working set is a
+            // property of the snapshot shared by every variant, and fresh allocations are
+            // never snapshot data worth prefetching.
+            interface::run_recorded(
+                snapshot,
+                Restored {
+                    handler: Box::new(FreshAnonymizer::default()),
+                    pv_hints: true,
+                    ..Restored::plain(memory)
+                },
+                input,
+                timeout,
+            )
+        })
+    }
+}
+
+impl SnapBpf {
+    /// The record phase around `run` (one recorded invocation under either VMM): the
+    /// memory file evicted, the eBPF capture of its pages started, `run`, the capture
+    /// stopped (a lost event fails the record), the working set merged into any recorded
+    /// before and written.
+    fn capture_around(
+        &self,
+        snapshot: &Snapshot,
+        run: impl FnOnce() -> Result<(), StrategyError>,
+    ) -> Result<RecordReport, StrategyError> {
+        let path = snapshot.memory_path();
         let ws_path = Self::ws_path(snapshot);
         let started = Instant::now();
         fsutil::evict(&path)?;
         let capture = PageCacheCapture::start(&path).map_err(SnapbpfError::from)?;
-        // Readahead off while capturing, so only the pages the guest touches come in.
-        let file =
-            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
-        let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
-        memory.set_fault_readahead(FaultReadahead::Off)?;
-        // Always filter while recording, whatever the variant: the working set is a property
-        // of the snapshot shared by every variant, and fresh allocations are never snapshot
-        // data worth prefetching.
-        let run = interface::run_recorded(
-            snapshot,
-            Restored {
-                handler: Box::new(FreshAnonymizer::default()),
-                pv_hints: true,
-                ..Restored::plain(memory)
-            },
-            input,
-            timeout,
-        );
+        let run = run();
         let captured = capture.stop().map_err(SnapbpfError::from)?;
         run?;
         if captured.lost_events > 0 {
@@ -448,5 +472,93 @@ impl Strategy for SnapBpf {
             pages: ws.total_pages(),
             capture_cpu_ms: Some((captured.bpf_run_ns + captured.drain_cpu_ns) as f64 / 1e6),
         })
+    }
+}
+
+/// SnapBPF's prefetch for one restore, run on a helper thread beside the VMM: one
+/// prefetch of a snapshot per host (the first restore leads; concurrent ones ride its
+/// reads), then, where it may map guest memory, the recorded ranges premapped in order.
+struct Prefetcher {
+    /// The recorded ranges, in first-access order.
+    ranges: Vec<snapbpf_wss::workingset::PageRange>,
+    /// The VMM's guest memory, to premap into (`None`: the VMM is another process, or
+    /// premapping is off).
+    mapping: Option<snapbpf_vmm::Populator>,
+    /// The memory file (`None`: memory comes from the store).
+    file: Option<File>,
+    /// Read ahead with `WILLNEED` (4 KiB pages); otherwise premapping reads.
+    readahead: bool,
+    /// Say when the page cache gives no large folios.
+    check_folios: bool,
+    /// The host-wide lock of this snapshot's prefetch.
+    host_lock: String,
+    /// When the restore was requested.
+    requested: Instant,
+}
+
+impl Prefetcher {
+    fn run(self) -> crate::run::HelperResult {
+        let mut report = PrefetchReport::default();
+        let mut elapsed = Duration::ZERO;
+        // One prefetch of a snapshot per host: while one restore's prefetch
+        // runs, concurrent restores ride it (the page cache holds one copy, and
+        // their pre-mapping waits for pages in flight) instead of asking for
+        // the same reads again. The lock is held until this thread is done.
+        let (leading, _held) = match snapbpf_os::lock::try_host_lock(&self.host_lock) {
+            Ok(Some(lock)) => (true, Some(lock)),
+            Ok(None) => (false, None),
+            Err(e) => {
+                tracing::debug!("no host-wide prefetch lock ({e}): prefetching");
+                (true, None)
+            }
+        };
+        let since_request = || Some(self.requested.elapsed().as_secs_f64() * 1e3);
+        if leading {
+            // Pages already in the page cache cost nothing: not asked for again.
+            let todo = match &self.file {
+                Some(file) => prefetch::missing_ranges(file, &self.ranges)
+                    .unwrap_or_else(|_| self.ranges.clone()),
+                None => self.ranges.clone(),
+            };
+            report.first_request_ms = since_request();
+            match (&self.file, self.readahead) {
+                (Some(file), true) => {
+                    let stats = prefetch::prefetch_with(
+                        file,
+                        &todo,
+                        &PrefetchOptions {
+                            method: PrefetchMethod::default(),
+                            max_request_bytes: None,
+                        },
+                    )?;
+                    report.bytes = stats.bytes;
+                    report.ranges = stats.ranges;
+                    elapsed += stats.elapsed;
+                }
+                // No read-ahead (huge pages, or the store): pre-mapping brings
+                // the working set in, reading what is not in the cache yet.
+                _ => {
+                    report.bytes = todo.iter().map(|r| r.len_bytes()).sum();
+                    report.ranges = todo.len() as u64;
+                }
+            }
+        }
+        if let Some(m) = self.mapping {
+            elapsed += prefetch::premap(m, &self.ranges, PREMAP_THREADS)?.elapsed;
+            // The first few ranges with a page-cache page mapped tell.
+            let probes = if self.check_folios { 16 } else { 0 };
+            let large = self
+                .ranges
+                .iter()
+                .take(probes)
+                .find_map(|r| m.large_folio_at(r.offset()));
+            if large == Some(false) {
+                tracing::warn!(
+                    "snapbpf: the memory file's page cache holds no 2 MiB folios (its filesystem does not support large folios?): the guest runs on 4 KiB pages; `snapbpf:4k` skips the huge-page prefetch"
+                );
+            }
+        }
+        report.ms = elapsed.as_secs_f64() * 1e3;
+        Ok(Some(report))
     }
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use super::interface::Strategy;
 use crate::snapshot::Snapshot;
+pub use snapbpf_store::snapshot::Vmm;
 
 /// What an option is for, where a front-end must find it without knowing its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -95,6 +96,8 @@ pub struct StrategyInfo {
     /// Files beside the memory file a restore may read (evicted for a cold start and
     /// counted in the run's page cache where present); its artifacts unless it says.
     pub reads: &'static [&'static str],
+    /// The VMMs it restores (and records) under; snapbpf's own unless it says.
+    pub vmms: &'static [Vmm],
     /// Builds the spec's options from parsed options.
     parse: ParseOptions,
 }
@@ -110,6 +113,7 @@ impl StrategyInfo {
             record: false,
             artifacts: &[],
             reads: &[],
+            vmms: &[Vmm::Builtin],
             parse: parse_boxed::<T>,
         }
     }
@@ -136,6 +140,16 @@ impl StrategyInfo {
             reads: files,
             ..self
         }
+    }
+
+    /// The row of a strategy that runs under `vmms`.
+    pub const fn vmms(self, vmms: &'static [Vmm]) -> Self {
+        Self { vmms, ..self }
+    }
+
+    /// Whether the strategy runs under `vmm`.
+    pub fn supports(&self, vmm: Vmm) -> bool {
+        self.vmms.contains(&vmm)
     }
 
     /// The option of this strategy that plays `role`, if one does.

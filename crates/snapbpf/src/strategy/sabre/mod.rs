@@ -35,8 +35,11 @@
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use super::interface::{self, RecordReport, Restored, Strategy, StrategyError};
-use super::spec::{OptionInfo, StrategyInfo, StrategyOptions};
+use super::interface::{
+    self, ExternalBacking, ExternalPlan, ExternalRecorder, Helpers, RecordBacking, RecordReport,
+    Restored, Strategy, StrategyError,
+};
+use super::spec::{OptionInfo, StrategyInfo, StrategyOptions, Vmm};
 use crate::snapshot::Snapshot;
 use crate::uffd_backend::UffdMemory;
 use codec::{Plan, DEFAULT_LEVEL};
@@ -72,7 +75,8 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<SabreOptions>(
         "restore: decompression threads for scattered placement (default: the host's cores)",
     ),
 ])
-.records(&[PARTS_FILE, STREAM_FILE]);
+.records(&[PARTS_FILE, STREAM_FILE])
+.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
 
 /// Options of `sabre`.
 #[derive(Debug, Clone, Default)]
@@ -236,6 +240,26 @@ impl Strategy for Sabre {
         })?)
     }
 
+    fn external(&self, snapshot: &Snapshot) -> Result<ExternalPlan, StrategyError> {
+        Ok(ExternalPlan {
+            backing: ExternalBacking::Userfault {
+                install: Some(self.install(snapshot)?),
+            },
+            helpers: Helpers::none(),
+        })
+    }
+
+    fn record_external(
+        &self,
+        snapshot: &Snapshot,
+        input: u32,
+        recorder: &dyn ExternalRecorder,
+    ) -> Result<RecordReport, StrategyError> {
+        let started = Instant::now();
+        let log = recorder.run(RecordBacking::Userfault)?;
+        self.record_log(snapshot, &log, input, started)
+    }
+
     fn record(
         &self,
         snapshot: &Snapshot,
@@ -244,7 +268,36 @@ impl Strategy for Sabre {
     ) -> Result<RecordReport, StrategyError> {
         let started = Instant::now();
         let log = crate::uffd_backend::record_faults(snapshot, input, timeout)?;
-        let runs = partition(&log);
+        self.record_log(snapshot, &log, input, started)
+    }
+}
+
+impl Sabre {
+    /// The pipeline as a handler's policy: reads, decompresses, checks and installs the
+    /// recording before the vCPU runs (in this process, or for Firecracker's Uffd backend).
+    fn install(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<std::sync::Arc<snapbpf_uffd::server::Prefetch>, StrategyError> {
+        let recording = load(snapshot)?;
+        let stream_path = snapshot.artifact_path(STREAM_FILE);
+        let threads = self.threads();
+        Ok(std::sync::Arc::new(move |uffd, regions| {
+            let report = pipeline::prefetch(uffd, regions, &recording, &stream_path, threads)?;
+            Ok(pipeline::ack_of(&report))
+        }))
+    }
+
+    /// Compresses the pages `log` recorded (in fault order) into the stream and writes the
+    /// partitions file: the record phase after its invocation, under either VMM.
+    fn record_log(
+        &self,
+        snapshot: &Snapshot,
+        log: &[u64],
+        input: u32,
+        started: Instant,
+    ) -> Result<RecordReport, StrategyError> {
+        let runs = partition(log);
         let mean = log.len() as f64 / runs.len().max(1) as f64;
         let plan = Plan {
             codec: self.options.codec.unwrap_or(Codec::ZstdDict),

@@ -263,6 +263,26 @@ pub(super) fn prefetch(
     ))
 }
 
+/// A pipeline's report as a handler's acknowledgement (what another process's VMM is
+/// told it installed; the compression details stay in this process's log).
+pub(super) fn ack_of(report: &PrefetchReport) -> snapbpf_uffd::HandlerAck {
+    if let Some(c) = report.part::<CompressionReport>(COMPRESSION) {
+        tracing::debug!(
+            "sabre: {} compressed bytes read in {:.1} ms, decompressed in {:.1} ms ({:.0} % hidden)",
+            c.compressed_bytes,
+            c.read_ms,
+            c.decompress_ms,
+            c.decompress_hidden * 100.0
+        );
+    }
+    snapbpf_uffd::HandlerAck {
+        bytes: report.bytes,
+        ranges: report.ranges,
+        ms: report.ms,
+        error: None,
+    }
+}
+
 /// Host address of a partition's first page in guest memory.
 fn destination(
     regions: &[GuestRegionUffdMapping],
