@@ -75,6 +75,31 @@ fn firecrackers() -> Vec<u32> {
         .collect()
 }
 
+/// Whether `pid` is `ancestor` or one of its descendants (by the parents in /proc).
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..64 {
+        if pid == ancestor {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The parent is the second field after the parenthesised command name.
+        let Some(parent) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if parent <= 1 {
+            return false;
+        }
+        pid = parent;
+    }
+    false
+}
+
 /// No Firecracker is left, waiting a moment for processes being reaped.
 fn assert_none_left() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -219,7 +244,11 @@ fn a_firecracker_killed_mid_run_fails_the_invoke() {
     // Kill the Firecracker as soon as it runs (bert runs for seconds cold).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let victim = loop {
-        if let Some(&pid) = firecrackers().first() {
+        // Only one of this invoke's: another test's Firecracker may still be exiting.
+        if let Some(pid) = firecrackers()
+            .into_iter()
+            .find(|&pid| descends_from(pid, child.id()))
+        {
             break pid;
         }
         assert!(
@@ -232,7 +261,12 @@ fn a_firecracker_killed_mid_run_fails_the_invoke() {
     // SAFETY: kill(2) on a process this test found among its own descendants.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     let out = child.wait_with_output().expect("invoke ends");
-    assert!(!out.status.success(), "a killed Firecracker fails the run");
+    assert!(
+        !out.status.success(),
+        "a killed Firecracker fails the run: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("Firecracker") || stderr.contains("firecracker"),
