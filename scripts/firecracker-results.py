@@ -55,11 +55,13 @@ def geomean(values):
 
 
 def strategies_of(results):
+    """The strategy labels the samples carry, in the order the bench ran them (the
+    config lists specs, whose spelling need not match a sample's label)."""
     seen = []
     for s in results["samples"]:
-        if s["strategy"] not in seen and s["concurrency"] in results["config"]["concurrency"]:
+        if s["strategy"] not in seen:
             seen.append(s["strategy"])
-    return [s for s in results["config"]["strategies"] if s in seen]
+    return seen
 
 
 def table(header, rows):

@@ -7,14 +7,58 @@
 // hashes decide how code is laid out, so a checkout in another directory would build
 // another image, and its snapshots would be refused ("taken with another guest build").
 // The sources are therefore staged into a directory named by their content
-// (`/tmp/snapbpf-guest-build/<hash>`), the same for every checkout of one revision, and
-// built there, with that path remapped away.
+// (`~/.cache/snapbpf/guest-build/<hash>`), the same for every checkout of one revision by
+// one user, and built there, with that path remapped away.
+//
+// Security: cargo runs whatever `build.rs` it finds in the staged tree, as the building
+// user (root, for snapbpf). The staging root is therefore the building user's own: under
+// its home directory (or, without one, `/tmp/snapbpf-guest-build-UID`), created 0700, and
+// refused unless it is a real directory owned by that user that no one else can write.
+// Never a shared, predictable path another user could create first.
 
 /// The target the guest is built for (freestanding by its flags, not by the triple).
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Where staged guest sources live, one directory per content hash.
-pub const STAGING_ROOT: &str = "/tmp/snapbpf-guest-build";
+/// Where staged guest sources live, one directory per content hash: a directory only the
+/// building user controls (see the security note above), created if missing.
+pub fn staging_root() -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|h| h.is_absolute())
+        .filter(|h| std::fs::metadata(h).is_ok_and(|m| m.is_dir() && m.uid() == uid));
+    let root = match home {
+        Some(home) => {
+            let cache = home.join(".cache").join("snapbpf");
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&cache)?;
+            cache.join("guest-build")
+        }
+        None => std::path::PathBuf::from(format!("/tmp/snapbpf-guest-build-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // Checked after creating: one that was there first must be ours and private.
+    let meta = std::fs::symlink_metadata(&root)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory of uid {uid} that only it can write (another user may \
+                 have created it); remove it, or set HOME to a directory of your own",
+                root.display()
+            ),
+        ));
+    }
+    Ok(root)
+}
 
 /// The crates the guest is built from, under `crates/`.
 pub const GUEST_CRATES: [&str; 3] = ["guest", "guest-abi", "functions"];
@@ -38,8 +82,9 @@ fn collect_files(dir: &std::path::Path, rel: &std::path::Path, out: &mut Vec<std
 
 /// Copies the guest's sources from the checkout whose `crates/` is `crates` (and the
 /// workspace manifest they inherit from, with only them as members) into
-/// `STAGING_ROOT/<content hash>`; returns that directory. Files already there with the
-/// same content are left alone, so rebuilds stay incremental.
+/// `staging_root()/<content hash>`; returns that directory. Files already there with the
+/// same content are left alone, so rebuilds stay incremental; files there that are not
+/// the guest's sources are removed (cargo would build a stray `build.rs`).
 pub fn stage_guest_sources(crates: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let mut files = Vec::new();
     for krate in GUEST_CRATES {
@@ -86,7 +131,14 @@ pub fn stage_guest_sources(crates: &std::path::Path) -> std::io::Result<std::pat
             hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    let staged = std::path::Path::new(STAGING_ROOT).join(format!("{hash:016x}"));
+    let staged = staging_root()?.join(format!("{hash:016x}"));
+    let mut present = Vec::new();
+    collect_files(&staged.join("crates"), std::path::Path::new("crates"), &mut present);
+    for rel in present {
+        if !contents.iter().any(|(wanted, _)| *wanted == rel) {
+            std::fs::remove_file(staged.join(rel))?;
+        }
+    }
     for (rel, bytes) in &contents {
         let dst = staged.join(rel);
         if std::fs::read(&dst).ok().as_deref() == Some(bytes.as_slice()) {

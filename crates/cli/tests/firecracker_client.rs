@@ -117,9 +117,14 @@ fn firecracker_like_vmm(socket: &Path) -> Result<(), String> {
             page_size: PAGE,
         });
     }
-    let (stream, _reply) =
-        snapbpf_uffd::send_to_handler(socket, &uffd, &regions, Duration::from_secs(30))
-            .map_err(|e| e.to_string())?;
+    let (stream, _reply) = snapbpf_uffd::send_to_handler(
+        socket,
+        &uffd,
+        &regions,
+        Duration::from_secs(30),
+        snapbpf_uffd::HandlerKind::FirecrackerOnly,
+    )
+    .map_err(|e| e.to_string())?;
     // Two vCPU threads fault at once, each over both regions.
     let wrong = std::thread::scope(|s| {
         let vcpus: Vec<_> = (0..2u64)
@@ -244,9 +249,14 @@ fn a_firecracker_like_vmm_with_2mib_pages_is_served() {
             page_size: HUGE,
         });
     }
-    let (stream, _reply) =
-        snapbpf_uffd::send_to_handler(&socket, &uffd, &regions, Duration::from_secs(30))
-            .expect("handshake");
+    let (stream, _reply) = snapbpf_uffd::send_to_handler(
+        &socket,
+        &uffd,
+        &regions,
+        Duration::from_secs(30),
+        snapbpf_uffd::HandlerKind::FirecrackerOnly,
+    )
+    .expect("handshake");
     let region_pages = len / PAGE;
     let wrong: u64 = std::thread::scope(|s| {
         let vcpus: Vec<_> = (0..2u64)
@@ -328,9 +338,14 @@ fn reap_prefetch_into_2mib_pages_installs_whole_huge_pages() {
         offset: 0,
         page_size: HUGE,
     }];
-    let (stream, reply) =
-        snapbpf_uffd::send_to_handler(&socket, &uffd, &regions, Duration::from_secs(60))
-            .expect("handshake");
+    let (stream, reply) = snapbpf_uffd::send_to_handler(
+        &socket,
+        &uffd,
+        &regions,
+        Duration::from_secs(60),
+        snapbpf_uffd::HandlerKind::Snapbpf,
+    )
+    .expect("handshake");
     let HandlerReply::Extended { ack, .. } = reply else {
         panic!("our handler speaks the extension");
     };

@@ -116,8 +116,16 @@ fn round(bin: &Binary, dir: &Path, function: u32, s: &mut Samples) -> Result<(),
         Arc::new(|_, _| Ok(snapbpf_uffd::HandlerAck::default()));
     let (sock, mem) = (socket.clone(), memory.clone());
     let handler = std::thread::spawn(move || {
-        snapbpf_uffd::server::listen(&sock, &mem, identity, on_demand, Some(1), false)
-            .map_err(|e| e.to_string())
+        snapbpf_uffd::server::listen(
+            &sock,
+            &mem,
+            identity,
+            on_demand,
+            Some(1),
+            false,
+            &snapbpf_os::access::AccessPolicy::default(),
+        )
+        .map_err(|e| e.to_string())
     });
     while !socket.exists() {
         std::thread::sleep(Duration::from_millis(1));

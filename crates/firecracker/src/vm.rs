@@ -320,7 +320,6 @@ impl Vm {
             })
         })?;
         drop(log_file);
-        let parent = std::process::id();
         let mut command = Command::new(bin.path());
         command
             .arg("--api-sock")
@@ -335,22 +334,7 @@ impl Vm {
             .stderr(stderr)
             // Its own process group: a terminal's Ctrl-C reaches us, and we end it.
             .process_group(0);
-        let die_with_us = move || {
-            // SAFETY: prctl with integer arguments.
-            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // We may have died between fork and prctl: then nobody would kill it.
-            // SAFETY: getppid has no preconditions.
-            if unsafe { libc::getppid() } as u32 != parent {
-                // SAFETY: raise with a valid signal number.
-                unsafe { libc::raise(libc::SIGKILL) };
-            }
-            Ok(())
-        };
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (prctl, getppid, raise); it allocates nothing.
-        unsafe { command.pre_exec(die_with_us) };
+        snapbpf_os::terminate::die_with_parent(&mut command);
         let mut child = command.spawn().map_err(|source| {
             fail(SpawnError::Start {
                 path: bin.path().to_path_buf(),

@@ -127,8 +127,16 @@ fn uffd_handler(socket: &Path, memory: &Path) -> std::thread::JoinHandle<()> {
     let on_demand: Arc<snapbpf_uffd::server::Prefetch> =
         Arc::new(|_, _| Ok(snapbpf_uffd::HandlerAck::default()));
     std::thread::spawn(move || {
-        snapbpf_uffd::server::listen(&socket, &memory, identity, on_demand, Some(1), false)
-            .expect("the handler serves");
+        snapbpf_uffd::server::listen(
+            &socket,
+            &memory,
+            identity,
+            on_demand,
+            Some(1),
+            false,
+            &snapbpf_os::access::AccessPolicy::default(),
+        )
+        .expect("the handler serves");
     })
 }
 

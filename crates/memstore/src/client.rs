@@ -15,6 +15,9 @@ use crate::protocol::{
 /// Errors of a client request.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The server on the socket is not one to trust.
+    #[error(transparent)]
+    Untrusted(#[from] snapbpf_os::access::ServerCheckError),
     /// The store is not there.
     #[error("cannot reach the snapshot store at {path} (is `snapbpf store serve` running?)")]
     Connect {
@@ -82,6 +85,9 @@ pub fn request(socket: &Path, request: &Request) -> Result<(Reply, Option<OwnedF
             path: path.clone(),
             source,
         })?;
+    // Whoever can write the socket's directory could have bound it: trust only root or
+    // ourselves to hand us memory a VM will run on.
+    snapbpf_os::access::check_server(&stream, socket)?;
     let exchange = |source| ClientError::Exchange {
         path: path.clone(),
         source,

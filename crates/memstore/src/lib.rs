@@ -29,4 +29,4 @@ pub use protocol::{
     Extent, Held, Reply, Request, Residency, Stats, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
     REPLY_TIMEOUT, REQUEST_TIMEOUT,
 };
-pub use server::{serve, Config, LoadError, ServeError, Shutdown, MAX_CONCURRENT};
+pub use server::{serve, Config, LoadError, ServeError, Shutdown, TrimTo, MAX_CONCURRENT};

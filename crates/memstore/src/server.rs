@@ -4,34 +4,60 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use snapbpf_wss::workingset::WorkingSet;
 
 use crate::memfd::{self, Backing, SealedMemory};
 use crate::protocol::{
     Extent, Held, Reply, Request, Residency, Stats, MAX_REQUEST_BYTES, REQUEST_TIMEOUT,
 };
+use snapbpf_os::access::{AccessPolicy, ListenError, PeerCredentials};
+use snapbpf_store::FileIdentity;
 
 /// Most requests served at once; further clients wait in the listen backlog.
 pub const MAX_CONCURRENT: usize = 64;
 /// The name the store's memfds carry (`/proc/PID/fd` shows `/memfd:NAME`).
 const MEMFD_LINK: &str = "/memfd:snapbpf-store";
 
+/// The working set a snapshot may be trimmed to: for the snapshot in `dir` whose memory
+/// file is `memory`, the runs of pages to keep, as `(first page, pages)`. The store knows no
+/// working-set format: whoever runs it says where working sets come from.
+pub type TrimTo = Arc<
+    dyn Fn(
+            &Path,
+            &FileIdentity,
+        ) -> Result<Vec<(u64, u64)>, Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
+
 /// How the store runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Config {
     /// Most bytes of memory held.
     pub capacity: u64,
     /// What backs the memfds.
     pub backing: Backing,
-    /// When memory is short, trim the least recently used snapshots to their recorded
-    /// working sets before evicting any.
-    pub trim: bool,
+    /// When memory is short, trim the least recently used snapshots to these working sets
+    /// before evicting any (`None`: evict only).
+    pub trim: Option<TrimTo>,
+    /// Who may connect (root and the store's own user always; see
+    /// [`snapbpf_os::access::AccessPolicy`]). A caller that is neither root nor the store's
+    /// user reaches only snapshots in directories it owns.
+    pub access: AccessPolicy,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("capacity", &self.capacity)
+            .field("backing", &self.backing)
+            .field("trim", &self.trim.is_some())
+            .field("access", &self.access)
+            .finish()
+    }
 }
 
 /// Errors loading a snapshot into the store.
@@ -63,14 +89,24 @@ pub enum LoadError {
     /// Its memfd could not be made.
     #[error("cannot hold the snapshot's memory")]
     Memfd(#[from] memfd::MemfdError),
+    /// The caller may not reach this snapshot: it is neither root nor the store's user, and
+    /// the directory is not its own.
+    #[error("uid {uid} may not use {dir}: it is not the directory's owner")]
+    NotYours {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The caller.
+        uid: u32,
+    },
 }
 
 /// Errors of the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Something that is not a socket is in the way.
-    #[error("{0} exists and is not a socket: refusing to replace it")]
-    NotASocket(PathBuf),
+    /// The socket could not be created (something is in the way, or a live store
+    /// answers there).
+    #[error(transparent)]
+    Socket(#[from] ListenError),
     /// The socket could not be set up.
     #[error("cannot listen on {path}")]
     Listen {
@@ -206,7 +242,7 @@ impl Store {
         }
         let (meta, sealed) = load(dir, self.config.backing)?;
         let served = served(dir, &meta, sealed, Residency::Whole, self.config.backing);
-        let trimmable = self.config.trim && self.config.backing != Backing::Hugetlb;
+        let trimmable = self.config.trim.is_some() && self.config.backing != Backing::Hugetlb;
         self.lock().insert(dir, served.clone(), trimmable);
         if let Err(e) = self.make_room(dir) {
             self.lock().remove(dir);
@@ -240,7 +276,10 @@ impl Store {
                 }
                 Some(Give::Trim(dir, old)) => {
                     // Copying the working set takes a while: other requests go on meanwhile.
-                    let trimmed = trim(&dir, &old, self.config.backing);
+                    let Some(trim_to) = &self.config.trim else {
+                        continue;
+                    };
+                    let trimmed = trim(trim_to, &dir, &old, self.config.backing);
                     let mut state = self.lock();
                     let Some(entry) = state.entries.get_mut(&dir) else {
                         continue;
@@ -319,19 +358,20 @@ fn load(
 #[derive(Debug, thiserror::Error)]
 enum TrimError {
     #[error("no usable working set")]
-    WorkingSet(#[source] snapbpf_wss::workingset::ReadError),
+    WorkingSet(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Memfd(#[from] memfd::MemfdError),
 }
 
-/// `old` trimmed to the working set recorded beside it (`None` if that saves nothing).
-fn trim(dir: &Path, old: &Served, backing: Backing) -> Result<Option<Served>, TrimError> {
-    let ws = WorkingSet::read_for(
-        &dir.join(snapbpf_wss::workingset::SNAPBPF_FILE),
-        &old.held.memory,
-    )
-    .map_err(TrimError::WorkingSet)?;
-    let keep = memfd::intersect(&old.extents, ws.ranges.iter().map(|r| (r.start, r.pages)));
+/// `old` trimmed to its working set (`None` if that saves nothing).
+fn trim(
+    trim_to: &TrimTo,
+    dir: &Path,
+    old: &Served,
+    backing: Backing,
+) -> Result<Option<Served>, TrimError> {
+    let ranges = trim_to(dir, &old.held.memory).map_err(TrimError::WorkingSet)?;
+    let keep = memfd::intersect(&old.extents, ranges);
     let kept: u64 = keep.iter().map(Extent::len_bytes).sum();
     if kept >= old.held.bytes {
         return Ok(None);
@@ -383,27 +423,21 @@ fn open_memfds() -> usize {
 /// replaced; anything else there is not.
 pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
     config.backing.check_host()?;
-    match std::fs::symlink_metadata(socket) {
-        Ok(m) if m.file_type().is_socket() => {
-            let _ = std::fs::remove_file(socket);
-        }
-        Ok(_) => return Err(ServeError::NotASocket(socket.to_path_buf())),
-        Err(_) => {}
-    }
     let listen_err = |source| ServeError::Listen {
         path: socket.to_path_buf(),
         source,
     };
-    let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    let listener = snapbpf_os::access::listen(socket, &config.access)?;
     listener.set_nonblocking(true).map_err(listen_err)?;
     let finish = snapbpf_os::interrupt::finish_on_signal();
+    let (capacity, backing) = (config.capacity, config.backing);
     let store = Arc::new(Store {
         config,
         state: Mutex::new(State {
             entries: HashMap::new(),
             stats: Stats {
-                capacity: config.capacity,
-                backing: config.backing,
+                capacity,
+                backing,
                 ..Stats::default()
             },
             clock: 0,
@@ -413,8 +447,8 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
     tracing::info!(
         "store: serving on {} with {} bytes ({} pages)",
         socket.display(),
-        config.capacity,
-        config.backing.name()
+        capacity,
+        backing.name()
     );
     let mut sessions: Vec<std::thread::JoinHandle<()>> = Vec::new();
     while finish.requested().is_none() {
@@ -425,19 +459,35 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
                 continue;
             }
             Err(e) => {
+                // EMFILE and its kind: back off rather than spin on a full table.
                 tracing::warn!("store: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let caller = match store.config.access.check(&stream) {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!("store: refused a connection: {e}");
+                let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+                let _ = send(&stream, &Reply::error(&e), None);
                 continue;
             }
         };
         sessions.retain(|s| !s.is_finished());
-        while sessions.len() >= MAX_CONCURRENT {
-            std::thread::sleep(Duration::from_millis(5));
-            sessions.retain(|s| !s.is_finished());
+        if sessions.len() >= MAX_CONCURRENT {
+            let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+            let busy = std::io::Error::other(format!(
+                "the store is busy: {MAX_CONCURRENT} requests in progress; retry"
+            ));
+            let _ = send(&stream, &Reply::error(&busy), None);
+            continue;
         }
         let store = store.clone();
         match std::thread::Builder::new()
             .name("store-session".into())
-            .spawn(move || session(&store, stream))
+            .spawn(move || session(&store, stream, caller))
         {
             Ok(h) => sessions.push(h),
             Err(e) => tracing::error!("store: cannot start a session thread: {e}"),
@@ -456,9 +506,10 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
     })
 }
 
-/// One request: read it, answer it.
-fn session(store: &Store, stream: UnixStream) {
-    let _ = stream.set_nonblocking(false);
+/// One request: read it, answer it (within [`REQUEST_TIMEOUT`] each way: a client that
+/// stops reading cannot hold a session).
+fn session(store: &Store, stream: UnixStream, caller: PeerCredentials) {
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
     let line = match snapbpf_os::unix::read_line_within(
         &stream,
         Instant::now() + REQUEST_TIMEOUT,
@@ -478,17 +529,50 @@ fn session(store: &Store, stream: UnixStream) {
             return;
         }
     };
-    let (reply, fd) = answer(store, &request);
+    let (reply, fd) = answer(store, &request, &caller);
     if let Err(e) = send(&stream, &reply, fd.as_deref()) {
         tracing::warn!("store: cannot reply to {request:?}: {e}");
     }
 }
 
-fn answer(store: &Store, request: &Request) -> (Reply, Option<Arc<OwnedFd>>) {
+/// Whether `caller` may see everything the store holds: root and the store's own user.
+fn privileged(caller: &PeerCredentials) -> bool {
+    caller.uid == 0 || caller.uid == snapbpf_os::access::effective_uid()
+}
+
+/// The key of `dir`, if `caller` may use it: a privileged caller any directory, another
+/// only one it owns (else the store, running as root, would read for it what it cannot).
+fn key_for(dir: &Path, caller: &PeerCredentials) -> Result<PathBuf, LoadError> {
+    use std::os::unix::fs::MetadataExt;
+    let key = key(dir)?;
+    if privileged(caller) {
+        return Ok(key);
+    }
+    let owner = std::fs::metadata(&key)
+        .map_err(|source| LoadError::Read {
+            path: key.clone(),
+            source,
+        })?
+        .uid();
+    if owner == caller.uid {
+        Ok(key)
+    } else {
+        Err(LoadError::NotYours {
+            dir: key,
+            uid: caller.uid,
+        })
+    }
+}
+
+fn answer(
+    store: &Store,
+    request: &Request,
+    caller: &PeerCredentials,
+) -> (Reply, Option<Arc<OwnedFd>>) {
     let result = (|| -> Result<(Reply, Option<Arc<OwnedFd>>), LoadError> {
         Ok(match request {
             Request::Add { dir } => {
-                let (served, _) = store.get_or_load(&key(dir)?, true)?;
+                let (served, _) = store.get_or_load(&key_for(dir, caller)?, true)?;
                 let reply = Reply {
                     held: Some(served.held),
                     ..Reply::empty()
@@ -496,7 +580,7 @@ fn answer(store: &Store, request: &Request) -> (Reply, Option<Arc<OwnedFd>>) {
                 (reply, None)
             }
             Request::Get { dir } => {
-                let (served, hit) = store.get_or_load(&key(dir)?, false)?;
+                let (served, hit) = store.get_or_load(&key_for(dir, caller)?, false)?;
                 {
                     let mut state = store.lock();
                     if hit {
@@ -514,7 +598,7 @@ fn answer(store: &Store, request: &Request) -> (Reply, Option<Arc<OwnedFd>>) {
                 (reply, Some(served.memfd))
             }
             Request::Evict { dir } => {
-                let held = store.lock().remove(&key(dir)?);
+                let held = store.lock().remove(&key_for(dir, caller)?);
                 (
                     Reply {
                         held,
@@ -527,8 +611,9 @@ fn answer(store: &Store, request: &Request) -> (Reply, Option<Arc<OwnedFd>>) {
                 let state = store.lock();
                 let mut snapshots: Vec<Held> = state
                     .entries
-                    .values()
-                    .map(|e| e.served.held.clone())
+                    .iter()
+                    .filter(|(dir, _)| privileged(caller) || key_for(dir, caller).is_ok())
+                    .map(|(_, e)| e.served.held.clone())
                     .collect();
                 snapshots.sort_by(|a, b| a.dir.cmp(&b.dir));
                 (

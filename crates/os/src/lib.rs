@@ -1,6 +1,8 @@
 //! Host plumbing that snapbpf's mechanism crates share, with nothing of snapbpf's own in
 //! it: the page-fault handler, the snapshot store and the memory store use it alike.
 //!
+//! - [`access`]: who may talk over a socket: explicit modes, peer checks, one live
+//!   server per path, clients that check who serves them.
 //! - [`unix`]: Unix sockets with bounded connects and line reads, and passing one
 //!   descriptor with a message (`SCM_RIGHTS`).
 //! - [`interrupt`]: what to undo when SIGINT/SIGTERM/SIGHUP cut work short.
@@ -8,6 +10,7 @@
 //! - [`terminate`]: how library code ends the process when nothing else is safe.
 //! - [`error_chain`]: an error and its sources on one line.
 
+pub mod access;
 pub mod interrupt;
 pub mod lock;
 pub mod terminate;

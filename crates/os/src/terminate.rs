@@ -27,3 +27,28 @@ pub fn terminate(code: i32) -> ! {
         None => std::process::abort(),
     }
 }
+
+/// Makes the child `command` starts die (SIGKILL) when this process does: a VM or VMM
+/// whose launcher was killed must not run on, unowned, with its directory lock released
+/// under it. Set in the child between fork and exec; a launcher that died before that is
+/// caught by the parent-pid check.
+pub fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    let die_with_us = move || {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // We may have died between fork and prctl: then nobody would kill it.
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } as u32 != parent {
+            // SAFETY: raise with a valid signal number.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, raise); it allocates nothing.
+    unsafe { command.pre_exec(die_with_us) };
+}

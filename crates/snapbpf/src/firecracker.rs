@@ -2,7 +2,7 @@
 //! record phases it runs, one Firecracker process per VM, driven through its API
 //! ([`snapbpf_firecracker`]).
 //!
-//! A strategy says how guest memory is backed ([`ExternalPlan`]): Firecracker's File
+//! A strategy says how guest memory is backed ([`ExternalPlan`](crate::strategy::ExternalPlan)): Firecracker's File
 //! backend maps the memory file privately (opened with the strategy's read-around window,
 //! which the device holds only while Firecracker opens it), or its Uffd backend hands the
 //! userfaultfd to a handler thread in this process, which installs the strategy's working

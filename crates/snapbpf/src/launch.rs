@@ -404,7 +404,9 @@ impl Workers {
     ) -> Result<(), InvokeError> {
         let ready_by = Instant::now() + READY_DEADLINE;
         for index in 0..n as usize {
-            let mut child = worker()
+            let mut command = worker();
+            snapbpf_os::terminate::die_with_parent(&mut command);
+            let mut child = command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

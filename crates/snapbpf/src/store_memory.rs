@@ -162,3 +162,17 @@ impl FromStore {
         Ok(StoreMemory { copied, ..mapped })
     }
 }
+
+/// The runs of pages (`(first page, pages)`) the in-memory store may trim the snapshot in
+/// `dir` to when it is short of memory: SnapBPF's recorded working set, checked against the
+/// memory file the store holds (`snapbpf store serve` hands this to the store).
+pub fn trim_ranges(
+    dir: &Path,
+    memory: &snapbpf_store::FileIdentity,
+) -> Result<Vec<(u64, u64)>, snapbpf_wss::workingset::ReadError> {
+    let ws = snapbpf_wss::workingset::WorkingSet::read_for(
+        &dir.join(snapbpf_wss::workingset::SNAPBPF_FILE),
+        memory,
+    )?;
+    Ok(ws.ranges.iter().map(|r| (r.start, r.pages)).collect())
+}

@@ -246,6 +246,7 @@ impl UffdMemory {
     pub fn serve_externally(
         self,
         socket: &Path,
+        kind: uffd::HandlerKind,
         fallback: File,
         expected: &FileIdentity,
     ) -> Result<Restored, BackendError> {
@@ -254,7 +255,8 @@ impl UffdMemory {
             uffd,
             regions,
         } = self;
-        let (stream, reply) = uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT)?;
+        let (stream, reply) =
+            uffd::send_to_handler(socket, &uffd, &regions, HANDLER_ACK_TIMEOUT, kind)?;
         let (served, prefetched) = match &reply {
             uffd::HandlerReply::Extended { hello, ack } => (Some(hello.memory), Some(report(ack))),
             uffd::HandlerReply::Silent => (None, None),
@@ -488,6 +490,7 @@ pub fn run_handler(
     spec: &crate::strategy::StrategySpec,
     max_sessions: Option<u64>,
     extension: bool,
+    access: &snapbpf_os::access::AccessPolicy,
 ) -> Result<(), HandlerError> {
     let on_demand: Arc<uffd::server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
     let (prefetch, memory, identity) = match source {
@@ -515,7 +518,15 @@ pub fn run_handler(
             (on_demand, path.clone(), identity)
         }
     };
-    uffd::server::listen(socket, &memory, identity, prefetch, max_sessions, extension)?;
+    uffd::server::listen(
+        socket,
+        &memory,
+        identity,
+        prefetch,
+        max_sessions,
+        extension,
+        access,
+    )?;
     Ok(())
 }
 

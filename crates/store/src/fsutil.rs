@@ -59,13 +59,21 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
 /// Creates a new file `.NAME.tmp-PID-N` in `dir` that did not exist before, trying other
 /// `N` where one does.
 pub fn create_exclusive(dir: &Path, name: &str) -> std::io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut last = None;
     for _ in 0..1024 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        // 0600: what goes through here is a tenant's (artifacts of its memory, chunks of
+        // it, its snapshot's metadata); nobody else needs to read it.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
             Ok(f) => return Ok((f, tmp)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),

@@ -10,8 +10,8 @@
 //! The directory is built under a temporary name beside the target and renamed into place,
 //! so a crash never leaves a half-written snapshot under the requested name.
 
-use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -468,6 +468,7 @@ pub fn write_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "snapshot".into());
+    remove_stale_temporaries(&parent, &name);
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -480,8 +481,12 @@ pub fn write_with(
         });
     let result = (|| {
         let _ = std::fs::remove_dir_all(&tmp);
-        // `create_dir`, not `create_dir_all`: it fails on anything already there.
-        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        // `create`, not `create_dir_all`: it fails on anything already there. 0700: a
+        // snapshot is a tenant's memory; no other local user may even list it.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(io(&tmp))?;
         let mut meta = fill(&tmp)?;
         meta.format = META_FORMAT.into();
         meta.version = META_VERSION;
@@ -497,13 +502,17 @@ pub fn write_with(
         if force && out.exists() {
             // Not from under a `record` or running VMs.
             let _busy = snapbpf_os::lock::lock_dir(out, snapbpf_os::lock::LockMode::Exclusive)?;
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-            std::fs::rename(out, &old).map_err(io(out))?;
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            // One atomic exchange: at every instant `out` is the old snapshot or the new
+            // one. The old one, now at the temporary's name, goes after; a crash before
+            // that leaves it as a stale temporary, which the next write removes.
+            rename_with(&tmp, out, libc::RENAME_EXCHANGE).map_err(io(out))?;
+            fsutil::sync_dir(&parent).map_err(io(&parent))?;
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            return Ok(());
         }
         // Never over something that appeared meanwhile (rename(2) would replace an empty
         // directory): without --force that is an error, with it a retry is the caller's.
-        rename_noreplace(&tmp, out).map_err(|e| match e.kind() {
+        rename_with(&tmp, out, libc::RENAME_NOREPLACE).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => WriteError::Exists(out.to_path_buf()),
             _ => io(out)(e),
         })?;
@@ -520,10 +529,55 @@ pub fn write_with(
     })
 }
 
+/// Removes the temporaries (`.NAME.tmp-PID`, and `.NAME.old-PID` of earlier versions) that
+/// snapshot writes of `name` into `parent` left when their process died: a killed
+/// `snapshot` leaves gigabytes. Those of live processes are theirs; failures only cost
+/// disk space, so they are logged, not returned.
+pub fn remove_stale_temporaries(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_prefix(name))
+        else {
+            continue;
+        };
+        let Some(pid) = rest
+            .strip_prefix(".tmp-")
+            .or_else(|| rest.strip_prefix(".old-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by process {pid}, which is gone",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "cannot remove {}, left by process {pid}: {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Writes guest memory densely (no holes: a hole would make "reading" free pages cost no
 /// I/O, unlike a real snapshot) and returns its SHA-256.
 fn write_memory(path: &Path, mem: &snapbpf_vmm::GuestMemory) -> std::io::Result<[u8; 32]> {
-    let mut file = File::create(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     let mut hasher = Sha256::new();
     let mut chunk = vec![0u8; 8 << 20];
     let mut gpa = 0;
@@ -540,7 +594,7 @@ fn write_memory(path: &Path, mem: &snapbpf_vmm::GuestMemory) -> std::io::Result<
 }
 
 /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+fn rename_with(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
@@ -554,7 +608,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             from.as_ptr(),
             libc::AT_FDCWD,
             to.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     };
     if rc != 0 {

@@ -182,6 +182,12 @@ pub enum SocketFailure {
         #[source]
         source: serde_json::Error,
     },
+    /// The server is one not to trust.
+    #[error(transparent)]
+    Untrusted(snapbpf_os::access::ServerCheckError),
+    /// A snapbpf handler said nothing.
+    #[error("no hello within {} s: a snapbpf handler says one at once (for a handler that speaks only Firecracker's handshake, pass it as `firecracker-handler`)", .0.as_secs())]
+    NoHello(Duration),
     /// The handler refused the VM, and said why.
     #[error("the handler refused the VM: {0}")]
     Refused(String),
@@ -220,6 +226,22 @@ pub const EXTENSION_VERSION: u32 = 1;
 /// says nothing within it is taken for a Firecracker one: the vCPU runs at once, its faults
 /// wait on the handler, as in Firecracker.
 pub const HELLO_WINDOW: Duration = Duration::from_millis(250);
+
+/// Longest the VMM waits for the hello of a [`HandlerKind::Snapbpf`] handler, which writes
+/// it as soon as it accepts (or its refusal, when busy).
+pub const SNAPBPF_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the VMM knows of the handler it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerKind {
+    /// snapbpf's (`snapbpf uffd-handler`): it must say its hello, naming the memory file,
+    /// within the acknowledgement timeout, or the VM is refused.
+    Snapbpf,
+    /// One that speaks only Firecracker's handshake (Firecracker's example handlers): a
+    /// hello is read if one comes within [`HELLO_WINDOW`], else which memory file it
+    /// serves stays unchecked.
+    FirecrackerOnly,
+}
 
 /// What the handler at the other end of a handshake said.
 #[derive(Debug, Clone, PartialEq)]
@@ -274,6 +296,7 @@ pub fn send_to_handler(
     uffd: &Uffd,
     regions: &[GuestRegionUffdMapping],
     timeout: Duration,
+    handler: HandlerKind,
 ) -> Result<(UnixStream, HandlerReply), UffdError> {
     let sock_err = |failure: SocketFailure| UffdError::Handler {
         path: socket.to_path_buf(),
@@ -281,13 +304,35 @@ pub fn send_to_handler(
     };
     let stream = connect_within(socket, Instant::now() + CONNECT_TIMEOUT)
         .map_err(|e| sock_err(SocketFailure::Connect(e)))?;
+    // The userfaultfd gives whoever holds it the guest's memory: only to root or us.
+    snapbpf_os::access::check_server(&stream, socket)
+        .map_err(|e| sock_err(SocketFailure::Untrusted(e)))?;
     let body = serde_json::to_vec(regions).map_err(|e| sock_err(SocketFailure::Encode(e)))?;
-    send_fd(&stream, &body, uffd.as_fd().as_raw_fd())
-        .map_err(|e| sock_err(SocketFailure::Send(e)))?;
-    if !readable_within(&stream, HELLO_WINDOW).map_err(|e| sock_err(SocketFailure::Poll(e)))? {
-        return Ok((stream, HandlerReply::Silent));
+    if let Err(e) = send_fd(&stream, &body, uffd.as_fd().as_raw_fd()) {
+        // A handler that refused at once (busy, or not for us) wrote why and closed
+        // before our message: say its reason, not the broken pipe.
+        let why = read_line_within(&stream, Instant::now() + HELLO_WINDOW, MAX_ACK_BYTES)
+            .ok()
+            .and_then(|line| parse_ack(&line).ok())
+            .and_then(|ack| ack.error);
+        return Err(sock_err(match why {
+            Some(why) => SocketFailure::Refused(why),
+            None => SocketFailure::Send(e),
+        }));
     }
     let deadline = Instant::now() + timeout;
+    // Only a handler known to speak Firecracker's handshake alone may stay silent: for
+    // ours, silence is a failure, never "unchecked".
+    let window = match handler {
+        HandlerKind::Snapbpf => timeout.min(SNAPBPF_HELLO_TIMEOUT),
+        HandlerKind::FirecrackerOnly => HELLO_WINDOW,
+    };
+    if !readable_within(&stream, window).map_err(|e| sock_err(SocketFailure::Poll(e)))? {
+        return match handler {
+            HandlerKind::FirecrackerOnly => Ok((stream, HandlerReply::Silent)),
+            HandlerKind::Snapbpf => Err(sock_err(SocketFailure::NoHello(window))),
+        };
+    }
     let read = |what: &'static str| {
         let line = read_line_within(&stream, deadline, MAX_ACK_BYTES)
             .map_err(|source| sock_err(SocketFailure::NoLine { what, source }))?;
@@ -297,6 +342,13 @@ pub fn send_to_handler(
         Ok(line)
     };
     let line = read("hello")?;
+    // A handler that refuses at once (busy, or not for us) says why in place of a hello.
+    if let Ok(HandlerAck {
+        error: Some(why), ..
+    }) = parse_ack(&line)
+    {
+        return Err(sock_err(SocketFailure::Refused(why)));
+    }
     let hello: HandlerHello = serde_json::from_str(line.trim()).map_err(|source| {
         sock_err(SocketFailure::BadHello {
             line: line.trim().to_string(),

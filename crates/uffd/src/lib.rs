@@ -18,7 +18,7 @@ pub mod server;
 pub use abi::{Uffd, UffdError};
 pub use handshake::{
     acknowledge, check_regions, receive_from_vmm, say_hello, send_to_handler,
-    GuestRegionUffdMapping, HandlerAck, HandlerHello, HandlerReply,
+    GuestRegionUffdMapping, HandlerAck, HandlerHello, HandlerKind, HandlerReply,
 };
 pub use serve::{install, ms_since, serve, ServeStats, StopSignal};
 

@@ -9,8 +9,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,9 +38,10 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Something that is not a socket is in the way.
-    #[error("{0} exists and is not a socket: refusing to replace it")]
-    NotASocket(PathBuf),
+    /// The socket could not be created (something is in the way, or a live handler
+    /// answers there).
+    #[error(transparent)]
+    Socket(#[from] snapbpf_os::access::ListenError),
     /// The socket could not be set up.
     #[error("cannot listen on {path}: {source}")]
     Listen {
@@ -79,6 +79,7 @@ pub fn listen(
     prefetch: Arc<Prefetch>,
     max_sessions: Option<u64>,
     extension: bool,
+    access: &snapbpf_os::access::AccessPolicy,
 ) -> Result<(), ServerError> {
     let file = File::open(memory).map_err(|source| ServerError::Source {
         path: memory.to_path_buf(),
@@ -92,17 +93,7 @@ pub fn listen(
         })?
         .len();
     let file = Arc::new(file);
-    match std::fs::symlink_metadata(socket) {
-        Ok(m) if m.file_type().is_socket() => {
-            let _ = std::fs::remove_file(socket);
-        }
-        Ok(_) => return Err(ServerError::NotASocket(socket.to_path_buf())),
-        Err(_) => {}
-    }
-    let listener = UnixListener::bind(socket).map_err(|source| ServerError::Listen {
-        path: socket.to_path_buf(),
-        source,
-    })?;
+    let listener = snapbpf_os::access::listen(socket, access)?;
     tracing::info!("uffd-handler: listening on {}", socket.display());
     let undo_socket = socket.to_path_buf();
     let _interrupted =
@@ -116,18 +107,33 @@ pub fn listen(
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
+                // EMFILE and its kind: back off rather than spin on a full table.
                 tracing::warn!("uffd-handler: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
         };
-        count += 1;
-        match peer_credentials(&stream) {
-            Some((pid, uid, gid)) => {
-                tracing::info!("uffd-handler: session {count}: VMM pid {pid}, uid {uid}, gid {gid}")
+        // Who may have a snapshot's pages: checked before a byte is written (the hello
+        // names the memory file) or a descriptor taken.
+        match access.check(&stream) {
+            Ok(peer) => tracing::info!("uffd-handler: session {}: VMM {peer}", count + 1),
+            Err(e) => {
+                tracing::warn!("uffd-handler: refused a connection: {e}");
+                refuse(&stream, extension, &e);
+                continue;
             }
-            None => tracing::info!("uffd-handler: session {count}: peer credentials unknown"),
         }
-        slots.acquire();
+        // Busy: refuse at once, so the VMM hears it now instead of waiting for a hello
+        // that would come only when another VM ends.
+        if !slots.try_acquire() {
+            let busy = std::io::Error::other(format!(
+                "the handler is busy: it serves {MAX_CONCURRENT_SESSIONS} VMs already"
+            ));
+            tracing::warn!("uffd-handler: refused a VM: {busy}");
+            refuse(&stream, extension, &busy);
+            continue;
+        }
+        count += 1;
         // Join the sessions that ended: an unjoined thread keeps its stack, so a
         // long-lived handler would grow by one stack's touched pages per VM served.
         let (ended, running): (Vec<_>, Vec<_>) = sessions
@@ -213,60 +219,48 @@ fn session(
     Ok(stats.faults)
 }
 
-/// The process, user and group of the peer of `stream` (`SO_PEERCRED`), as the kernel saw
-/// them when it connected.
-fn peer_credentials(stream: &UnixStream) -> Option<(i32, u32, u32)> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into our ucred and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some((cred.pid, cred.uid, cred.gid))
+/// Refuses a VMM: with the extension, one acknowledgement line saying why (the VMM reads
+/// it in place of the hello); without, the connection just closes.
+fn refuse(stream: &UnixStream, extension: bool, why: &dyn std::error::Error) {
+    if extension {
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        let _ = acknowledge(
+            stream,
+            &HandlerAck {
+                error: Some(snapbpf_os::error_chain(why)),
+                ..HandlerAck::default()
+            },
+        );
+    }
 }
 
 /// A counting semaphore bounding the sessions served at once.
 struct Slots {
     free: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
 }
 
 impl Slots {
     fn new(n: usize) -> Self {
         Self {
             free: std::sync::Mutex::new(n),
-            freed: std::sync::Condvar::new(),
         }
     }
 
-    fn acquire(&self) {
+    /// Takes a slot if one is free.
+    fn try_acquire(&self) -> bool {
         let Ok(mut free) = self.free.lock() else {
-            return;
+            return false;
         };
-        while *free == 0 {
-            free = match self.freed.wait(free) {
-                Ok(f) => f,
-                Err(_) => return,
-            };
+        if *free == 0 {
+            return false;
         }
         *free -= 1;
+        true
     }
 
     fn release(&self) {
         if let Ok(mut free) = self.free.lock() {
             *free += 1;
-            self.freed.notify_one();
         }
     }
 }

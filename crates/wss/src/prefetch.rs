@@ -146,9 +146,13 @@ pub struct ResidentPrefetch {
     pub missing_pages: u64,
 }
 
+/// How long [`prefetch_until_resident`] waits on pages before asking for them again.
+pub const REISSUE_AFTER: Duration = Duration::from_millis(200);
+
 /// Prefetches `ranges` of `file` and waits, at most `wait`, until every page is in the
 /// page cache: readahead completes asynchronously, so this is the time the device takes
-/// to deliver the working set.
+/// to deliver the working set. Pages still missing after [`REISSUE_AFTER`] are asked for
+/// again.
 pub fn prefetch_until_resident(
     file: &File,
     ranges: &[PageRange],
@@ -160,11 +164,18 @@ pub fn prefetch_until_resident(
     let mut residency = vec![0u8; map.pages()];
     let stats = prefetch(file, ranges)?;
     let mut missing = ranges.to_vec();
+    let mut reissued = started;
     loop {
         map.scan(&mut residency).map_err(PrefetchError::Residency)?;
         missing = missing_in(&residency, &missing);
         if missing.is_empty() || started.elapsed() >= wait {
             break;
+        }
+        // readahead(2) is advice: under memory pressure its page allocations give up
+        // quietly (or pages read are reclaimed at once), and nothing would ask again.
+        if reissued.elapsed() >= REISSUE_AFTER {
+            prefetch(file, &missing)?;
+            reissued = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -56,3 +56,29 @@ pub fn function_input(
     }
     Ok(info)
 }
+
+/// Who a server started here serves, besides root and its own user (`docs/security.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessArgs {
+    /// Also serve this user id (repeatable). Its requests reach only snapshots in
+    /// directories it owns.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+    /// Also serve processes of this group id; the socket is then 0660 and of this group
+    /// (else 0600).
+    #[arg(long, value_name = "GID")]
+    pub group: Option<u32>,
+}
+
+impl AccessArgs {
+    /// The policy these arguments ask for.
+    pub fn policy(&self) -> snapbpf_os::access::AccessPolicy {
+        snapbpf_os::access::AccessPolicy {
+            uids: self.allow_uids.clone(),
+            gid: self.group,
+        }
+    }
+}
+
+/// The store's socket unless `--socket` says otherwise.
+pub const DEFAULT_STORE_SOCKET: &str = "/run/snapbpf/store.sock";

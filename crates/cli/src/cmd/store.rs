@@ -17,9 +17,12 @@ pub struct Args {
 enum StoreCommand {
     /// Run the store until SIGINT or SIGTERM.
     Serve {
-        /// Unix socket to listen on (replaced if it is a stale socket).
-        #[arg(long)]
+        /// Unix socket to listen on, created 0600 (its directory 0700 if missing); a stale
+        /// socket is replaced, a live store's is not.
+        #[arg(long, default_value = super::DEFAULT_STORE_SOCKET)]
         socket: PathBuf,
+        #[command(flatten)]
+        access: super::AccessArgs,
         /// Most bytes held; least recently used snapshots are evicted past it
         /// (a number, with an optional K, M or G suffix of powers of 1024).
         #[arg(long, default_value = "4G", value_parser = parse_bytes)]
@@ -39,13 +42,13 @@ enum StoreCommand {
         /// Snapshot directory.
         dir: PathBuf,
         /// The store's socket.
-        #[arg(long)]
+        #[arg(long, default_value = super::DEFAULT_STORE_SOCKET)]
         socket: PathBuf,
     },
     /// The snapshots held.
     List {
         /// The store's socket.
-        #[arg(long)]
+        #[arg(long, default_value = super::DEFAULT_STORE_SOCKET)]
         socket: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -56,13 +59,13 @@ enum StoreCommand {
         /// Snapshot directory.
         dir: PathBuf,
         /// The store's socket.
-        #[arg(long)]
+        #[arg(long, default_value = super::DEFAULT_STORE_SOCKET)]
         socket: PathBuf,
     },
     /// Snapshots and bytes held, hits, misses, evictions.
     Stats {
         /// The store's socket.
-        #[arg(long)]
+        #[arg(long, default_value = super::DEFAULT_STORE_SOCKET)]
         socket: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -119,6 +122,7 @@ pub fn run(args: Args) -> Result<()> {
             capacity,
             huge_pages,
             no_trim,
+            access,
         } => {
             eprintln!(
                 "store: serving on {} with {:.1} GiB of {} memory{} (SIGINT or SIGTERM to stop)",
@@ -140,7 +144,14 @@ pub fn run(args: Args) -> Result<()> {
                 snapbpf_memstore::Config {
                     capacity,
                     backing: huge_pages,
-                    trim: !no_trim,
+                    trim: (!no_trim).then(|| {
+                        std::sync::Arc::new(|dir: &std::path::Path, memory: &_| {
+                            snapbpf::store_memory::trim_ranges(dir, memory).map_err(|e| {
+                                Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+                            })
+                        }) as snapbpf_memstore::TrimTo
+                    }),
+                    access: access.policy(),
                 },
             )?;
             let s = end.stats;

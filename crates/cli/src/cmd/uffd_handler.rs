@@ -8,9 +8,12 @@ use anyhow::Result;
 /// Serve the page faults of VMs restored with `--uffd-handler` (or by Firecracker).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Unix socket to listen on (replaced if it exists).
+    /// Unix socket to listen on, created 0600 (its directory 0700 if missing); a stale
+    /// socket is replaced, a live handler's is not.
     #[arg(long)]
     socket: PathBuf,
+    #[command(flatten)]
+    access: super::AccessArgs,
     /// Snapshot directory whose memory (and REAP working set, if recorded) is served.
     #[arg(
         long,
@@ -49,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         &spec,
         args.max_sessions,
         !args.silent,
+        &args.access.policy(),
     )?;
     Ok(())
 }

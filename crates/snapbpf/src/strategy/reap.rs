@@ -30,7 +30,9 @@ use crate::snapshot::Snapshot;
 use crate::uffd_backend::{self, UffdMemory};
 use snapbpf_store::artifact;
 use snapbpf_store::FileIdentity;
-use snapbpf_uffd::{self as uffd, server, GuestRegionUffdMapping, HandlerAck, Uffd, PAGE};
+use snapbpf_uffd::{
+    self as uffd, server, GuestRegionUffdMapping, HandlerAck, HandlerKind, Uffd, PAGE,
+};
 
 /// Working-set file: the recorded pages' contents, in fault order.
 const WS_FILE: &str = "reap.ws";
@@ -164,37 +166,56 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<ReapOptions>(
     "reap",
     "REAP: userfaultfd; the recorded working set read with one O_DIRECT read and installed before the vCPU runs",
 )
-.options(&[OptionInfo::valued(
-    "uffd-handler",
-    "SOCKET",
-    "hand the userfaultfd to the page-fault handler listening on this Unix socket (Firecracker's UFFD protocol)",
-)])
+.options(&[
+    OptionInfo::valued(
+        "uffd-handler",
+        "SOCKET",
+        "hand the userfaultfd to `snapbpf uffd-handler` listening on this Unix socket (Firecracker's UFFD protocol; the handler must name the memory file it serves)",
+    ),
+    OptionInfo::valued(
+        "firecracker-handler",
+        "SOCKET",
+        "as uffd-handler, to a handler that speaks only Firecracker's handshake (its example handlers): which memory file it serves goes unchecked",
+    ),
+])
 .records(&[WS_FILE, TRACE_FILE])
 .vmms(&[Vmm::Builtin, Vmm::Firecracker]);
 
 /// Options of `reap`.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ReapOptions {
-    /// Serve guest memory from the external handler at this socket.
-    uffd_handler: Option<PathBuf>,
+    /// Serve guest memory from the external handler at this socket, of this kind.
+    uffd_handler: Option<(PathBuf, HandlerKind)>,
 }
 
 impl StrategyOptions for ReapOptions {
     const INFO: &'static StrategyInfo = &INFO;
     fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), String> {
-        match (name, value) {
-            ("uffd-handler", Some(path)) if !path.is_empty() => {
-                self.uffd_handler = Some(PathBuf::from(path))
+        let kind = match name {
+            "uffd-handler" => HandlerKind::Snapbpf,
+            "firecracker-handler" => HandlerKind::FirecrackerOnly,
+            other => return Err(format!("unexpected option {other}")),
+        };
+        match value {
+            Some(path) if !path.is_empty() => {
+                if self.uffd_handler.is_some() {
+                    return Err(
+                        "uffd-handler and firecracker-handler name one handler: pass one".into(),
+                    );
+                }
+                self.uffd_handler = Some((PathBuf::from(path), kind));
             }
-            ("uffd-handler", _) => return Err("needs a socket path".into()),
-            (other, _) => return Err(format!("unexpected option {other}")),
+            _ => return Err("needs a socket path".into()),
         }
         Ok(())
     }
     fn render(&self) -> Vec<String> {
         self.uffd_handler
             .iter()
-            .map(|p| format!("uffd-handler={}", p.display()))
+            .map(|(p, kind)| match kind {
+                HandlerKind::Snapbpf => format!("uffd-handler={}", p.display()),
+                HandlerKind::FirecrackerOnly => format!("firecracker-handler={}", p.display()),
+            })
             .collect()
     }
     fn build(&self) -> Box<dyn Strategy> {
@@ -209,7 +230,7 @@ impl StrategyOptions for ReapOptions {
 struct Reap {
     /// Hand the userfaultfd to the handler listening on this socket instead of serving it
     /// in-process.
-    handler_socket: Option<PathBuf>,
+    handler_socket: Option<(PathBuf, HandlerKind)>,
 }
 
 impl Strategy for Reap {
@@ -239,9 +260,14 @@ impl Strategy for Reap {
         let memory_file =
             File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
         let memory = UffdMemory::new(snapshot.meta.mem_bytes)?;
-        if let Some(socket) = &self.handler_socket {
+        if let Some((socket, kind)) = &self.handler_socket {
             // Firecracker's UFFD backend: the handler process fills memory.
-            return Ok(memory.serve_externally(socket, memory_file, &snapshot.meta.memory)?);
+            return Ok(memory.serve_externally(
+                socket,
+                *kind,
+                memory_file,
+                &snapshot.meta.memory,
+            )?);
         }
         // REAP installs the whole recorded working set before the vCPU runs.
         let trace = load_trace(snapshot)?;
@@ -271,7 +297,7 @@ impl Strategy for Reap {
     fn external(&self, snapshot: &Snapshot) -> Result<ExternalPlan, StrategyError> {
         let backing = match &self.handler_socket {
             // Firecracker hands its userfaultfd to that handler itself.
-            Some(socket) => ExternalBacking::Handler {
+            Some((socket, _)) => ExternalBacking::Handler {
                 socket: socket.clone(),
             },
             None => ExternalBacking::Userfault {
