@@ -454,7 +454,7 @@ fn the_handler_socket_path_is_never_clobbered() {
             "--memory-file",
             memory.to_str().expect("UTF-8"),
         ],
-        "exists and is not a socket: refusing to replace it",
+        "exists and is not a socket; remove it or choose another path",
     );
     assert_eq!(std::fs::read(&precious).expect("read"), b"keep me");
 }

@@ -244,11 +244,13 @@ fn a_firecracker_killed_mid_run_fails_the_invoke() {
     // Kill the Firecracker as soon as it runs (bert runs for seconds cold).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let victim = loop {
-        // Only one of this invoke's: another test's Firecracker may still be exiting.
-        if let Some(pid) = firecrackers()
-            .into_iter()
-            .find(|&pid| descends_from(pid, child.id()))
-        {
+        // Only one of this invoke's (another test's Firecracker may still be exiting), and
+        // the VM's, not the `firecracker --version` the invoke asks first.
+        if let Some(pid) = firecrackers().into_iter().find(|&pid| {
+            descends_from(pid, child.id())
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"--api-sock"))
+        }) {
             break pid;
         }
         assert!(

@@ -211,6 +211,13 @@ fn bad_objects_fail_reads_and_the_mount_stays_usable() {
     std::fs::write(&damaged, &bytes).expect("damage a chunk");
     std::fs::remove_file(server.object(&format!("fleet/chunks/{}", digests[3])))
         .expect("remove a chunk");
+    // And one is far larger than any chunk can be: refused before its body is read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(server.object(&format!("fleet/chunks/{}", digests[4])))
+        .and_then(|f| f.set_len(200 << 20))
+        .expect("inflate a chunk");
     // A third snapshot's manifest is garbage.
     std::fs::write(
         server.object("fleet/snapshots/heapcheck/manifest"),
@@ -268,6 +275,7 @@ fn bad_objects_fail_reads_and_the_mount_stays_usable() {
         "{log}"
     );
     assert!(log.contains("does not exist"), "{log}");
+    assert!(log.contains("refusing to read it"), "{log}");
     // The mount serves everything else.
     let r = invoke_on(&server, &on_mount("gzip"), "snapbpf", 0, 1, &[]);
     assert_eq!(checksums(&r), vec![want_gzip[0].clone()]);

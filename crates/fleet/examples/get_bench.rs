@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let mut bytes = 0;
     for k in &keys {
-        bytes += remote.get(k)?.bytes.len();
+        bytes += remote.get(k, u64::MAX)?.bytes.len();
     }
     let s = t.elapsed().as_secs_f64();
     println!(
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         keys.iter()
             .map(|k| {
                 let k = k.clone();
-                move |r: &snapbpf_fleet::Remote| r.get(&k).map(|g| g.bytes.len())
+                move |r: &snapbpf_fleet::Remote| r.get(&k, u64::MAX).map(|g| g.bytes.len())
             })
             .collect(),
     );

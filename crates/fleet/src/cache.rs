@@ -69,7 +69,13 @@ impl ChunkCache {
     /// Opens (creating it) the cache in `dir`, holding at most `capacity` bytes; what an
     /// earlier run left there is kept, temporary files are removed.
     pub fn open(dir: &Path, capacity: u64) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        // 0700 where it creates it, and chunks 0600: a chunk is a piece of a tenant's
+        // memory, and no other user may read or swap one (they are hashed once per run).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let mut state = State::default();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;

@@ -15,6 +15,12 @@ pub const KIND: &str = "fleet-chunk";
 /// zstd level chunks are compressed with (fast, and 2–3x on snapshot memory).
 pub const LEVEL: i32 = 3;
 
+/// Longest stored object a chunk of `raw_bytes` can be: zstd's worst case on incompressible
+/// data (a block header per 128 KiB) and the container's framing.
+pub fn max_object_bytes(raw_bytes: u64) -> u64 {
+    raw_bytes + (raw_bytes >> 7) + (64 << 10)
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Header {
     /// `None`: stored raw (compression would not have shrunk it).

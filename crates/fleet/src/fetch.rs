@@ -226,7 +226,7 @@ impl Fetcher {
             let started = Instant::now();
             let got = self
                 .remote
-                .get(&key)
+                .get(&key, chunk::max_object_bytes(id.size))
                 .map_err(|e: RemoteError| fetch_error(&e))?;
             self.counters
                 .get_ns

@@ -243,7 +243,7 @@ impl SnapshotFs {
                 continue;
             }
             let loaded = remote
-                .get(&key)
+                .get(&key, manifest::MAX_MANIFEST_BYTES)
                 .map_err(|e| snapbpf_os::error_chain(&e))
                 .and_then(|got| {
                     Manifest::decode(&got.bytes, &key).map_err(|e| snapbpf_os::error_chain(&e))

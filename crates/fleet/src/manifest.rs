@@ -16,6 +16,9 @@ pub const CHUNK_SIZES: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
 pub const MAX_FILES: usize = 256;
 /// Largest file pushed (1 TiB).
 pub const MAX_FILE_BYTES: u64 = 1 << 40;
+/// Longest manifest object read from a bucket (a manifest lists a chunk in well under 100
+/// bytes: this is millions of chunks).
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 /// One chunk of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +84,8 @@ pub fn name_of(relative_key: &str) -> Option<&str> {
     relative_key
         .strip_prefix("snapshots/")?
         .strip_suffix("/manifest")
-        .filter(|n| !n.contains('/') && !n.is_empty())
+        // A name becomes a directory of the mount: never `.`, `..` or hidden.
+        .filter(|n| valid_file_name(n))
 }
 
 /// Whether `name` can be a file of a mounted snapshot directory.
@@ -168,6 +172,26 @@ impl Manifest {
         match self.file(snapbpf_store::snapshot::MEMORY_FILE) {
             Some(m) if m.id == self.memory => Ok(()),
             _ => Err("its memory file is missing or not the snapshot's".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_a_snapshot_only_if_the_name_can_be_a_directory() {
+        assert_eq!(name_of("snapshots/bert/manifest"), Some("bert"));
+        for bad in [
+            "snapshots/./manifest",
+            "snapshots/../manifest",
+            "snapshots/.hidden/manifest",
+            "snapshots//manifest",
+            "snapshots/a/b/manifest",
+            "chunks/x",
+        ] {
+            assert_eq!(name_of(bad), None, "{bad}");
         }
     }
 }

@@ -354,7 +354,7 @@ pub fn push(
             .map_or(0, |d| d.as_nanos() as u64),
     };
     let key = location.key(&manifest::key(&url.name));
-    let unchanged = match remote.get(&key) {
+    let unchanged = match remote.get(&key, manifest::MAX_MANIFEST_BYTES) {
         Ok(got) => Manifest::decode(&got.bytes, &key)
             .map(|old| {
                 Manifest {

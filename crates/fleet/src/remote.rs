@@ -54,6 +54,20 @@ pub enum RemoteError {
         /// The key.
         key: String,
     },
+    /// The object is larger than anything that can be at its key.
+    #[error(
+        "s3://{bucket}/{key} is {size} bytes, more than the {max} it can be: refusing to read it"
+    )]
+    TooLarge {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// Its size.
+        size: u64,
+        /// The most it may be.
+        max: u64,
+    },
     /// A request failed (after the client's retries).
     #[error("{op} s3://{bucket}/{key} failed")]
     Request {
@@ -157,21 +171,35 @@ impl Remote {
         }
     }
 
-    /// The object at `key` (a full key, prefix included).
-    pub fn get(&self, key: &str) -> Result<Got, RemoteError> {
+    /// The object at `key` (a full key, prefix included), if it is at most `max_bytes`
+    /// long: the bucket is not trusted with how much this process reads (its size is
+    /// checked before the body is read, and the body against it).
+    pub fn get(&self, key: &str, max_bytes: u64) -> Result<Got, RemoteError> {
         let path = ObjectPath::from(key);
         let started = Instant::now();
+        let too_large = |size: u64| RemoteError::TooLarge {
+            bucket: self.location.bucket.clone(),
+            key: key.to_string(),
+            size,
+            max: max_bytes,
+        };
         self.runtime.block_on(async {
             let response = self
                 .store
                 .get(&path)
                 .await
                 .map_err(|e| self.error("GET", key, e))?;
+            if response.meta.size > max_bytes {
+                return Err(too_large(response.meta.size));
+            }
             let ttfb = started.elapsed();
             let bytes = response
                 .bytes()
                 .await
                 .map_err(|e| self.error("GET", key, e))?;
+            if bytes.len() as u64 > max_bytes {
+                return Err(too_large(bytes.len() as u64));
+            }
             Ok(Got { bytes, ttfb })
         })
     }

@@ -77,6 +77,41 @@ pub fn targets() -> Vec<Target> {
             trailing_crc: false,
         },
         Target {
+            name: "handshake-hello",
+            seeds: seeds::hello,
+            run: parse::hello,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
+            name: "store-request",
+            seeds: seeds::store_request,
+            run: parse::store_request,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
+            name: "store-reply",
+            seeds: seeds::store_reply,
+            run: parse::store_reply,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
+            name: "fleet-manifest",
+            seeds: seeds::manifest,
+            run: parse::manifest,
+            json: false,
+            trailing_crc: true,
+        },
+        Target {
+            name: "verified-cache",
+            seeds: seeds::verified,
+            run: parse::verified,
+            json: true,
+            trailing_crc: false,
+        },
+        Target {
             name: "results-json",
             seeds: seeds::results,
             run: parse::results,
@@ -390,6 +425,140 @@ mod seeds {
         ]
     }
 
+    pub fn hello() -> Vec<Vec<u8>> {
+        let hello = snapbpf_uffd::HandlerHello {
+            snapbpf_handler: 1,
+            memory: FileIdentity {
+                size: 1 << 26,
+                digest: [7; 32],
+            },
+        };
+        vec![serde_json::to_vec(&hello).unwrap_or_default()]
+    }
+
+    pub fn store_request() -> Vec<Vec<u8>> {
+        use snapbpf_memstore::Request;
+        [
+            Request::Get {
+                dir: "/snapshots/bert".into(),
+            },
+            Request::Add {
+                dir: "/snapshots/pyaes".into(),
+            },
+            Request::Evict { dir: "x".into() },
+            Request::List,
+            Request::Stats,
+        ]
+        .iter()
+        .map(|r| serde_json::to_vec(r).unwrap_or_default())
+        .collect()
+    }
+
+    pub fn store_reply() -> Vec<Vec<u8>> {
+        use snapbpf_memstore::{Backing, Extent, Held, Reply, Residency, Stats};
+        let held = Held {
+            dir: "/snapshots/bert".into(),
+            function: "bert".into(),
+            memory: FileIdentity {
+                size: 1 << 26,
+                digest: [8; 32],
+            },
+            bytes: 1 << 20,
+            resident: Residency::WorkingSet,
+            backing: Backing::Shmem,
+        };
+        let empty = Reply {
+            error: None,
+            held: None,
+            hit: None,
+            extents: None,
+            snapshots: None,
+            stats: None,
+        };
+        [
+            Reply {
+                held: Some(held.clone()),
+                hit: Some(true),
+                extents: Some(vec![
+                    Extent { page: 0, pages: 3 },
+                    Extent { page: 9, pages: 1 },
+                ]),
+                ..empty.clone()
+            },
+            Reply {
+                snapshots: Some(vec![held]),
+                ..empty.clone()
+            },
+            Reply {
+                stats: Some(Stats::default()),
+                ..empty.clone()
+            },
+            Reply {
+                error: Some("the store is busy".into()),
+                ..empty
+            },
+        ]
+        .iter()
+        .map(|r| serde_json::to_vec(r).unwrap_or_default())
+        .collect()
+    }
+
+    pub fn manifest() -> Vec<Vec<u8>> {
+        use snapbpf_fleet::manifest::{ChunkRef, FileEntry, Manifest};
+        let id = |size, byte| FileIdentity {
+            size,
+            digest: [byte; 32],
+        };
+        let chunk = |size, byte| ChunkRef {
+            id: Some(id(size, byte)),
+            stored: size / 2,
+        };
+        let memory = id(3 << 20, 1);
+        let manifest = Manifest {
+            name: "bert".into(),
+            function: "bert".into(),
+            memory,
+            chunk_size: 1 << 20,
+            files: vec![
+                FileEntry {
+                    name: "memory".into(),
+                    id: memory,
+                    chunks: vec![
+                        chunk(1 << 20, 2),
+                        ChunkRef {
+                            id: None,
+                            stored: 0,
+                        },
+                        chunk(1 << 20, 3),
+                    ],
+                },
+                FileEntry {
+                    name: "snapshot.json".into(),
+                    id: id(600, 4),
+                    chunks: vec![chunk(600, 4)],
+                },
+            ],
+            pushed_unix_ns: 1,
+        };
+        vec![manifest.encode().unwrap_or_default()]
+    }
+
+    pub fn verified() -> Vec<Vec<u8>> {
+        let files = [snapbpf_store::verify::Vouched {
+            name: "memory".into(),
+            size: 1 << 26,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: 3,
+            dev: 4,
+            identity: FileIdentity {
+                size: 1 << 26,
+                digest: [5; 32],
+            },
+        }];
+        vec![snapbpf_store::verify::vouch(&files)]
+    }
+
     /// A small run's results: the committed full run's, cut to a few of each record.
     pub fn results() -> Vec<Vec<u8>> {
         let full = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -479,6 +648,48 @@ mod parse {
 
     pub fn ack(b: &[u8]) -> bool {
         std::str::from_utf8(b).is_ok_and(|s| snapbpf_uffd::handshake::parse_ack(s).is_ok())
+    }
+
+    pub fn hello(b: &[u8]) -> bool {
+        serde_json::from_slice::<snapbpf_uffd::HandlerHello>(b).is_ok()
+    }
+
+    pub fn store_request(b: &[u8]) -> bool {
+        serde_json::from_slice::<snapbpf_memstore::Request>(b).is_ok()
+    }
+
+    pub fn store_reply(b: &[u8]) -> bool {
+        match serde_json::from_slice::<snapbpf_memstore::Reply>(b) {
+            Ok(reply) => {
+                // What the client does with extents: checks them against the memory.
+                if let Some(extents) = &reply.extents {
+                    let _ = snapbpf_memstore::protocol::extents_are_valid(extents, 1 << 14);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn manifest(b: &[u8]) -> bool {
+        match snapbpf_fleet::manifest::Manifest::decode(b, "fuzz/manifest") {
+            Ok(m) => {
+                // What the mount does with one: every file's chunks, by offset.
+                for f in &m.files {
+                    for probe in [0, m.chunk_size, f.id.size, u64::MAX] {
+                        if let Some((i, _)) = f.chunk_at(probe, m.chunk_size) {
+                            let _ = f.chunk_len(i, m.chunk_size);
+                        }
+                    }
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn verified(b: &[u8]) -> bool {
+        snapbpf_store::verify::vouched_identities(b).is_some()
     }
 
     pub fn results(b: &[u8]) -> bool {

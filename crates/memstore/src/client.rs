@@ -178,12 +178,28 @@ pub fn get(socket: &Path, dir: &Path, expected: &FileIdentity) -> Result<Served,
     if size != expected.size {
         return Err(bad("a memfd whose size is not the snapshot memory's"));
     }
+    // Sealed against every change, so what the store checked is what the VM runs on, and
+    // no process holding the memfd (the store included) can change it under the VM.
+    if !fully_sealed(&memfd) {
+        return Err(bad(
+            "a memfd not sealed against writes, growth and shrinking (F_SEAL_WRITE, GROW, SHRINK, SEAL)",
+        ));
+    }
     Ok(Served {
         memfd,
         held,
         extents,
         hit: reply.hit.unwrap_or(false),
     })
+}
+
+/// Whether `memfd` carries every seal the store sets.
+fn fully_sealed(memfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let want = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl(F_GET_SEALS) on a descriptor we own; it only reads its seals.
+    let seals = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & want == want
 }
 
 /// Bytes the store at `socket` holds of the snapshot in `dir` (0 if none, or if the store

@@ -133,13 +133,27 @@ fn file_name(path: &Path) -> String {
 fn load_cache(path: &Path) -> Cache {
     fsutil::read_regular(&cache_path(path), MAX_CACHE_BYTES)
         .ok()
-        .and_then(|raw| serde_json::from_slice::<Cache>(&raw).ok())
-        .filter(|c| {
-            c.format == CACHE_FORMAT
-                && c.version == CACHE_VERSION
-                && c.crc32 == entries_crc(&c.files)
-        })
+        .and_then(|raw| parse_cache(&raw))
         .unwrap_or_default()
+}
+
+/// Parses the bytes of a verification cache: its format, version and checksum first.
+fn parse_cache(raw: &[u8]) -> Option<Cache> {
+    serde_json::from_slice::<Cache>(raw).ok().filter(|c| {
+        c.format == CACHE_FORMAT && c.version == CACHE_VERSION && c.crc32 == entries_crc(&c.files)
+    })
+}
+
+/// The files a verification cache's bytes vouch for, by name, with the content identity
+/// each is recorded with; `None` when the bytes are not a valid cache (for fuzzing the
+/// parser: the cache is read only through [`check`]).
+pub fn vouched_identities(raw: &[u8]) -> Option<Vec<(String, FileIdentity)>> {
+    parse_cache(raw).map(|c| {
+        c.files
+            .into_iter()
+            .map(|(name, entry)| (name, entry.identity))
+            .collect()
+    })
 }
 
 /// Records that the file at `path`, as `meta` describes it now, has `identity`. Best
