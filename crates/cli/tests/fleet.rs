@@ -320,3 +320,49 @@ fn bad_objects_fail_reads_and_the_mount_stays_usable() {
     host_b.stop();
     mount.stop();
 }
+
+/// Another local user cannot read a mounted snapshot (its memory is a tenant's): the mount
+/// serves only the user who mounted it, whatever the files' modes say. (This held before
+/// issue 25 through fuser's session ACL; the test pins it down.)
+#[test]
+fn another_user_cannot_read_the_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !require_kvm() {
+        return;
+    }
+    if snapbpf_os::access::effective_uid() != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test must run as root"
+        );
+        eprintln!("\n!!!!!!!! SKIPPED: not root; the test as another user did not run !!!!!!!!\n");
+        return;
+    }
+    let dir = scratch();
+    // Others may traverse the scratch directory: what refuses them must be the mount.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let Some(server) = S3Server::start(dir.path()) else {
+        return;
+    };
+    pushed(&server, dir.path(), "pyaes");
+    let mount = Mount::start(
+        &server,
+        &location(),
+        &dir.path().join("mnt"),
+        &dir.path().join("cache"),
+        &dir.path().join("stats.json"),
+    );
+    let meta = mount.dir.join("pyaes/snapshot.json");
+    assert!(std::fs::read(&meta).is_ok(), "its owner reads it");
+    for target in [meta.clone(), mount.dir.join("pyaes/memory")] {
+        let out = std::process::Command::new("cat")
+            .arg(&target)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .expect("cat as nobody");
+        assert!(!out.status.success(), "nobody read {target:?}");
+    }
+}
