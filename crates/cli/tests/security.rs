@@ -10,22 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, fails, json, ok, require_kvm, scratch, snapshot, start_handler, Store};
-
-const NOBODY: u32 = 65534;
-
-/// Whether this test can play another user: it needs root (as the tests do anyway).
-fn require_root() -> bool {
-    if snapbpf_os::access::effective_uid() == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true: the security tests must run as root"
-    );
-    eprintln!("\n!!!!!!!! SKIPPED: not root; tests as another user did not run !!!!!!!!\n");
-    false
-}
+use common::{
+    bin, fails, json, ok, require_kvm, require_root, scratch, snapshot, start_handler, Store,
+    NOBODY,
+};
 
 /// `snapbpf ARGS...` as `nobody` (its groups dropped), from a copy of the binary it can
 /// execute wherever this checkout lives.

@@ -467,14 +467,7 @@ mod seeds {
             resident: Residency::WorkingSet,
             backing: Backing::Shmem,
         };
-        let empty = Reply {
-            error: None,
-            held: None,
-            hit: None,
-            extents: None,
-            snapshots: None,
-            stats: None,
-        };
+        let empty = Reply::empty();
         [
             Reply {
                 held: Some(held.clone()),

@@ -173,7 +173,8 @@ impl Reply {
         }
     }
 
-    pub(crate) fn empty() -> Self {
+    /// A reply that says nothing yet (every field absent), to fill.
+    pub fn empty() -> Self {
         Self {
             error: None,
             held: None,

@@ -470,18 +470,18 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
             Ok(cred) => cred,
             Err(e) => {
                 tracing::warn!("store: refused a connection: {e}");
-                let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-                let _ = send(&stream, &Reply::error(&e), None);
+                refuse(&stream, &e);
                 continue;
             }
         };
         sessions.retain(|s| !s.is_finished());
         if sessions.len() >= MAX_CONCURRENT {
-            let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-            let busy = std::io::Error::other(format!(
-                "the store is busy: {MAX_CONCURRENT} requests in progress; retry"
-            ));
-            let _ = send(&stream, &Reply::error(&busy), None);
+            refuse(
+                &stream,
+                &std::io::Error::other(format!(
+                    "the store is busy: {MAX_CONCURRENT} requests in progress; retry"
+                )),
+            );
             continue;
         }
         let store = store.clone();
@@ -504,6 +504,12 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
         stats,
         memfds_left: open_memfds(),
     })
+}
+
+/// Answers a connection that will not be served with why, bounded like any reply.
+fn refuse(stream: &UnixStream, why: &dyn std::error::Error) {
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let _ = send(stream, &Reply::error(why), None);
 }
 
 /// One request: read it, answer it (within [`REQUEST_TIMEOUT`] each way: a client that
@@ -535,17 +541,12 @@ fn session(store: &Store, stream: UnixStream, caller: PeerCredentials) {
     }
 }
 
-/// Whether `caller` may see everything the store holds: root and the store's own user.
-fn privileged(caller: &PeerCredentials) -> bool {
-    caller.uid == 0 || caller.uid == snapbpf_os::access::effective_uid()
-}
-
 /// The key of `dir`, if `caller` may use it: a privileged caller any directory, another
 /// only one it owns (else the store, running as root, would read for it what it cannot).
 fn key_for(dir: &Path, caller: &PeerCredentials) -> Result<PathBuf, LoadError> {
     use std::os::unix::fs::MetadataExt;
     let key = key(dir)?;
-    if privileged(caller) {
+    if caller.is_root_or_self() {
         return Ok(key);
     }
     let owner = std::fs::metadata(&key)
@@ -612,7 +613,7 @@ fn answer(
                 let mut snapshots: Vec<Held> = state
                     .entries
                     .iter()
-                    .filter(|(dir, _)| privileged(caller) || key_for(dir, caller).is_ok())
+                    .filter(|(dir, _)| caller.is_root_or_self() || key_for(dir, caller).is_ok())
                     .map(|(_, e)| e.served.held.clone())
                     .collect();
                 snapshots.sort_by(|a, b| a.dir.cmp(&b.dir));

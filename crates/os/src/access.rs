@@ -29,6 +29,14 @@ pub struct PeerCredentials {
     pub gid: u32,
 }
 
+impl PeerCredentials {
+    /// Whether the peer is root or this process's own user: trusted with everything a
+    /// server holds, and trusted as a server.
+    pub fn is_root_or_self(&self) -> bool {
+        self.uid == 0 || self.uid == effective_uid()
+    }
+}
+
 impl std::fmt::Display for PeerCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "pid {}, uid {}, gid {}", self.pid, self.uid, self.gid)
@@ -82,10 +90,7 @@ pub struct AccessPolicy {
 impl AccessPolicy {
     /// Whether the peer `cred` may be served.
     pub fn admits(&self, cred: &PeerCredentials) -> bool {
-        cred.uid == 0
-            || cred.uid == effective_uid()
-            || self.uids.contains(&cred.uid)
-            || self.gid == Some(cred.gid)
+        cred.is_root_or_self() || self.uids.contains(&cred.uid) || self.gid == Some(cred.gid)
     }
 
     /// The mode of the socket: 0600, 0660 with a group, 0666 with other users allowed
@@ -179,8 +184,7 @@ pub enum ListenError {
 /// Binds a listening socket at `path` for `policy`: the parent directory is created 0700
 /// (0750 and of the policy's group; 0711 with other users allowed) if missing; a stale
 /// socket (nobody answers) is replaced, but a live server's is not, nor anything that is
-/// not a socket; the socket is created under a umask that leaves it owner-only and then
-/// set to 0600 (0660 and the group's, with a group; 0666 with other users allowed, whom
+/// not a socket; the socket is then set to 0600 (0660 and the group's, with a group; 0666 with other users allowed, whom
 /// the peer check then sorts).
 pub fn listen(path: &Path, policy: &AccessPolicy) -> Result<UnixListener, ListenError> {
     let bind_err = |source| ListenError::Bind {
@@ -223,13 +227,9 @@ pub fn listen(path: &Path, policy: &AccessPolicy) -> Result<UnixListener, Listen
         Ok(_) => return Err(ListenError::NotASocket(path.to_path_buf())),
         Err(_) => {}
     }
-    // SAFETY: umask only sets the process's file-creation mask; it cannot fail. Files
-    // other threads create meanwhile get a stricter mode, never a looser one.
-    let old_mask = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above; restores the caller's mask.
-    unsafe { libc::umask(old_mask) };
-    let listener = bound.map_err(bind_err)?;
+    // No umask games: the mask is the whole process's, and another thread's directory
+    // would lose its search bits. A peer that connects before the chmod is still checked.
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
     let set_up = (|| {
         if let Some(gid) = policy.gid {
             std::os::unix::fs::chown(path, None, Some(gid))?;
@@ -266,7 +266,7 @@ pub enum ServerCheckError {
 /// or as this process's user.
 pub fn check_server(stream: &UnixStream, path: &Path) -> Result<PeerCredentials, ServerCheckError> {
     let cred = peer_credentials(stream).map_err(ServerCheckError::Credentials)?;
-    if cred.uid == 0 || cred.uid == effective_uid() {
+    if cred.is_root_or_self() {
         Ok(cred)
     } else {
         Err(ServerCheckError::Untrusted {

@@ -23,6 +23,23 @@ pub fn require_kvm() -> bool {
     false
 }
 
+/// The uid tests play another local user as.
+pub const NOBODY: u32 = 65534;
+
+/// Whether a test can play another user: it needs root (as the KVM tests do anyway).
+/// Skipped loudly otherwise, except under `CI=true`, where it fails.
+pub fn require_root() -> bool {
+    if snapbpf_os::access::effective_uid() == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: tests as another user must run as root"
+    );
+    eprintln!("\n!!!!!!!! SKIPPED: not root; tests as another user did not run !!!!!!!!\n");
+    false
+}
+
 /// Path of the binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_snapbpf"))
