@@ -98,6 +98,22 @@ fn argument_errors() {
         "is not the results.json of a snapbpf bench run",
     );
     fails(&["bench", "--replot", "/dev/zero"], "it is a device");
+    // Plain HTTP to the object store only by the operator's word, never by a URL's.
+    let scratch = tempfile::tempdir_in("/var/tmp").expect("scratch");
+    let out = std::process::Command::new(bin())
+        .args(["mount", "s3://bucket/prefix"])
+        .arg(scratch.path().join("mnt"))
+        .arg("--cache")
+        .arg(scratch.path().join("cache"))
+        .args(["--endpoint", "http://127.0.0.1:9"])
+        .env_remove("AWS_ALLOW_HTTP")
+        .output()
+        .expect("run snapbpf mount");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is plain HTTP"),
+        "a plain-HTTP endpoint was not refused: {stderr}"
+    );
 }
 
 /// `--replot` of an interrupted run's partial results redraws tables and charts beside

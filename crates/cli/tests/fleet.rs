@@ -347,14 +347,48 @@ fn another_user_cannot_read_the_mount() {
     );
     let meta = mount.dir.join("pyaes/snapshot.json");
     assert!(std::fs::read(&meta).is_ok(), "its owner reads it");
-    for target in [meta.clone(), mount.dir.join("pyaes/memory")] {
-        let out = std::process::Command::new("cat")
-            .arg(&target)
+    let nobody_reads = |target: &std::path::Path| {
+        std::process::Command::new("cat")
+            .arg(target)
             .uid(NOBODY)
             .gid(NOBODY)
             .stdout(std::process::Stdio::null())
             .output()
-            .expect("cat as nobody");
-        assert!(!out.status.success(), "nobody read {target:?}");
+            .expect("cat as nobody")
+            .status
+            .success()
+    };
+    let memory = mount.dir.join("pyaes/memory");
+    for target in [&meta, &memory] {
+        assert!(!nobody_reads(target), "nobody read {target:?}");
     }
+    let mode = std::fs::metadata(&memory)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o400, "owner-only modes by default");
+    mount.stop();
+    // A group named by the operator reads, by the modes the kernel checks; others do not.
+    let shared = Mount::start_with(
+        &server,
+        &location(),
+        &dir.path().join("mnt2"),
+        &dir.path().join("cache"),
+        &dir.path().join("stats2.json"),
+        &["--group", &NOBODY.to_string()],
+    );
+    let memory = shared.dir.join("pyaes/memory");
+    let meta = std::fs::metadata(&memory).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), NOBODY);
+    assert!(nobody_reads(&memory), "the named group reads the mount");
+    let other = std::process::Command::new("cat")
+        .arg(&memory)
+        .uid(NOBODY)
+        .gid(NOBODY - 1)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("cat as another group");
+    assert!(!other.status.success(), "a user outside the group read it");
+    shared.stop();
 }

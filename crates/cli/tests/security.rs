@@ -152,7 +152,113 @@ fn the_store_serves_only_its_owner_and_whom_it_allows() {
     );
     assert!(!evicted.status.success(), "nobody evicted root's snapshot");
     assert!(ok(&["store", "list", "--socket", store.sock()]).contains("pyaes"));
+
+    // Snapshots are asked for by their memory's identity, per tenant: knowing root's
+    // identity gets `nobody` nothing (before: any path a client named was loaded).
+    let memory: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("snapshot.json")).expect("meta"))
+            .expect("JSON");
+    let memory = memory["memory"].to_string();
+    let asked = raw_get_as_nobody(store.sock(), &memory);
+    assert!(
+        asked.contains("holds no snapshot with memory") && asked.ends_with("fds 0"),
+        "nobody was served root's memory by its identity: {asked}"
+    );
+    // Its own copy, from a directory it owns, is its own entry, served back to it alone.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).expect("mkdir");
+    for file in ["snapshot.json", "vcpu", "memory"] {
+        std::fs::copy(snap.join(file), mine.join(file)).expect("copy");
+    }
+    let chown = |path: &Path| std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY));
+    chown(&mine).expect("chown");
+    for file in ["snapshot.json", "vcpu", "memory"] {
+        chown(&mine.join(file)).expect("chown");
+    }
+    let mine_arg = mine.to_str().expect("UTF-8");
+    let added = as_nobody(
+        dir.path(),
+        &["store", "add", mine_arg, "--socket", store.sock()],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let asked = raw_get_as_nobody(store.sock(), &memory);
+    assert!(
+        asked.contains(&format!("\"dir\":\"{mine_arg}\"")) && asked.ends_with("fds 1"),
+        "nobody is served its own copy: {asked}"
+    );
+    let listed = ok(&["store", "list", "--socket", store.sock()]);
+    assert_eq!(
+        listed.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "two tenants, two entries: {listed}"
+    );
+    // A forged verification cache does not make the store hold other content under an
+    // identity: it hashes what it copies.
+    let evicted = as_nobody(
+        dir.path(),
+        &["store", "evict", mine_arg, "--socket", store.sock()],
+    );
+    assert!(evicted.status.success());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mine.join("memory"))
+            .expect("open");
+        f.write_all_at(b"forged", 4096 * 7).expect("forge");
+    }
+    let meta = std::fs::metadata(mine.join("memory")).expect("stat");
+    let identity: snapbpf_store::FileIdentity = serde_json::from_str(&memory).expect("identity");
+    let forged = snapbpf_store::verify::vouch(&[snapbpf_store::verify::Vouched {
+        name: "memory".into(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        inode: meta.ino(),
+        dev: meta.dev(),
+        identity,
+    }]);
+    std::fs::write(mine.join(".snapbpf-verified"), forged).expect("forge the cache");
+    let added = as_nobody(
+        dir.path(),
+        &["store", "add", mine_arg, "--socket", store.sock()],
+    );
+    let err = String::from_utf8_lossy(&added.stderr);
+    assert!(
+        !added.status.success() && err.contains("its SHA-256 is"),
+        "the store took a forged verification cache's word: {err}"
+    );
     store.stop();
+}
+
+/// Sends a raw `get` by memory identity (JSON) to the store at `socket` as `nobody`;
+/// returns the reply line and how many descriptors came with it (`... fds N`).
+fn raw_get_as_nobody(socket: &str, memory: &str) -> String {
+    const GET: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((json.dumps({"op": "get", "memory": json.loads(sys.argv[2])}) + "\n").encode())
+msg, anc, _, _ = s.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+print(msg.decode().strip(), "fds", len(anc))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", GET, socket, memory])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .output()
+        .expect("python3 as nobody");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A second store on a live store's socket refuses to start and leaves the first serving

@@ -113,7 +113,7 @@ fn round(bin: &Binary, dir: &Path, function: u32, s: &mut Samples) -> Result<(),
         digest: [0; 32],
     };
     let on_demand: Arc<snapbpf_uffd::server::Prefetch> =
-        Arc::new(|_, _| Ok(snapbpf_uffd::HandlerAck::default()));
+        Arc::new(|_, _, _| Ok(snapbpf_uffd::HandlerAck::default()));
     let (sock, mem) = (socket.clone(), memory.clone());
     let handler = std::thread::spawn(move || {
         snapbpf_uffd::server::listen(

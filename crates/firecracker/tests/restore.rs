@@ -125,7 +125,7 @@ fn uffd_handler(socket: &Path, memory: &Path) -> std::thread::JoinHandle<()> {
         digest: [0; 32],
     };
     let on_demand: Arc<snapbpf_uffd::server::Prefetch> =
-        Arc::new(|_, _| Ok(snapbpf_uffd::HandlerAck::default()));
+        Arc::new(|_, _, _| Ok(snapbpf_uffd::HandlerAck::default()));
     std::thread::spawn(move || {
         snapbpf_uffd::server::listen(
             &socket,

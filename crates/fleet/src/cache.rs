@@ -3,12 +3,13 @@
 //!
 //! Every mount on the host may share one cache directory; a second "host" is another
 //! directory. A file is written under a temporary name and renamed into place, so a name
-//! only ever holds a whole chunk; one that does not hash to its name (a crash mid-write
-//! on a filesystem without ordered renames, a damaged disk) is deleted on first read and
-//! fetched again. Reads use `O_DIRECT`, and written files are dropped from the page cache,
+//! only ever holds a whole chunk. Every read from disk is hashed again: one that does not
+//! hash to its name (a crash mid-write on a filesystem without ordered renames, a damaged
+//! disk, a file changed under the cache) is deleted and fetched again; the disk is not
+//! trusted with a tenant's memory between two reads any more than the bucket is. Reads use `O_DIRECT`, and written files are dropped from the page cache,
 //! so the host's memory holds a chunk once: in the mounted files VMs map, not again here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,8 +26,6 @@ struct State {
     entries: HashMap<[u8; 32], Entry>,
     bytes: u64,
     clock: u64,
-    /// Chunks read back and hashed by this process (a file is hashed once per mount).
-    verified: HashSet<[u8; 32]>,
 }
 
 /// A chunk cache directory.
@@ -71,7 +70,7 @@ impl ChunkCache {
     pub fn open(dir: &Path, capacity: u64) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         // 0700 where it creates it, and chunks 0600: a chunk is a piece of a tenant's
-        // memory, and no other user may read or swap one (they are hashed once per run).
+        // memory, and no other user may read one.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -167,13 +166,8 @@ impl ChunkCache {
         let data = fsutil::read_direct(&path)
             .ok()
             .map(|(buf, _)| buf.as_slice().to_vec());
-        let checked = self.lock().verified.contains(&id.digest);
         match data {
-            Some(d) if checked && d.len() as u64 == id.size => Some(d),
-            Some(d) if FileIdentity::of_bytes(&d) == *id => {
-                self.lock().verified.insert(id.digest);
-                Some(d)
-            }
+            Some(d) if FileIdentity::of_bytes(&d) == *id => Some(d),
             other => {
                 if other.is_some() {
                     tracing::warn!(
@@ -192,7 +186,6 @@ impl ChunkCache {
         if let Some(e) = state.entries.remove(&id.digest) {
             state.bytes = state.bytes.saturating_sub(e.bytes);
         }
-        state.verified.remove(&id.digest);
         let _ = std::fs::remove_file(self.path(id));
     }
 
@@ -220,7 +213,6 @@ impl ChunkCache {
                 state.bytes = state.bytes.saturating_sub(old.bytes);
             }
             state.bytes += raw.len() as u64;
-            state.verified.insert(id.digest);
         }
         self.shrink();
     }
@@ -252,7 +244,6 @@ impl ChunkCache {
             if let Some(e) = state.entries.remove(&victim) {
                 state.bytes = state.bytes.saturating_sub(e.bytes);
             }
-            state.verified.remove(&victim);
             let _ = std::fs::remove_file(self.dir.join(snapbpf_store::identity::hex(&victim)));
         }
     }
@@ -284,5 +275,13 @@ mod tests {
         let cache = ChunkCache::open(dir.path(), 3 * (64 << 10)).expect("reopen");
         assert!(cache.get(&ids[2]).is_none());
         assert!(!dir.path().join(ids[2].digest_hex()).exists());
+        // A file changed after it was read and checked once, to the same length, is
+        // refused on the next read too (each read is hashed).
+        assert_eq!(cache.get(&ids[1]), Some(chunk(2)));
+        std::fs::write(dir.path().join(ids[1].digest_hex()), chunk(7)).expect("swap");
+        assert!(
+            cache.get(&ids[1]).is_none(),
+            "a swapped chunk is not served"
+        );
     }
 }

@@ -11,6 +11,10 @@
 //!   content ([`snapbpf_store::verify::vouch`]): the mount checked every chunk against the
 //!   manifest, whose digests were taken from the very bytes pushed, so opening a mounted
 //!   snapshot does not read (and fetch) its whole memory file to hash it.
+//! - Only the user who mounted it can use the mount (the kernel refuses every other uid),
+//!   unless [`MountOptions::group`] names a group: then the kernel checks the modes
+//!   (`default_permissions`) and files are `0440`, directories `0550`, owned by the
+//!   mounting user and that group.
 //! - `MOUNTPOINT/.stats` is the mount's counters as JSON, read at any time.
 //! - Snapshots pushed after the mount appear at the next lookup of a name not seen yet.
 
@@ -59,6 +63,9 @@ pub struct MountOptions {
     pub recent_bytes: u64,
     /// The object store.
     pub remote: RemoteOptions,
+    /// A group that may read the snapshots too (files `0440`, directories `0550`, the
+    /// kernel checking modes); `None`: the mounting user alone.
+    pub group: Option<u32>,
 }
 
 impl MountOptions {
@@ -71,6 +78,7 @@ impl MountOptions {
             threads: 32,
             recent_bytes: 64 << 20,
             remote: RemoteOptions::default(),
+            group: None,
         }
     }
 }
@@ -137,6 +145,7 @@ struct SnapshotFs {
     dev: Arc<OnceLock<u64>>,
     failed_reads: std::sync::atomic::AtomicU64,
     mounted_at: SystemTime,
+    owner: Owner,
 }
 
 /// What an inode is.
@@ -175,6 +184,33 @@ fn time_of(ns: u64) -> SystemTime {
 fn ns_of(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Who owns every file of the mount and what the group may do.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    /// Whether the group may read (else the modes are the owner's alone).
+    group_reads: bool,
+}
+
+impl Owner {
+    fn attr(&self, ino: u64, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
+        let dir = kind == FileType::Directory;
+        let perm = match (dir, self.group_reads) {
+            (true, true) => 0o550,
+            (true, false) => 0o500,
+            (false, true) => 0o440,
+            (false, false) => 0o400,
+        };
+        FileAttr {
+            perm,
+            uid: self.uid,
+            gid: self.gid,
+            ..attr(ino, kind, size, time)
+        }
+    }
 }
 
 fn attr(ino: u64, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
@@ -311,6 +347,7 @@ impl SnapshotFs {
     }
 
     fn attr_of(&self, ino: u64) -> Option<FileAttr> {
+        let attr = |ino, kind, size, time| self.owner.attr(ino, kind, size, time);
         Some(match node(ino)? {
             Node::Root => attr(ROOT, FileType::Directory, 0, self.mounted_at),
             Node::Stats => attr(
@@ -632,6 +669,11 @@ pub fn mount(
         dev: dev.clone(),
         failed_reads: Default::default(),
         mounted_at: SystemTime::now(),
+        owner: Owner {
+            uid: effective_ids().0,
+            gid: options.group.unwrap_or(effective_ids().1),
+            group_reads: options.group.is_some(),
+        },
     });
     // A location that cannot be listed is an error now, not an empty mount.
     fs.relist(true)?;
@@ -642,8 +684,14 @@ pub fn mount(
         MountOption::Subtype("snapbpf".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
-        MountOption::CUSTOM("allow_other".into()),
     ];
+    // The mounting user alone by default: without `allow_other` the kernel refuses every
+    // other uid. A named group gets `allow_other` with the kernel checking the modes.
+    config.acl = fuser::SessionACL::Owner;
+    if options.group.is_some() {
+        config.acl = fuser::SessionACL::All;
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let shared = Shared(fs.clone());
@@ -664,6 +712,13 @@ pub fn mount(
         fs_stats: Arc::new(move || stats_fs.stats()),
         mountpoint: mountpoint.to_path_buf(),
     })
+}
+
+/// This process's effective uid and gid (the mount's owner).
+fn effective_ids() -> (u32, u32) {
+    // SAFETY: getegid takes no arguments and cannot fail.
+    let gid = unsafe { libc::getegid() };
+    (snapbpf_os::access::effective_uid(), gid)
 }
 
 /// The filesystem as fuser holds it (shared with the session handle for its counters).

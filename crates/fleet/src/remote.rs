@@ -6,6 +6,11 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ALLOW_HTTP`), overridden by
 //! [`RemoteOptions`]. Requests are path-style (what MinIO, Ceph RGW and s3s serve; AWS S3
 //! serves both), bounded by timeouts and retried with backoff by the client.
+//!
+//! Requests go over HTTPS. A plain `http://` endpoint is refused unless the operator asks
+//! for it ([`RemoteOptions::allow_http`], or `AWS_ALLOW_HTTP=true`): on the wire a
+//! snapshot's chunks are a tenant's memory, and an endpoint URL typed once in a config
+//! should not silently decide that.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +34,9 @@ pub struct RemoteOptions {
     pub timeout: Option<Duration>,
     /// Retries of a failed request (the client backs off between them).
     pub retries: Option<usize>,
+    /// Allow a plain `http://` endpoint (also `AWS_ALLOW_HTTP=true`): a store on
+    /// loopback or in a lab. Off, such an endpoint is refused.
+    pub allow_http: bool,
 }
 
 /// Errors of object-store requests.
@@ -43,6 +51,9 @@ pub enum RemoteError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// A plain-HTTP endpoint nobody allowed.
+    #[error("the endpoint {0} is plain HTTP: snapshot memory would cross the network unencrypted (pass --allow-http, or AWS_ALLOW_HTTP=true, if that is meant)")]
+    PlainHttp(String),
     /// The async runtime could not start.
     #[error("cannot start the I/O runtime")]
     Runtime(#[source] std::io::Error),
@@ -113,11 +124,17 @@ impl Remote {
         if let Some(endpoint) = &options.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        // Plain HTTP only where the endpoint says so (a store on loopback or in a lab).
-        let allow_http = endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("http://"))
-            || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+        // Plain HTTP only when the operator says so, not because a URL does.
+        let allow_http =
+            options.allow_http || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+        if let Some(plain) = endpoint.as_deref().filter(|e| {
+            e.get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        }) {
+            if !allow_http {
+                return Err(RemoteError::PlainHttp(plain.to_string()));
+            }
+        }
         if let Some(region) = &options.region {
             builder = builder.with_region(region);
         }
@@ -271,5 +288,33 @@ impl Remote {
             .into_iter()
             .filter_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).1)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_needs_the_operators_word() {
+        let location = Location::parse("s3://b/p").expect("location");
+        let mut options = RemoteOptions {
+            endpoint: Some("HTTP://127.0.0.1:1".into()),
+            region: Some("us-east-1".into()),
+            ..RemoteOptions::default()
+        };
+        if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true") {
+            eprintln!("AWS_ALLOW_HTTP=true is set: only the allowed case is checked");
+        } else {
+            assert!(matches!(
+                Remote::connect(&location, &options),
+                Err(RemoteError::PlainHttp(_))
+            ));
+        }
+        options.allow_http = true;
+        assert!(Remote::connect(&location, &options).is_ok());
+        options.endpoint = Some("https://127.0.0.1:1".into());
+        options.allow_http = false;
+        assert!(Remote::connect(&location, &options).is_ok());
     }
 }

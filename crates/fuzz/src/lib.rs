@@ -440,12 +440,19 @@ mod seeds {
         use snapbpf_memstore::Request;
         [
             Request::Get {
-                dir: "/snapshots/bert".into(),
+                memory: snapbpf_store::FileIdentity::of_bytes(b"bert"),
+                dir: Some("/snapshots/bert".into()),
+            },
+            Request::Get {
+                memory: snapbpf_store::FileIdentity::of_bytes(b"pyaes"),
+                dir: None,
             },
             Request::Add {
                 dir: "/snapshots/pyaes".into(),
             },
-            Request::Evict { dir: "x".into() },
+            Request::Evict {
+                memory: snapbpf_store::FileIdentity::of_bytes(b"x"),
+            },
             Request::List,
             Request::Stats,
         ]

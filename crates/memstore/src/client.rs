@@ -142,7 +142,8 @@ pub fn get(socket: &Path, dir: &Path, expected: &FileIdentity) -> Result<Served,
     let (reply, fd) = request(
         socket,
         &Request::Get {
-            dir: store_key(dir)?,
+            memory: *expected,
+            dir: Some(store_key(dir)?),
         },
     )?;
     let bad = |what: &str| ClientError::BadReply {
@@ -202,15 +203,16 @@ fn fully_sealed(memfd: &OwnedFd) -> bool {
     seals >= 0 && seals & want == want
 }
 
-/// Bytes the store at `socket` holds of the snapshot in `dir` (0 if none, or if the store
-/// cannot be asked): for memory reports.
-pub fn held_bytes(socket: &Path, dir: &Path) -> u64 {
-    let Ok(dir) = store_key(dir) else {
-        return 0;
-    };
+/// Bytes the store at `socket` holds, for this caller, of snapshots whose memory is
+/// `memory` (0 if none, or if the store cannot be asked): for memory reports.
+pub fn held_bytes(socket: &Path, memory: &FileIdentity) -> u64 {
     request(socket, &Request::List)
         .ok()
         .and_then(|(reply, _)| reply.snapshots)
-        .and_then(|held| held.into_iter().find(|h| h.dir == dir))
-        .map_or(0, |h| h.bytes)
+        .map_or(0, |held| {
+            held.iter()
+                .filter(|h| h.memory == *memory)
+                .map(|h| h.bytes)
+                .sum()
+        })
 }

@@ -136,6 +136,9 @@ pub enum MemfdError {
         #[source]
         source: std::io::Error,
     },
+    /// The file changed while it was copied (or is not the size its metadata names).
+    #[error("{0} changed while the store copied it (or is not the size its metadata names)")]
+    Changed(PathBuf),
     /// The huge-page pool ran out.
     #[error("the huge-page pool is exhausted ({needed} more bytes of 2 MiB pages wanted): reserve more with `sysctl vm.nr_hugepages`")]
     PoolExhausted {
@@ -337,15 +340,42 @@ fn is_zero(page: &[u8]) -> bool {
     page.iter().fold(0u8, |acc, &b| acc | b) == 0
 }
 
-/// Copies the memory file at `path` (`size` bytes, already checked against its identity)
-/// into a new sealed memfd, leaving its zero pages as holes. Reads with `O_DIRECT`: the
-/// store's copy is the memory, and the page cache would hold it a second time.
-pub fn load_file(path: &Path, size: u64, backing: Backing) -> Result<SealedMemory, MemfdError> {
+/// Copies the memory file at `path` (`size` bytes) into a new sealed memfd, leaving its
+/// zero pages as holes, and returns it with the SHA-256 of every byte copied. The file is
+/// opened once, and copied and hashed from that one descriptor: what is hashed is what
+/// the memfd holds, whatever happens at the path meanwhile (a file changed during the
+/// copy is refused: its size, mtime or ctime moved). Reads with `O_DIRECT`: the store's
+/// copy is the memory, and the page cache would hold it a second time.
+pub fn load_file(
+    path: &Path,
+    size: u64,
+    backing: Backing,
+) -> Result<(SealedMemory, [u8; 32]), MemfdError> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
     let read_err = |source| MemfdError::Read {
         path: path.to_path_buf(),
         source,
     };
     let (source, _) = fsutil::open_direct(path).map_err(read_err)?;
+    let stat = |f: &File| {
+        f.metadata()
+            .map(|m| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            })
+            .map_err(read_err)
+    };
+    let before = stat(&source)?;
+    if before.0 != size {
+        return Err(MemfdError::Changed(path.to_path_buf()));
+    }
+    let mut hasher = sha2::Sha256::new();
     let mut filler = Filler::create(size, backing)?;
     let mut buf = fsutil::AlignedBuf::new(CHUNK).map_err(read_err)?;
     let mut offset = 0u64;
@@ -363,6 +393,7 @@ pub fn load_file(path: &Path, size: u64, backing: Backing) -> Result<SealedMemor
             got += read;
         }
         let data = &buf.as_mut_slice()[..n];
+        hasher.update(data);
         // Write each run of data pages once.
         let mut run: Option<usize> = None;
         for (i, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
@@ -381,7 +412,10 @@ pub fn load_file(path: &Path, size: u64, backing: Backing) -> Result<SealedMemor
         }
         offset += n as u64;
     }
-    filler.seal()
+    if stat(&source)? != before {
+        return Err(MemfdError::Changed(path.to_path_buf()));
+    }
+    Ok((filler.seal()?, hasher.finalize().into()))
 }
 
 /// Copies `extents` of the sealed memfd `source` (`size` bytes) into a new sealed memfd:
@@ -483,7 +517,16 @@ mod tests {
             bytes[(p * PAGE_SIZE) as usize + 17] = p as u8 | 1;
         }
         std::fs::write(&path, &bytes).expect("write");
-        let sealed = load_file(&path, bytes.len() as u64, Backing::Shmem).expect("load");
+        let (sealed, digest) = load_file(&path, bytes.len() as u64, Backing::Shmem).expect("load");
+        assert_eq!(
+            digest,
+            snapbpf_store::FileIdentity::of_bytes(&bytes).digest,
+            "the digest covers every byte, zero pages included"
+        );
+        assert!(matches!(
+            load_file(&path, bytes.len() as u64 + PAGE_SIZE, Backing::Shmem),
+            Err(MemfdError::Changed(_))
+        ));
         assert_eq!(sealed.extents, vec![e(3, 2), e(100, 1), e(1023, 1)]);
         assert_eq!(sealed.bytes, 4 * PAGE_SIZE);
         let file = File::from(sealed.fd);

@@ -23,20 +23,26 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     /// Load the snapshot in `dir` (no-op if held whole; a trimmed one is loaded whole again
-    /// if it fits).
+    /// if it fits). A caller that is neither root nor the store's user may add only a
+    /// directory it owns, and the snapshot is then its own.
     Add {
         /// Snapshot directory.
         dir: PathBuf,
     },
-    /// The memfd of the snapshot in `dir`, loading it if needed.
+    /// The memfd of the snapshot whose memory is `memory`, among those the caller may use.
+    /// On a miss it is loaded from `dir` if one is named (and the caller may add it, and
+    /// its metadata names that memory).
     Get {
-        /// Snapshot directory.
-        dir: PathBuf,
+        /// The memory's content identity (`snapshot.json`'s `memory`).
+        memory: FileIdentity,
+        /// Where to load it from on a miss.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<PathBuf>,
     },
-    /// Drop the snapshot in `dir`.
+    /// Drop the snapshots whose memory is `memory` that the caller may use.
     Evict {
-        /// Snapshot directory.
-        dir: PathBuf,
+        /// The memory's content identity.
+        memory: FileIdentity,
     },
     /// The snapshots held.
     List,

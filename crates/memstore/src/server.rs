@@ -45,7 +45,7 @@ pub struct Config {
     pub trim: Option<TrimTo>,
     /// Who may connect (root and the store's own user always; see
     /// [`snapbpf_os::access::AccessPolicy`]). A caller that is neither root nor the store's
-    /// user reaches only snapshots in directories it owns.
+    /// user adds only snapshots in directories it owns, and is served only what it added.
     pub access: AccessPolicy,
 }
 
@@ -98,6 +98,22 @@ pub enum LoadError {
         /// The caller.
         uid: u32,
     },
+    /// Nothing the caller may use holds this memory, and no directory to load it from was
+    /// named.
+    #[error("the store holds no snapshot with memory {0} for this caller: add it first (`snapbpf store add DIR`)")]
+    NotHeld(String),
+    /// The directory named to load from holds another snapshot than the one asked for.
+    #[error(
+        "{dir} holds memory {found}, not the {asked} asked for (another version of the snapshot)"
+    )]
+    OtherMemory {
+        /// The directory.
+        dir: PathBuf,
+        /// The identity its metadata names.
+        found: String,
+        /// The identity asked for.
+        asked: String,
+    },
 }
 
 /// Errors of the server.
@@ -146,41 +162,75 @@ struct Entry {
     trimmable: bool,
 }
 
+/// Whose a held snapshot is. What a caller that is neither root nor the store's user
+/// adds is its own: served back to it (and to the privileged), never to another such
+/// caller, even one that knows its content identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Tenant {
+    /// Added by root or by the store's user.
+    Privileged,
+    /// Added by this uid.
+    Uid(u32),
+}
+
+impl Tenant {
+    fn of(caller: &PeerCredentials) -> Self {
+        if caller.is_root_or_self() {
+            Self::Privileged
+        } else {
+            Self::Uid(caller.uid)
+        }
+    }
+
+    /// Whether `caller` may see or evict what this tenant holds.
+    fn visible_to(self, caller: &PeerCredentials) -> bool {
+        caller.is_root_or_self() || self == Self::of(caller)
+    }
+}
+
+/// What the store holds a snapshot under: its memory's content identity, per tenant. A
+/// snapshot is asked for by that identity, never by a path the store would then read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    tenant: Tenant,
+    memory: FileIdentity,
+}
+
 struct State {
-    entries: HashMap<PathBuf, Entry>,
+    entries: HashMap<Key, Entry>,
     stats: Stats,
     clock: u64,
 }
 
 /// What to give up next to make room.
 enum Give {
-    Trim(PathBuf, Served),
-    Evict(PathBuf),
+    Trim(Key, Served),
+    Evict(Key),
 }
 
 impl State {
-    fn touch(&mut self, dir: &Path) -> Option<Served> {
+    fn touch(&mut self, key: &Key) -> Option<Served> {
         self.clock += 1;
         let now = self.clock;
-        let e = self.entries.get_mut(dir)?;
+        let e = self.entries.get_mut(key)?;
         e.last_used = now;
         Some(e.served.clone())
     }
 
-    fn remove(&mut self, dir: &Path) -> Option<Held> {
-        let e = self.entries.remove(dir)?;
+    fn remove(&mut self, key: &Key) -> Option<Held> {
+        let e = self.entries.remove(key)?;
         self.stats.bytes = self.stats.bytes.saturating_sub(e.served.held.bytes);
         self.stats.snapshots = self.stats.snapshots.saturating_sub(1);
         Some(e.served.held)
     }
 
-    fn insert(&mut self, dir: &Path, served: Served, trimmable: bool) {
-        self.remove(dir);
+    fn insert(&mut self, key: Key, served: Served, trimmable: bool) {
+        self.remove(&key);
         self.clock += 1;
         self.stats.bytes += served.held.bytes;
         self.stats.snapshots += 1;
         self.entries.insert(
-            dir.to_path_buf(),
+            key,
             Entry {
                 served,
                 last_used: self.clock,
@@ -192,21 +242,18 @@ impl State {
     /// The next thing to give up while over capacity, least recently used first: trim a
     /// whole snapshot to its working set, and only when none is left, evict one. `keep`
     /// (the snapshot being made room for) is trimmed last and never evicted.
-    fn next_to_give(&self, keep: &Path) -> Option<Give> {
+    fn next_to_give(&self, keep: &Key) -> Option<Give> {
         if self.stats.bytes <= self.stats.capacity {
             return None;
         }
-        let mut by_age: Vec<(&PathBuf, &Entry)> =
-            self.entries.iter().filter(|(d, _)| *d != keep).collect();
+        let mut by_age: Vec<(&Key, &Entry)> =
+            self.entries.iter().filter(|(k, _)| *k != keep).collect();
         by_age.sort_by_key(|(_, e)| e.last_used);
-        let trim = |(d, e): &(&PathBuf, &Entry)| {
-            e.trimmable
-                .then(|| Give::Trim((*d).clone(), e.served.clone()))
-        };
+        let trim = |(k, e): &(&Key, &Entry)| e.trimmable.then(|| Give::Trim(**k, e.served.clone()));
         by_age
             .iter()
             .find_map(trim)
-            .or_else(|| by_age.first().map(|(d, _)| Give::Evict((*d).clone())))
+            .or_else(|| by_age.first().map(|(k, _)| Give::Evict(**k)))
             .or_else(|| {
                 self.entries
                     .get_key_value(keep)
@@ -219,9 +266,12 @@ impl State {
 struct Store {
     config: Config,
     state: Mutex<State>,
-    /// Held while a snapshot loads (and room is made for it): two misses for one
-    /// snapshot load it once, and one loader trims or evicts at a time.
-    loading: Mutex<()>,
+    /// One gate per snapshot being loaded: two misses for one snapshot load it once,
+    /// while loads of other snapshots go on beside it (no lock is held across the load
+    /// of another, however large).
+    loading: Mutex<HashMap<Key, Arc<Mutex<()>>>>,
+    /// Held while room is made: one loader trims or evicts at a time.
+    room: Mutex<()>,
 }
 
 impl Store {
@@ -229,31 +279,82 @@ impl Store {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The snapshot in `dir` (canonical), loaded first if not held (or, with `whole`,
-    /// held only trimmed); whether it was held.
-    fn get_or_load(&self, dir: &Path, whole: bool) -> Result<(Served, bool), LoadError> {
+    /// The snapshot in `dir` (canonical, and one `tenant` may load) for `tenant`, loaded
+    /// first if not held (or, with `whole`, held only trimmed); whether it was held. With
+    /// `expected`, the directory must hold that memory.
+    fn get_or_load(
+        &self,
+        dir: &Path,
+        tenant: Tenant,
+        expected: Option<&FileIdentity>,
+        whole: bool,
+    ) -> Result<(Served, bool), LoadError> {
+        let meta = read_meta(dir)?;
+        if let Some(asked) = expected.filter(|asked| **asked != meta.memory) {
+            return Err(LoadError::OtherMemory {
+                dir: dir.to_path_buf(),
+                found: meta.memory.digest_hex(),
+                asked: asked.digest_hex(),
+            });
+        }
+        let key = Key {
+            tenant,
+            memory: meta.memory,
+        };
         let held_enough = |s: &Served| !whole || s.held.resident == Residency::Whole;
-        if let Some(s) = self.lock().touch(dir).filter(held_enough) {
+        if let Some(s) = self.lock().touch(&key).filter(held_enough) {
             return Ok((s, true));
         }
-        let _one_load = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = self.lock().touch(dir).filter(held_enough) {
-            return Ok((s, true));
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let loaded = {
+            let _one_load = gate.lock().unwrap_or_else(|e| e.into_inner());
+            // Bound first: the state lock must not be held across the load.
+            let held = self.lock().touch(&key).filter(held_enough);
+            match held {
+                Some(s) => Ok((s, true)),
+                None => self.load_held(dir, &meta, key).map(|s| (s, false)),
+            }
+        };
+        let mut gates = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else waits at this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            gates.remove(&key);
         }
-        let (meta, sealed) = load(dir, self.config.backing)?;
-        let served = served(dir, &meta, sealed, Residency::Whole, self.config.backing);
+        loaded
+    }
+
+    /// Loads the memory of the snapshot in `dir` (described by `meta`) under `key`, and
+    /// makes room for it.
+    fn load_held(
+        &self,
+        dir: &Path,
+        meta: &snapbpf_store::SnapshotMeta,
+        key: Key,
+    ) -> Result<Served, LoadError> {
+        let sealed = load(dir, meta, self.config.backing)?;
+        let served = served(dir, meta, sealed, Residency::Whole, self.config.backing);
         let trimmable = self.config.trim.is_some() && self.config.backing != Backing::Hugetlb;
-        self.lock().insert(dir, served.clone(), trimmable);
-        if let Err(e) = self.make_room(dir) {
-            self.lock().remove(dir);
+        self.lock().insert(key, served.clone(), trimmable);
+        let made = {
+            let _room = self.room.lock().unwrap_or_else(|e| e.into_inner());
+            self.make_room(&key)
+        };
+        if let Err(e) = made {
+            self.lock().remove(&key);
             return Err(e);
         }
         // Made room for it, it may have been trimmed itself.
-        Ok((self.lock().touch(dir).unwrap_or(served), false))
+        Ok(self.lock().touch(&key).unwrap_or(served))
     }
 
     /// Trims and evicts until the store is within its capacity again.
-    fn make_room(&self, keep: &Path) -> Result<(), LoadError> {
+    fn make_room(&self, keep: &Key) -> Result<(), LoadError> {
         loop {
             let give = self.lock().next_to_give(keep);
             match give {
@@ -267,21 +368,22 @@ impl Store {
                         capacity: state.stats.capacity,
                     });
                 }
-                Some(Give::Evict(dir)) => {
+                Some(Give::Evict(key)) => {
                     let mut state = self.lock();
-                    if state.remove(&dir).is_some() {
+                    if let Some(held) = state.remove(&key) {
                         state.stats.evictions += 1;
-                        tracing::info!("store: evicted {}", dir.display());
+                        tracing::info!("store: evicted {}", held.dir.display());
                     }
                 }
-                Some(Give::Trim(dir, old)) => {
+                Some(Give::Trim(key, old)) => {
                     // Copying the working set takes a while: other requests go on meanwhile.
                     let Some(trim_to) = &self.config.trim else {
                         continue;
                     };
+                    let dir = old.held.dir.clone();
                     let trimmed = trim(trim_to, &dir, &old, self.config.backing);
                     let mut state = self.lock();
-                    let Some(entry) = state.entries.get_mut(&dir) else {
+                    let Some(entry) = state.entries.get_mut(&key) else {
                         continue;
                     };
                     if !Arc::ptr_eq(&entry.served.memfd, &old.memfd) {
@@ -334,12 +436,8 @@ fn served(
     }
 }
 
-/// Reads the snapshot's metadata in `dir` (canonical) and copies its memory file, once
-/// checked against it, into a new sealed memfd.
-fn load(
-    dir: &Path,
-    backing: Backing,
-) -> Result<(snapbpf_store::SnapshotMeta, SealedMemory), LoadError> {
+/// The metadata of the snapshot in `dir` (canonical).
+fn read_meta(dir: &Path) -> Result<snapbpf_store::SnapshotMeta, LoadError> {
     let meta_path = dir.join(snapbpf_store::snapshot::META_FILE);
     let raw =
         snapbpf_store::fsutil::read_regular(&meta_path, snapbpf_store::snapshot::MAX_META_BYTES)
@@ -347,11 +445,31 @@ fn load(
                 path: meta_path.clone(),
                 source,
             })?;
-    let meta = snapbpf_store::snapshot::parse_meta(&raw, &meta_path)?;
+    Ok(snapbpf_store::snapshot::parse_meta(&raw, &meta_path)?)
+}
+
+/// Copies the memory file of the snapshot in `dir` into a new sealed memfd and checks
+/// what was copied against `meta`. The store hashes every byte itself rather than trust
+/// a verification cache (`.snapbpf-verified`): that file lives in a directory a caller
+/// may own, or on a mount that vouches for what its bucket claims, and what the store
+/// holds under an identity is served to whoever asks for that identity.
+fn load(
+    dir: &Path,
+    meta: &snapbpf_store::SnapshotMeta,
+    backing: Backing,
+) -> Result<SealedMemory, LoadError> {
     let memory_path = dir.join(snapbpf_store::snapshot::MEMORY_FILE);
-    snapbpf_store::verify::check(&memory_path, &meta.memory).map_err(LoadError::Stale)?;
-    let sealed = memfd::load_file(&memory_path, meta.memory.size, backing)?;
-    Ok((meta, sealed))
+    let (sealed, digest) = memfd::load_file(&memory_path, meta.memory.size, backing)?;
+    if digest != meta.memory.digest {
+        return Err(LoadError::Stale(
+            snapbpf_store::verify::VerifyError::Digest {
+                path: memory_path,
+                found: snapbpf_store::identity::hex(&digest),
+                expected: meta.memory.digest_hex(),
+            },
+        ));
+    }
+    Ok(sealed)
 }
 
 /// Errors trimming a snapshot to its working set.
@@ -442,7 +560,8 @@ pub fn serve(socket: &Path, config: Config) -> Result<Shutdown, ServeError> {
             },
             clock: 0,
         }),
-        loading: Mutex::new(()),
+        loading: Mutex::new(HashMap::new()),
+        room: Mutex::new(()),
     });
     tracing::info!(
         "store: serving on {} with {} bytes ({} pages)",
@@ -570,18 +689,31 @@ fn answer(
     request: &Request,
     caller: &PeerCredentials,
 ) -> (Reply, Option<Arc<OwnedFd>>) {
+    let tenant = Tenant::of(caller);
     let result = (|| -> Result<(Reply, Option<Arc<OwnedFd>>), LoadError> {
         Ok(match request {
             Request::Add { dir } => {
-                let (served, _) = store.get_or_load(&key_for(dir, caller)?, true)?;
+                let (served, _) = store.get_or_load(&key_for(dir, caller)?, tenant, None, true)?;
                 let reply = Reply {
                     held: Some(served.held),
                     ..Reply::empty()
                 };
                 (reply, None)
             }
-            Request::Get { dir } => {
-                let (served, hit) = store.get_or_load(&key_for(dir, caller)?, false)?;
+            Request::Get { memory, dir } => {
+                let key = Key {
+                    tenant,
+                    memory: *memory,
+                };
+                let held = store.lock().touch(&key);
+                let (served, hit) = match (held, dir) {
+                    (Some(served), _) => (served, true),
+                    // A miss loads only from a directory the caller may add.
+                    (None, Some(dir)) => {
+                        store.get_or_load(&key_for(dir, caller)?, tenant, Some(memory), false)?
+                    }
+                    (None, None) => return Err(LoadError::NotHeld(memory.digest_hex())),
+                };
                 {
                     let mut state = store.lock();
                     if hit {
@@ -598,8 +730,18 @@ fn answer(
                 };
                 (reply, Some(served.memfd))
             }
-            Request::Evict { dir } => {
-                let held = store.lock().remove(&key_for(dir, caller)?);
+            Request::Evict { memory } => {
+                let mut state = store.lock();
+                let keys: Vec<Key> = state
+                    .entries
+                    .keys()
+                    .filter(|k| k.memory == *memory && k.tenant.visible_to(caller))
+                    .copied()
+                    .collect();
+                let mut held = None;
+                for key in keys {
+                    held = state.remove(&key).or(held);
+                }
                 (
                     Reply {
                         held,
@@ -613,7 +755,7 @@ fn answer(
                 let mut snapshots: Vec<Held> = state
                     .entries
                     .iter()
-                    .filter(|(dir, _)| caller.is_root_or_self() || key_for(dir, caller).is_ok())
+                    .filter(|(key, _)| key.tenant.visible_to(caller))
                     .map(|(_, e)| e.served.held.clone())
                     .collect();
                 snapshots.sort_by(|a, b| a.dir.cmp(&b.dir));

@@ -52,3 +52,53 @@ pub fn die_with_parent(command: &mut std::process::Command) {
     // async-signal-safe functions (prctl, getppid, raise); it allocates nothing.
     unsafe { command.pre_exec(die_with_us) };
 }
+
+/// A process held by a pidfd: signalled as the process it was opened on, never as
+/// another that reused its pid.
+#[derive(Debug)]
+pub struct ProcessHandle(std::os::fd::OwnedFd);
+
+impl ProcessHandle {
+    /// A handle on the process `pid` (`pidfd_open`).
+    pub fn open(pid: i32) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        if pid <= 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no process id ({pid}): the peer is in another pid namespace"),
+            ));
+        }
+        // SAFETY: pidfd_open with a pid and no flags returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor the kernel just returned to us and nothing else owns.
+        Ok(Self(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd)
+        }))
+    }
+
+    /// Sends SIGKILL to the process (no-op if it has ended).
+    pub fn kill(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo and no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}

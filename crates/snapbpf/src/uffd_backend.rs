@@ -73,6 +73,10 @@ pub enum BackendError {
     /// The strategy's prefetch failed; nothing was served.
     #[error("prefetch before the vCPU runs failed")]
     Prefetch(#[source] HelperError),
+    /// Something other than this user's (or root's) VMM connected to a private handler
+    /// socket.
+    #[error("the page-fault handler's socket was connected by {0}, not by a VMM of this user or root: refused")]
+    ForeignPeer(String),
     /// The external handler took the memory but never served the first page.
     #[error("page-fault handler at {socket}: it took the guest memory but did not serve its first page within {} s", HANDLER_SERVE_TIMEOUT.as_secs())]
     HandlerSilent {
@@ -492,7 +496,7 @@ pub fn run_handler(
     extension: bool,
     access: &snapbpf_os::access::AccessPolicy,
 ) -> Result<(), HandlerError> {
-    let on_demand: Arc<uffd::server::Prefetch> = Arc::new(|_, _| Ok(HandlerAck::default()));
+    let on_demand: Arc<uffd::server::Prefetch> = Arc::new(|_, _, _| Ok(HandlerAck::default()));
     let (prefetch, memory, identity) = match source {
         HandlerSource::Snapshot(dir) => {
             let snapshot = crate::snapshot::open(dir)?;
@@ -570,15 +574,35 @@ impl OneVmm {
                 let Some(stream) = accept_until(&listener, &thread_stop)? else {
                     return Ok(Vec::new());
                 };
-                let (uffd, regions) = uffd::receive_from_vmm(&stream)?;
-                let len = source.metadata().map(|m| m.len()).unwrap_or(0);
-                uffd::check_regions(&regions, len)?;
-                if let Some(install) = install {
-                    let ack = install(&uffd, &regions).map_err(BackendError::Prefetch)?;
-                    let _ = installed_tx.send(report(&ack));
+                // The socket's directory is 0700, and the peer is checked besides: the
+                // guest's pages go only to a VMM of this user or root.
+                let peer = snapbpf_os::access::peer_credentials(&stream)
+                    .map_err(thread_err("page-fault handler peer check"))?;
+                if !peer.is_root_or_self() {
+                    return Err(BackendError::ForeignPeer(peer.to_string()));
                 }
-                let stats = uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), record)?;
-                Ok(stats.log)
+                let vmm = snapbpf_os::terminate::ProcessHandle::open(peer.pid).ok();
+                let (uffd, regions) = uffd::receive_from_vmm(&stream)?;
+                let served = (|| {
+                    let len = source.metadata().map(|m| m.len()).unwrap_or(0);
+                    uffd::check_regions(&regions, len)?;
+                    if let Some(install) = install {
+                        let ack =
+                            install(&uffd, &regions, &source).map_err(BackendError::Prefetch)?;
+                        let _ = installed_tx.send(report(&ack));
+                    }
+                    let stats = uffd::serve(&uffd, &regions, &source, thread_stop.as_fd(), record)?;
+                    Ok(stats.log)
+                })();
+                if served.is_err() {
+                    // Firecracker resumed the guest already: closing the userfaultfd
+                    // would leave its unserved memory to the kernel's zero pages.
+                    if let Some(vmm) = &vmm {
+                        let _ = vmm.kill();
+                    }
+                }
+                drop(uffd);
+                served
             })
             .map_err(thread_err("page-fault handler"))?;
         Ok(Self {

@@ -82,6 +82,28 @@ pub fn create_exclusive(dir: &Path, name: &str) -> std::io::Result<(File, PathBu
     Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary file name")))
 }
 
+/// Creates a new directory `PREFIX-RANDOM` in `parent`, mode 0700, that did not exist
+/// before (`mkdir` fails on anything already there, a symlink included): a private place
+/// under a shared directory such as `/tmp`, at a name nobody can create first.
+pub fn private_dir(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for _ in 0..64 {
+        // RandomState is seeded from the OS's randomness once per process and per
+        // instance after: unpredictable to another user.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let path = parent.join(format!("{prefix}-{:016x}", h.finish()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free directory name")))
+}
+
 /// Opens `path` for reading only if it is a regular file itself: not a symbolic link
 /// (`O_NOFOLLOW`), nor a FIFO, device, socket or directory (checked on the opened
 /// descriptor; `O_NONBLOCK` keeps the open of a FIFO from waiting for a writer). A reader

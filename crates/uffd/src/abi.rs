@@ -163,6 +163,10 @@ pub enum UffdError {
         /// Bytes held.
         bytes: u64,
     },
+    /// An event the handler never asked for (fork, remap, unmap): it stops serving
+    /// rather than guess where pages now belong.
+    #[error("userfaultfd event {0:#x}, which this handler never enabled: it stops serving rather than guess")]
+    UnexpectedEvent(u8),
     /// The address space kept changing under a copy and no pending event explained it.
     #[error("UFFDIO_COPY at {0:#x}: the address space never settled (EAGAIN for 10 s)")]
     NeverSettled(u64),

@@ -115,8 +115,10 @@ pub fn serve(
                         stats.log.push(offset);
                     }
                 }
-                // Other events (fork, remap, unmap) come only with features never asked for.
-                _ => {}
+                // Fork, remap and unmap come only with features never asked for; one that
+                // comes anyway means the address space changed in a way this loop does not
+                // track, and serving on could hand the guest a page from the wrong place.
+                other => return Err(UffdError::UnexpectedEvent(other)),
             }
         }
         let mut fds = [

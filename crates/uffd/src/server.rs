@@ -22,10 +22,12 @@ pub const MAX_CONCURRENT_SESSIONS: usize = 64;
 /// The error a session's prefetch ends with, kept whole.
 pub type PrefetchError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a session installs before the VM runs: gets the descriptor and the VM's regions,
+/// What a session installs before the VM runs: gets the descriptor, the VM's regions and
+/// the memory file the handler serves (the one it opened: nothing reopens its path),
 /// returns what it installed.
-pub type Prefetch =
-    dyn Fn(&Uffd, &[GuestRegionUffdMapping]) -> Result<HandlerAck, PrefetchError> + Send + Sync;
+pub type Prefetch = dyn Fn(&Uffd, &[GuestRegionUffdMapping], &File) -> Result<HandlerAck, PrefetchError>
+    + Send
+    + Sync;
 
 /// Errors of the handler server.
 #[derive(Debug, thiserror::Error)]
@@ -115,14 +117,21 @@ pub fn listen(
         };
         // Who may have a snapshot's pages: checked before a byte is written (the hello
         // names the memory file) or a descriptor taken.
-        match access.check(&stream) {
-            Ok(peer) => tracing::info!("uffd-handler: session {}: VMM {peer}", count + 1),
+        let vmm = match access.check(&stream) {
+            Ok(peer) => {
+                tracing::info!("uffd-handler: session {}: VMM {peer}", count + 1);
+                // Held from now: if serving fails, the VMM is killed before its
+                // userfaultfd is closed (see `session`), never another process.
+                snapbpf_os::terminate::ProcessHandle::open(peer.pid)
+                    .map_err(|e| tracing::warn!("uffd-handler: no handle on VMM {peer}: {e}"))
+                    .ok()
+            }
             Err(e) => {
                 tracing::warn!("uffd-handler: refused a connection: {e}");
                 refuse(&stream, extension, &e);
                 continue;
             }
-        }
+        };
         // Busy: refuse at once, so the VMM hears it now instead of waiting for a hello
         // that would come only when another VM ends.
         if !slots.try_acquire() {
@@ -154,6 +163,7 @@ pub fn listen(
                     identity,
                     prefetch.as_ref(),
                     extension,
+                    vmm.as_ref(),
                 ) {
                     Ok(faults) => {
                         tracing::info!("uffd-handler: session {count} done: {faults} faults served")
@@ -201,6 +211,7 @@ fn session(
     identity: snapbpf_store::FileIdentity,
     prefetch: &Prefetch,
     extension: bool,
+    vmm: Option<&snapbpf_os::terminate::ProcessHandle>,
 ) -> Result<u64, SessionError> {
     if extension {
         let hello = crate::HandlerHello {
@@ -210,13 +221,39 @@ fn session(
         crate::say_hello(stream, &hello).map_err(SessionError::Acknowledge)?;
     }
     let (uffd, regions) = receive_from_vmm(stream)?;
-    check_regions(&regions, file_len)?;
-    let ack = prefetch(&uffd, &regions).map_err(SessionError::Prefetch)?;
+    let prefetched = check_regions(&regions, file_len)
+        .map_err(SessionError::from)
+        .and_then(|()| prefetch(&uffd, &regions, file).map_err(SessionError::Prefetch));
+    let ack = match prefetched {
+        Ok(ack) => ack,
+        // Our VMM waits for the acknowledgement and fails the restore on its error;
+        // Firecracker resumes the guest at once, so it must not run on.
+        Err(e) if extension => return Err(e),
+        Err(e) => return Err(kill_vmm_then(vmm, e)),
+    };
     if extension {
         acknowledge(stream, &ack).map_err(SessionError::Acknowledge)?;
     }
-    let stats = serve(&uffd, &regions, file, stream.as_fd(), false)?;
-    Ok(stats.faults)
+    match serve(&uffd, &regions, file, stream.as_fd(), false) {
+        Ok(stats) => Ok(stats.faults),
+        // Closing the userfaultfd would leave the guest's unserved memory to the kernel:
+        // zero pages, not the snapshot's. The VMM goes first.
+        Err(e) => Err(kill_vmm_then(vmm, e.into())),
+    }
+}
+
+/// Kills the VMM a session can no longer serve (before its userfaultfd is closed) and
+/// returns `error`.
+fn kill_vmm_then(
+    vmm: Option<&snapbpf_os::terminate::ProcessHandle>,
+    error: SessionError,
+) -> SessionError {
+    match vmm.map(snapbpf_os::terminate::ProcessHandle::kill) {
+        Some(Ok(())) => tracing::error!("uffd-handler: killed the VMM: it could not be served"),
+        Some(Err(e)) => tracing::error!("uffd-handler: cannot kill the VMM it cannot serve: {e}"),
+        None => tracing::error!("uffd-handler: no handle on the VMM it cannot serve"),
+    }
+    error
 }
 
 /// Refuses a VMM: with the extension, one acknowledgement line saying why (the VMM reads

@@ -17,6 +17,10 @@ pub struct RemoteArgs {
     /// Region (default: `AWS_REGION` or `AWS_DEFAULT_REGION`).
     #[arg(long)]
     pub region: Option<String>,
+    /// Allow a plain `http://` endpoint (also `AWS_ALLOW_HTTP=true`); refused otherwise:
+    /// chunks are a tenant's memory.
+    #[arg(long)]
+    pub allow_http: bool,
 }
 
 impl RemoteArgs {
@@ -24,6 +28,7 @@ impl RemoteArgs {
         RemoteOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
+            allow_http: self.allow_http,
             ..RemoteOptions::default()
         }
     }
@@ -68,6 +73,10 @@ pub struct MountArgs {
     /// Write the mount's counters here as JSON when it stops.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Let processes of this group id read the snapshots too (files 0440, directories
+    /// 0550, modes checked by the kernel); by default only the mounting user can.
+    #[arg(long, value_name = "GID")]
+    group: Option<u32>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -112,11 +121,13 @@ fn mount_options(
     cache_bytes: u64,
     parallel: usize,
     remote: &RemoteArgs,
+    group: Option<u32>,
 ) -> MountOptions {
     MountOptions {
         cache_bytes,
         parallel_gets: parallel,
         remote: remote.options(),
+        group,
         ..MountOptions::new(cache.to_path_buf())
     }
 }
@@ -129,7 +140,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let session = snapbpf_fleet::mount(
         &location,
         &args.mountpoint,
-        &mount_options(&args.cache, args.cache_bytes, args.parallel, &args.remote),
+        &mount_options(
+            &args.cache,
+            args.cache_bytes,
+            args.parallel,
+            &args.remote,
+            args.group,
+        ),
     )?;
     let mountpoint = args.mountpoint.clone();
     let _unmount =
@@ -180,16 +197,23 @@ pub struct AutoMount {
 }
 
 impl AutoMount {
-    /// Mounts the location of `url` in a private directory, with the chunk cache `cache`.
+    /// Mounts the location of `url` in a private directory (created 0700 under a name
+    /// nobody can guess), with the chunk cache `cache`.
     pub fn new(url: &SnapshotUrl, cache: &Path, remote: &RemoteArgs) -> Result<Self> {
-        let mountpoint =
-            std::env::temp_dir().join(format!("snapbpf-mount-{}-{}", std::process::id(), url.name));
-        std::fs::create_dir_all(&mountpoint)
-            .with_context(|| format!("cannot create {}", mountpoint.display()))?;
+        let mountpoint = snapbpf_store::fsutil::private_dir(
+            &std::env::temp_dir(),
+            &format!("snapbpf-mount-{}", url.name),
+        )
+        .with_context(|| {
+            format!(
+                "cannot create a mountpoint in {}",
+                std::env::temp_dir().display()
+            )
+        })?;
         let session = snapbpf_fleet::mount(
             &url.location,
             &mountpoint,
-            &mount_options(cache, 10 << 30, 32, remote),
+            &mount_options(cache, 10 << 30, 32, remote, None),
         )?;
         let target = mountpoint.clone();
         let guard = snapbpf_os::interrupt::on_interrupt("the snapshot mount", move || {

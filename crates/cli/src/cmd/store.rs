@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use snapbpf_memstore::{Backing, Held, Reply, Request};
 
 /// The in-memory snapshot store: snapshots' memory in sealed memfds, handed to VMMs.
@@ -181,8 +181,16 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         StoreCommand::Evict { dir, socket } => {
-            let dir = snapbpf_memstore::store_key(&dir)?;
-            let reply = ask(&socket, &Request::Evict { dir: dir.clone() })?;
+            // The store holds snapshots by their memory's identity: read it here, with
+            // the caller's own permissions.
+            let meta_path = dir.join(snapbpf_store::snapshot::META_FILE);
+            let raw = snapbpf_store::fsutil::read_regular(
+                &meta_path,
+                snapbpf_store::snapshot::MAX_META_BYTES,
+            )
+            .with_context(|| format!("cannot read {}", meta_path.display()))?;
+            let memory = snapbpf_store::snapshot::parse_meta(&raw, &meta_path)?.memory;
+            let reply = ask(&socket, &Request::Evict { memory })?;
             match reply.held {
                 Some(h) => println!("evicted {}", h.dir.display()),
                 None => println!("{} was not held", dir.display()),

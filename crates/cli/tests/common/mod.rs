@@ -484,6 +484,8 @@ impl S3Server {
             ("AWS_ACCESS_KEY_ID", "snapbpf".into()),
             ("AWS_SECRET_ACCESS_KEY", "snapbpf-secret".into()),
             ("AWS_REGION", "us-east-1".into()),
+            // The server is on loopback: plain HTTP, by the operator's explicit word.
+            ("AWS_ALLOW_HTTP", "true".into()),
             (
                 "AWS_ENDPOINT_URL",
                 format!("http://127.0.0.1:{}", self.port),
@@ -538,6 +540,18 @@ pub struct Mount {
 impl Mount {
     /// Mounts `url` at `dir` with the chunk cache `cache`, waiting until it serves.
     pub fn start(server: &S3Server, url: &str, dir: &Path, cache: &Path, stats: &Path) -> Self {
+        Self::start_with(server, url, dir, cache, stats, &[])
+    }
+
+    /// As [`Mount::start`], with more arguments to `mount`.
+    pub fn start_with(
+        server: &S3Server,
+        url: &str,
+        dir: &Path,
+        cache: &Path,
+        stats: &Path,
+        extra: &[&str],
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("mountpoint");
         let log = dir.with_extension("log");
         let child = Command::new(bin())
@@ -547,6 +561,7 @@ impl Mount {
             .arg(cache)
             .arg("--stats")
             .arg(stats)
+            .args(extra)
             .envs(server.env())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()

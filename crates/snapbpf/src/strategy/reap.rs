@@ -141,14 +141,13 @@ fn prefetch(
     regions: &[GuestRegionUffdMapping],
     snapshot: &Snapshot,
     trace: &Trace,
+    memory: &File,
 ) -> Result<HandlerAck, StrategyError> {
     let started = Instant::now();
     let buf = read_ws(snapshot, trace)?;
     let checked_ms = uffd::ms_since(started);
-    // Read only for hugetlbfs regions (whole 2 MiB pages around the working set).
-    let memory = std::fs::File::open(snapshot.memory_path())
-        .map_err(StrategyError::io("open the snapshot's memory"))?;
-    let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice(), &memory)?;
+    // `memory` is read only for hugetlbfs regions (whole 2 MiB pages around the working set).
+    let (bytes, ranges) = uffd::install(uffd, regions, &trace.offsets, buf.as_slice(), memory)?;
     tracing::debug!(
         "reap prefetch: read and CRC {checked_ms:.1} ms, install {:.1} ms",
         uffd::ms_since(started) - checked_ms
@@ -272,8 +271,13 @@ impl Strategy for Reap {
         // REAP installs the whole recorded working set before the vCPU runs.
         let trace = load_trace(snapshot)?;
         let snapshot = snapshot.clone();
+        // The one memory file this restore opened serves the faults and, for hugetlbfs
+        // regions, the pages around the working set: never a second open of the path.
+        let around = memory_file
+            .try_clone()
+            .map_err(StrategyError::io("duplicate the memory file's descriptor"))?;
         Ok(memory.serve_in_process(memory_file, move |uffd, regions| {
-            let ack = prefetch(uffd, regions, &snapshot, &trace)?;
+            let ack = prefetch(uffd, regions, &snapshot, &trace, &around)?;
             Ok(PrefetchReport {
                 bytes: ack.bytes,
                 ranges: ack.ranges,
@@ -327,8 +331,8 @@ impl Strategy for Reap {
     ) -> Result<Option<Arc<server::Prefetch>>, StrategyError> {
         let trace = load_trace(snapshot)?;
         let snapshot = snapshot.clone();
-        Ok(Some(Arc::new(move |uffd, regions| {
-            Ok(prefetch(uffd, regions, &snapshot, &trace)?)
+        Ok(Some(Arc::new(move |uffd, regions, memory| {
+            Ok(prefetch(uffd, regions, &snapshot, &trace, memory)?)
         })))
     }
 }

@@ -254,7 +254,7 @@ fn load_working_set(snapshot: &Snapshot) -> Result<WorkingSet, StrategyError> {
 impl Strategy for SnapBpf {
     fn shared_memory_bytes(&self, snapshot: &Snapshot) -> u64 {
         self.store.as_ref().map_or(0, |socket| {
-            snapbpf_memstore::held_bytes(socket, &snapshot.dir)
+            snapbpf_memstore::held_bytes(socket, &snapshot.meta.memory)
         })
     }
 

@@ -114,7 +114,7 @@ impl Strategy for Snapfaas {
 
     fn shared_memory_bytes(&self, snapshot: &Snapshot) -> u64 {
         self.store.as_ref().map_or(0, |socket| {
-            snapbpf_memstore::held_bytes(socket, &snapshot.dir)
+            snapbpf_memstore::held_bytes(socket, &snapshot.meta.memory)
         })
     }
 

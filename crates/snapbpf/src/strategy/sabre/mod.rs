@@ -282,7 +282,7 @@ impl Sabre {
         let recording = load(snapshot)?;
         let stream_path = snapshot.artifact_path(STREAM_FILE);
         let threads = self.threads();
-        Ok(std::sync::Arc::new(move |uffd, regions| {
+        Ok(std::sync::Arc::new(move |uffd, regions, _memory| {
             let report = pipeline::prefetch(uffd, regions, &recording, &stream_path, threads)?;
             Ok(pipeline::ack_of(&report))
         }))
