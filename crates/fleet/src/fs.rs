@@ -669,10 +669,13 @@ pub fn mount(
         dev: dev.clone(),
         failed_reads: Default::default(),
         mounted_at: SystemTime::now(),
-        owner: Owner {
-            uid: effective_ids().0,
-            gid: options.group.unwrap_or(effective_ids().1),
-            group_reads: options.group.is_some(),
+        owner: {
+            let (uid, gid) = effective_ids();
+            Owner {
+                uid,
+                gid: options.group.unwrap_or(gid),
+                group_reads: options.group.is_some(),
+            }
         },
     });
     // A location that cannot be listed is an error now, not an empty mount.
