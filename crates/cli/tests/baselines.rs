@@ -179,7 +179,7 @@ fn bad_artifacts_are_refused() {
             if strategy == "reap" {
                 "CRC32"
             } else {
-                "has changed: its SHA-256 is"
+                "has changed: its digest is"
             },
         );
         restore(ws);

@@ -199,7 +199,7 @@ fn bad_objects_fail_reads_and_the_mount_stays_usable() {
     let manifest = std::fs::read(server.object("fleet/snapshots/pyaes/manifest")).expect("read");
     let text = String::from_utf8_lossy(&manifest).into_owned();
     let digests: Vec<String> = text
-        .match_indices("\"sha256\":\"")
+        .match_indices("\"tree_sha256\":\"")
         .map(|(i, m)| text[i + m.len()..i + m.len() + 64].to_string())
         .filter(|d| server.object(&format!("fleet/chunks/{d}")).exists())
         .collect();

@@ -229,7 +229,7 @@ fn the_store_serves_only_its_owner_and_whom_it_allows() {
     );
     let err = String::from_utf8_lossy(&added.stderr);
     assert!(
-        !added.status.success() && err.contains("its SHA-256 is"),
+        !added.status.success() && err.contains("its digest is"),
         "the store took a forged verification cache's word: {err}"
     );
     store.stop();

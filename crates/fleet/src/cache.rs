@@ -1,4 +1,4 @@
-//! The host's chunk cache: raw chunks on local disk, each in a file named by its SHA-256,
+//! The host's chunk cache: raw chunks on local disk, each in a file named by its identity digest,
 //! bounded in bytes (least recently used go first).
 //!
 //! Every mount on the host may share one cache directory; a second "host" is another

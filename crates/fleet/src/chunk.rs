@@ -1,5 +1,5 @@
 //! Chunk objects: one fixed-size block of a snapshot file, compressed as one frame and
-//! stored under the SHA-256 of its raw bytes (`chunks/<hex>`), so identical blocks of any
+//! stored under the identity digest of its raw bytes (`chunks/<hex>`), so identical blocks of any
 //! snapshot, any version, are stored once. An object is the store's artifact container
 //! (magic, version, CRC32) with the codec and raw length in its header; what it decodes to
 //! is checked against the digest it is named by before anyone sees it.
@@ -47,7 +47,7 @@ pub enum ChunkError {
         source: std::io::Error,
     },
     /// It decodes, but not to the content it is named by.
-    #[error("chunk {key} holds other content than its name says (SHA-256 {found})")]
+    #[error("chunk {key} holds other content than its name says (digest {found})")]
     Digest {
         /// Its key.
         key: String,

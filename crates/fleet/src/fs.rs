@@ -8,9 +8,11 @@
 //! - Files are opened with `FOPEN_KEEP_CACHE`: the kernel keeps what was read in the page
 //!   cache across opens, so every VM on the host maps one copy of each page.
 //! - Every snapshot directory holds a `.snapbpf-verified` that vouches for its files'
-//!   content ([`snapbpf_store::verify::vouch`]): the mount checked every chunk against the
-//!   manifest, whose digests were taken from the very bytes pushed, so opening a mounted
-//!   snapshot does not read (and fetch) its whole memory file to hash it.
+//!   content ([`snapbpf_store::verify::vouch`]): the mount checks every chunk it serves
+//!   against the manifest, and a manifest is taken only if each file's identity follows
+//!   from its chunks' (identities are tree digests that compose), so what it vouches for is
+//!   what it serves, and opening a mounted snapshot does not read (and fetch) its whole
+//!   memory file to hash it.
 //! - Only the user who mounted it can use the mount (the kernel refuses every other uid),
 //!   unless [`MountOptions::group`] names a group: then the kernel checks the modes
 //!   (`default_permissions`) and files are `0440`, directories `0550`, owned by the

@@ -1,7 +1,7 @@
 //! Snapshots served to a fleet from an S3-compatible object store.
 //!
 //! - [`mod@push`]: a snapshot directory into the store as content-addressed chunks
-//!   ([`chunk`]: fixed size, compressed, named by their SHA-256, stored once across
+//!   ([`chunk`]: fixed size, compressed, named by their identity digest, stored once across
 //!   snapshots and versions) and a [`manifest`] written last.
 //! - [`fs`]: `snapbpf mount`, a read-only FUSE filesystem showing every pushed snapshot
 //!   as a snapshot directory; reads fetch the chunks they need ([`fetch`]), check them,
@@ -10,7 +10,7 @@
 //! - [`remote`]: the object store client (`object_store`'s S3), driven from blocking code.
 //!
 //! Layout in the bucket, under `s3://BUCKET/PREFIX`:
-//! `chunks/<sha256>` (one object per distinct chunk) and `snapshots/<NAME>/manifest`.
+//! `chunks/<digest>` (one object per distinct chunk) and `snapshots/<NAME>/manifest`.
 
 pub mod cache;
 pub mod chunk;

@@ -34,7 +34,7 @@ pub struct ChunkRef {
 pub struct FileEntry {
     /// Its name in the directory.
     pub name: String,
-    /// Its identity (size and SHA-256 of all of it).
+    /// Its identity (size and tree digest: its chunks compose into it).
     pub id: FileIdentity,
     /// Its chunks, in order; the last may be short.
     pub chunks: Vec<ChunkRef>,
@@ -161,12 +161,26 @@ impl Manifest {
                     f.chunks.len()
                 ));
             }
+            // The file's identity must follow from its chunks' (a tree digest composes),
+            // so vouching for it after checking every chunk served vouches for the truth.
+            let mut tree = snapbpf_store::TreeHasher::new();
             for (i, c) in f.chunks.iter().enumerate() {
-                if let Some(id) = c.id {
-                    if id.size != f.chunk_len(i, self.chunk_size) {
+                let len = f.chunk_len(i, self.chunk_size);
+                match c.id {
+                    Some(id) if id.size != len => {
                         return Err(format!("{} chunk {i} is {} bytes", f.name, id.size));
                     }
+                    Some(id) => tree
+                        .push_subtree(id.size, id.digest)
+                        .map_err(|e| format!("{}: {e}", f.name))?,
+                    None => tree.update_zeros(len),
                 }
+            }
+            if tree.finish() != f.id {
+                return Err(format!(
+                    "{}'s identity does not follow from its chunks' (a forged or damaged manifest)",
+                    f.name
+                ));
             }
         }
         match self.file(snapbpf_store::snapshot::MEMORY_FILE) {
@@ -179,6 +193,50 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest_of(bytes: &[u8], chunk_size: u64) -> Manifest {
+        let chunks = bytes
+            .chunks(chunk_size as usize)
+            .map(|c| ChunkRef {
+                id: c.iter().any(|&b| b != 0).then(|| FileIdentity::of_bytes(c)),
+                stored: 0,
+            })
+            .collect();
+        let id = FileIdentity::of_bytes(bytes);
+        Manifest {
+            name: "f".into(),
+            function: "f".into(),
+            memory: id,
+            chunk_size,
+            files: vec![FileEntry {
+                name: snapbpf_store::snapshot::MEMORY_FILE.into(),
+                id,
+                chunks,
+            }],
+            pushed_unix_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_files_identity_must_follow_from_its_chunks() {
+        let chunk = *CHUNK_SIZES.start();
+        let mut bytes = vec![0u8; 5 * chunk as usize + 1234];
+        bytes[chunk as usize + 7] = 1;
+        bytes[4 * chunk as usize] = 2;
+        let good = manifest_of(&bytes, chunk);
+        assert_eq!(good.validate(), Ok(()));
+        // A bucket that names other content under the same file identity (so that a
+        // mount would vouch for it) is refused at once.
+        let mut forged = good.clone();
+        forged.files[0].chunks[1].id = Some(FileIdentity::of_bytes(&vec![9u8; chunk as usize]));
+        assert!(forged.validate().unwrap_err().contains("does not follow"));
+        let mut forged = good.clone();
+        forged.files[0].chunks[2] = forged.files[0].chunks[1];
+        assert!(forged.validate().is_err());
+        let mut forged = good;
+        forged.files[0].chunks[1].id = None;
+        assert!(forged.validate().is_err());
+    }
 
     #[test]
     fn a_key_names_a_snapshot_only_if_the_name_can_be_a_directory() {

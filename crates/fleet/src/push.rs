@@ -2,7 +2,7 @@
 //! and a manifest.
 //!
 //! 1. Every file of the directory (its dotfiles aside) is read in `chunk_size` pieces;
-//!    each piece is named by its SHA-256, all-zero pieces are not stored at all. The
+//!    each piece is named by its identity digest, all-zero pieces are not stored at all. The
 //!    memory file must hash to the identity its metadata names.
 //! 2. The store is asked which of those chunks it has (`HEAD`); only the others are
 //!    compressed and uploaded, each read again and checked against its name first.
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use snapbpf_store::{fsutil, FileIdentity};
 
 use crate::chunk;
@@ -165,7 +164,7 @@ fn chunk_file(path: &Path, name: &str, chunk_size: u64) -> Result<FileEntry, Pus
             path.display()
         )));
     }
-    let mut whole = Sha256::new();
+    let mut whole = snapbpf_store::TreeHasher::new();
     let mut buf = fsutil::AlignedBuf::new(chunk_size).map_err(read_err(path))?;
     let mut chunks = Vec::new();
     let mut offset = 0u64;
@@ -182,12 +181,19 @@ fn chunk_file(path: &Path, name: &str, chunk_size: u64) -> Result<FileEntry, Pus
             got += n;
         }
         let data = &buf.as_mut_slice()[..want];
-        whole.update(data);
         let zero = data.iter().fold(0u8, |a, &b| a | b) == 0;
-        chunks.push(ChunkRef {
-            id: (!zero).then(|| FileIdentity::of_bytes(data)),
-            stored: 0,
-        });
+        let id = if zero {
+            whole.update_zeros(want as u64);
+            None
+        } else {
+            let id = FileIdentity::of_bytes(data);
+            // The chunk is a subtree of the file's tree: its identity is the node.
+            whole
+                .push_subtree(id.size, id.digest)
+                .map_err(|e| PushError::TooLarge(e.to_string()))?;
+            Some(id)
+        };
+        chunks.push(ChunkRef { id, stored: 0 });
         offset += want as u64;
     }
     let after = file.metadata().map_err(read_err(path))?.len();
@@ -196,10 +202,7 @@ fn chunk_file(path: &Path, name: &str, chunk_size: u64) -> Result<FileEntry, Pus
     }
     Ok(FileEntry {
         name: name.to_string(),
-        id: FileIdentity {
-            size,
-            digest: whole.finalize().into(),
-        },
+        id: whole.finish(),
         chunks,
     })
 }

@@ -334,10 +334,10 @@ mod seeds {
 
     pub fn snapshot_json() -> Vec<Vec<u8>> {
         let meta = serde_json::json!({
-            "format": "snapbpf-snapshot", "version": 1, "function": "pyaes",
+            "format": "snapbpf-snapshot", "version": 2, "function": "pyaes",
             "function_index": 0, "mem_bytes": 67108864u64, "abi_version": 1,
             "guest_digest": "0123456789abcdef",
-            "memory": {"size": 67108864u64, "sha256": "ab".repeat(32)},
+            "memory": {"size": 67108864u64, "tree_sha256": "ab".repeat(32)},
             "vcpu_crc32": 12345, "init_ms": 81.5, "created_unix": 1_700_000_000u64,
             "snapbpf_version": "0.1.0"
         });
@@ -356,7 +356,7 @@ mod seeds {
 
     pub fn artifact() -> Vec<Vec<u8>> {
         let header = serde_json::json!({
-            "memory": {"size": 1u64 << 26, "sha256": "cd".repeat(32)},
+            "memory": {"size": 1u64 << 26, "tree_sha256": "cd".repeat(32)},
             "page_size": 4096, "pages": 3, "ws_bytes": 12288, "ws_crc32": 7, "input": 0
         });
         let payload: Vec<u8> = [0u64, 4096, 8192]

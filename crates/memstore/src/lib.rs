@@ -4,7 +4,7 @@
 //! - **Protocol** ([`protocol`]). A client connects, writes one JSON [`Request`] line (at
 //!   most [`MAX_REQUEST_BYTES`], within [`REQUEST_TIMEOUT`]) and reads one JSON [`Reply`]
 //!   line. A `get` reply carries the memfd (`SCM_RIGHTS`), the memory's identity (size and
-//!   SHA-256, checked when the store loaded it) so a VMM never restores a stale copy, and
+//!   tree digest, checked when the store loaded it) so a VMM never restores a stale copy, and
 //!   the extents the memfd holds data for.
 //! - **Memory** ([`memfd`]). Each snapshot's memory file is copied into a memfd, zero
 //!   pages left as holes, which is then sealed against writes, growing and shrinking: a VMM

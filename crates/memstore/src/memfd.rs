@@ -341,7 +341,7 @@ fn is_zero(page: &[u8]) -> bool {
 }
 
 /// Copies the memory file at `path` (`size` bytes) into a new sealed memfd, leaving its
-/// zero pages as holes, and returns it with the SHA-256 of every byte copied. The file is
+/// zero pages as holes, and returns it with the identity digest of every byte copied. The file is
 /// opened once, and copied and hashed from that one descriptor: what is hashed is what
 /// the memfd holds, whatever happens at the path meanwhile (a file changed during the
 /// copy is refused: its size, mtime or ctime moved). Reads with `O_DIRECT`: the store's
@@ -351,7 +351,6 @@ pub fn load_file(
     size: u64,
     backing: Backing,
 ) -> Result<(SealedMemory, [u8; 32]), MemfdError> {
-    use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
     let read_err = |source| MemfdError::Read {
         path: path.to_path_buf(),
@@ -375,7 +374,7 @@ pub fn load_file(
     if before.0 != size {
         return Err(MemfdError::Changed(path.to_path_buf()));
     }
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = snapbpf_store::TreeHasher::new();
     let mut filler = Filler::create(size, backing)?;
     let mut buf = fsutil::AlignedBuf::new(CHUNK).map_err(read_err)?;
     let mut offset = 0u64;
@@ -415,7 +414,7 @@ pub fn load_file(
     if stat(&source)? != before {
         return Err(MemfdError::Changed(path.to_path_buf()));
     }
-    Ok((filler.seal()?, hasher.finalize().into()))
+    Ok((filler.seal()?, hasher.finish().digest))
 }
 
 /// Copies `extents` of the sealed memfd `source` (`size` bytes) into a new sealed memfd:

@@ -96,7 +96,7 @@ pub enum BackendError {
 
 /// What an external handler serves, when it is not this snapshot's memory file.
 #[derive(Debug, thiserror::Error)]
-#[error("the page-fault handler at {socket} serves another memory file (SHA-256 {served}) than this snapshot's ({expected}); start it for this snapshot")]
+#[error("the page-fault handler at {socket} serves another memory file (digest {served}) than this snapshot's ({expected}); start it for this snapshot")]
 pub struct ServedElsewhere {
     /// Its socket.
     pub socket: PathBuf,

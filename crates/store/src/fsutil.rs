@@ -415,6 +415,46 @@ pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usiz
     }
 }
 
+/// The runs of `file`'s first `len` bytes that hold data, as (start, end): what
+/// `SEEK_DATA`/`SEEK_HOLE` report, so a hole (which reads as zeros) costs no read. A
+/// filesystem without them reports one run of everything, and so does a file that grows
+/// or shrinks meanwhile past `len` (the caller's read sees that).
+pub fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let seek = |offset: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor we own; only its offset changes (reads use pread).
+        let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        match std::io::Error::last_os_error() {
+            // No data at or past `offset`.
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    };
+    let mut extents = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(start)) => start.min(len),
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(0, len)]),
+            Err(e) => return Err(e),
+        };
+        if start >= len {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        if end <= start {
+            // Raced with a change of the file: let the reads decide.
+            return Ok(vec![(0, len)]);
+        }
+        extents.push((start, end));
+        at = end;
+    }
+    Ok(extents)
+}
+
 /// A page-aligned anonymous buffer (for `O_DIRECT`).
 #[derive(Debug)]
 pub struct AlignedBuf {

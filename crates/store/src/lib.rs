@@ -19,7 +19,7 @@ pub mod identity;
 pub mod snapshot;
 pub mod verify;
 
-pub use identity::FileIdentity;
+pub use identity::{FileIdentity, TreeHasher};
 pub use snapshot::{OpenError, Snapshot, SnapshotMeta};
 
 /// The one page size of snapshots, working sets and artifacts (x86-64 base pages): the

@@ -15,7 +15,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use snapbpf_vmm::{VcpuState, VcpuStateError};
 
 use crate::fsutil;
@@ -33,7 +32,8 @@ pub const META_FILE: &str = "snapshot.json";
 /// Value of `format` in `snapshot.json`.
 pub const META_FORMAT: &str = "snapbpf-snapshot";
 /// Version of the snapshot directory format.
-pub const META_VERSION: u32 = 1;
+/// 2: the memory's identity is a tree digest ([`crate::TreeHasher`]).
+pub const META_VERSION: u32 = 2;
 
 /// Largest `snapshot.json` accepted (a real one is under 1 KiB).
 pub const MAX_META_BYTES: u64 = 1 << 20;
@@ -571,14 +571,14 @@ pub fn remove_stale_temporaries(parent: &Path, name: &str) {
 }
 
 /// Writes guest memory densely (no holes: a hole would make "reading" free pages cost no
-/// I/O, unlike a real snapshot) and returns its SHA-256.
+/// I/O, unlike a real snapshot) and returns its identity's digest.
 fn write_memory(path: &Path, mem: &snapbpf_vmm::GuestMemory) -> std::io::Result<[u8; 32]> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = crate::identity::TreeHasher::new();
     let mut chunk = vec![0u8; 8 << 20];
     let mut gpa = 0;
     while gpa < mem.len() {
@@ -590,7 +590,7 @@ fn write_memory(path: &Path, mem: &snapbpf_vmm::GuestMemory) -> std::io::Result<
         gpa += n as u64;
     }
     file.sync_all()?;
-    Ok(hasher.finalize().into())
+    Ok(hasher.finish().digest)
 }
 
 /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.

@@ -1,6 +1,6 @@
 //! Content verification: is this file the one its metadata names?
 //!
-//! A file's identity is its content ([`FileIdentity`]: size and SHA-256), so a snapshot
+//! A file's identity is its content ([`FileIdentity`]: size and tree digest), so a snapshot
 //! stays valid wherever it is copied (`cp -r`, `rsync`, `tar`, another host). Hashing a
 //! multi-GB memory file on every restore would cost seconds, so a successful verification
 //! is remembered in the file's directory (`.snapbpf-verified`) under a cheap key the
@@ -17,15 +17,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::fsutil;
-use crate::identity::FileIdentity;
+use crate::identity::{FileIdentity, TreeHasher};
 
 /// Name of the cache of verified files, one per directory.
 pub const CACHE_FILE: &str = ".snapbpf-verified";
 const CACHE_FORMAT: &str = "snapbpf-verified";
-const CACHE_VERSION: u32 = 1;
+/// 2: identities are tree digests ([`TreeHasher`]), no longer flat SHA-256.
+const CACHE_VERSION: u32 = 2;
 /// Largest cache file read (an entry is ~200 bytes).
 const MAX_CACHE_BYTES: u64 = 1 << 20;
 /// Bytes hashed per read.
@@ -53,7 +53,7 @@ pub enum VerifyError {
         expected: u64,
     },
     /// Same size, other content.
-    #[error("{path} has changed: its SHA-256 is {found}, its metadata says {expected}")]
+    #[error("{path} has changed: its digest is {found}, its metadata says {expected}")]
     Digest {
         /// The file.
         path: PathBuf,
@@ -239,30 +239,43 @@ fn cached(path: &Path, meta: &std::fs::Metadata) -> Option<FileIdentity> {
     (entry.key == StatKey::of(meta)).then_some(entry.identity)
 }
 
-/// SHA-256 of everything `file` holds, read in page-aligned chunks.
-fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
+/// The identity of the first `len` bytes of `file`: its data extents read in
+/// page-aligned chunks, its holes taken as zeros without reading them (a sparse memory
+/// file costs its data, not its size).
+pub fn hash_file(file: &File, len: u64) -> std::io::Result<FileIdentity> {
     let mut buf = fsutil::AlignedBuf::new(CHUNK)?;
-    let mut hasher = Sha256::new();
+    let mut tree = TreeHasher::new();
     let mut at = 0u64;
-    loop {
-        let n = fsutil::read_at(file, buf.as_mut_slice(), at)?;
-        if n == 0 {
-            break;
+    for (start, end) in fsutil::data_extents(file, len)? {
+        tree.update_zeros(start - at);
+        at = start;
+        while at < end {
+            let n = fsutil::read_at(file, buf.as_mut_slice(), at)?;
+            if n == 0 {
+                break;
+            }
+            // Direct reads are whole blocks: a block past the extent's end is the next
+            // extent's (or a hole's) and is read again there.
+            let n = (n as u64).min(end - at);
+            tree.update(&buf.as_slice()[..n as usize]);
+            at += n;
         }
-        hasher.update(&buf.as_slice()[..n]);
-        at += n as u64;
-        // Past the end, an O_DIRECT read at an unaligned offset fails instead of saying EOF.
-        if at >= len {
+        if at < end {
             break;
         }
     }
-    if at != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("read {at} bytes of a {len}-byte file"),
-        ));
+    if at < len {
+        // The file ended early, or it is sparse up to its end.
+        let size = file.metadata()?.len();
+        if size < len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("read {at} bytes of a {len}-byte file"),
+            ));
+        }
+        tree.update_zeros(len - at);
     }
-    Ok(hasher.finalize().into())
+    Ok(tree.finish())
 }
 
 /// Hashes the file at `path` now, whatever the cache says, and remembers the result.
@@ -273,7 +286,7 @@ pub fn identify_now(path: &Path) -> Result<FileIdentity, VerifyError> {
     };
     let (file, direct) = fsutil::open_direct(path).map_err(io)?;
     let before = file.metadata().map_err(io)?;
-    let digest = hash_file(&file, before.len()).map_err(io)?;
+    let found = hash_file(&file, before.len()).map_err(io)?;
     let after = file.metadata().map_err(io)?;
     if StatKey::of(&before) != StatKey::of(&after) {
         return Err(VerifyError::Unstable(path.to_path_buf()));
@@ -286,7 +299,7 @@ pub fn identify_now(path: &Path) -> Result<FileIdentity, VerifyError> {
     }
     let identity = FileIdentity {
         size: after.len(),
-        digest,
+        digest: found.digest,
     };
     store_cache(path, &after, identity);
     Ok(identity)

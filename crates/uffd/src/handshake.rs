@@ -8,7 +8,7 @@
 //! `docs/snapshotting/handling-page-faults-on-snapshot-resume.md`.
 //!
 //! snapbpf's extension, optional on both sides: our handler writes a [`HandlerHello`] line
-//! as soon as it accepts (naming the memory file it serves, by size and SHA-256, so the VMM
+//! as soon as it accepts (naming the memory file it serves, by size and tree digest, so the VMM
 //! can refuse a handler started for another snapshot), and after installing anything it
 //! prefetches, a [`HandlerAck`] line, which our VMM waits for so the prefetch report is
 //! known before the vCPU runs. A handler that writes nothing (Firecracker's) is detected by
@@ -215,7 +215,7 @@ pub enum SocketFailure {
 pub struct HandlerHello {
     /// Version of snapbpf's extension the handler speaks.
     pub snapbpf_handler: u32,
-    /// Identity (size, SHA-256) of the memory file it serves.
+    /// Identity (size, tree digest) of the memory file it serves.
     pub memory: snapbpf_store::FileIdentity,
 }
 

@@ -66,14 +66,14 @@ pub fn run(args: Args) -> Result<()> {
     println!("snapshot      {}", snap.dir.display());
     println!("function      {} (index {})", m.function, m.function_index);
     println!(
-        "memory        {} MiB, sha256 {}",
+        "memory        {} MiB, digest {}",
         m.mem_bytes >> 20,
         m.memory.digest_hex()
     );
     println!("guest build   {}", m.guest_digest);
     match &m.firecracker {
         Some(fc) => println!(
-            "vmm           {} ({}, vmstate sha256 {})",
+            "vmm           {} ({}, vmstate digest {})",
             m.vmm.name(),
             fc.version,
             fc.vmstate.digest_hex()

@@ -18,7 +18,7 @@ use snapbpf_wss::workingset::WorkingSet;
 /// readahead off (MADV_RANDOM); otherwise readahead pages are captured too. With `--pid`
 /// only that process's accesses count, including pages that were already cached (faults
 /// and fault-around on its mappings are recorded too, so fault-around pages count as
-/// touched). The working set is bound to FILE's content (size and SHA-256, hashed with
+/// touched). The working set is bound to FILE's content (size and tree digest, hashed with
 /// direct reads after the capture, so the page cache is left as the process left it).
 #[derive(Debug, clap::Args)]
 pub struct Args {
