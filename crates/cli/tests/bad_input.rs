@@ -369,8 +369,20 @@ fn kvm_unavailable_is_a_clear_error() {
 fn hold_lock(dir: &Path, op: libc::c_int) -> std::fs::File {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(dir).expect("open the directory");
+    // A lock this test just dropped can outlive its close for a moment: a process another
+    // test thread is spawning holds a copy of every descriptor from its fork to its exec
+    // (close-on-exec closes it only then). So a refusal is retried briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) }, 0);
+    while unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stays locked: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     f
 }
 

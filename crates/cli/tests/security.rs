@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    bin, fails, json, ok, require_kvm, require_root, scratch, snapshot, start_handler, Store,
-    NOBODY,
+    bin, fails, flip_keeping_mtime, json, ok, require_kvm, require_root, scratch, snapshot,
+    start_handler, Store, NOBODY,
 };
 
 /// `snapbpf ARGS...` as `nobody` (its groups dropped), from a copy of the binary it can
@@ -434,6 +434,40 @@ fn snapshot_force_is_atomic_and_cleans_up_after_killed_writes() {
         })
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+}
+
+#[test]
+fn a_memory_file_swapped_in_after_its_check_is_never_restored() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let snap = snapshot(dir.path(), "pyaes");
+    let opened = snapbpf::snapshot::open(&snap).expect("open the snapshot");
+    let memory = opened.memory_path();
+    let reopen = || std::fs::File::open(&memory).expect("open memory");
+    assert!(opened.confirm_memory(&reopen()).is_ok(), "the checked file");
+    // Between the check and the restore's open, the owner (the only one who can write the
+    // 0700 directory) renames another file into place: same size, one byte different.
+    let other = dir.path().join("other-memory");
+    std::fs::copy(&memory, &other).expect("copy");
+    flip_keeping_mtime(&other, 5 << 20);
+    std::fs::rename(&other, &memory).expect("swap");
+    let refused = opened
+        .confirm_memory(&reopen())
+        .expect_err("a swapped file");
+    assert!(
+        refused.to_string().contains("replaced or changed"),
+        "{refused}"
+    );
+    // The restore itself refuses it, before any guest runs on it.
+    let restored = snapbpf::strategy::registry::baseline()
+        .build()
+        .restore(&opened);
+    let err = restored
+        .err()
+        .expect("the restore refuses the swapped file");
+    assert!(err.to_string().contains("replaced or changed"), "{err}");
 }
 
 /// The pids of `snapbpf __worker` processes whose parent is `parent`.

@@ -118,8 +118,11 @@ fn round(bin: &Binary, dir: &Path, function: u32, s: &mut Samples) -> Result<(),
     let handler = std::thread::spawn(move || {
         snapbpf_uffd::server::listen(
             &sock,
-            &mem,
-            identity,
+            snapbpf_uffd::server::ServedMemory {
+                file: std::fs::File::open(&mem).map_err(|e| e.to_string())?,
+                path: mem.clone(),
+                identity,
+            },
             on_demand,
             Some(1),
             false,

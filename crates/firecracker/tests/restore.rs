@@ -129,8 +129,11 @@ fn uffd_handler(socket: &Path, memory: &Path) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         snapbpf_uffd::server::listen(
             &socket,
-            &memory,
-            identity,
+            snapbpf_uffd::server::ServedMemory {
+                file: std::fs::File::open(&memory).expect("memory file"),
+                path: memory.clone(),
+                identity,
+            },
             on_demand,
             Some(1),
             false,

@@ -29,17 +29,22 @@ pub struct Target {
     pub json: bool,
     /// The format ends in a CRC32 of every byte before it: recompute it after mutating.
     pub trailing_crc: bool,
+    /// Inputs are snapbpf artifact containers: also mutate the JSON header structurally
+    /// and the payload's u64 words, and frame the result validly (lengths and CRC), so
+    /// mutations reach the loader behind the container.
+    pub container: bool,
 }
 
 /// Every target.
 pub fn targets() -> Vec<Target> {
-    vec![
+    let mut targets = vec![
         Target {
             name: "snapshot-json",
             seeds: seeds::snapshot_json,
             run: parse::snapshot_json,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "vcpu",
@@ -47,6 +52,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::vcpu,
             json: false,
             trailing_crc: true,
+            container: false,
         },
         Target {
             name: "artifact",
@@ -54,6 +60,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::artifact,
             json: false,
             trailing_crc: true,
+            container: true,
         },
         Target {
             name: "working-set",
@@ -61,6 +68,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::working_set,
             json: false,
             trailing_crc: true,
+            container: false,
         },
         Target {
             name: "handshake-regions",
@@ -68,6 +76,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::regions,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "handshake-ack",
@@ -75,6 +84,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::ack,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "handshake-hello",
@@ -82,6 +92,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::hello,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "store-request",
@@ -89,6 +100,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::store_request,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "store-reply",
@@ -96,6 +108,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::store_reply,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "fleet-manifest",
@@ -103,6 +116,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::manifest,
             json: false,
             trailing_crc: true,
+            container: true,
         },
         Target {
             name: "verified-cache",
@@ -110,6 +124,7 @@ pub fn targets() -> Vec<Target> {
             run: parse::verified,
             json: true,
             trailing_crc: false,
+            container: false,
         },
         Target {
             name: "results-json",
@@ -117,8 +132,41 @@ pub fn targets() -> Vec<Target> {
             run: parse::results,
             json: true,
             trailing_crc: false,
+            container: false,
         },
-    ]
+    ];
+    // Every strategy's own artifact loader, with valid framing (the container's CRC is
+    // recomputed), behind the container: `loader-<strategy>`.
+    targets.extend(
+        snapbpf::strategy::REGISTRY
+            .iter()
+            .zip(loader_names())
+            .filter_map(|(info, name)| {
+                info.loader.map(|loader| Target {
+                    name,
+                    seeds: loader.seeds,
+                    run: loader.check,
+                    json: false,
+                    trailing_crc: true,
+                    container: true,
+                })
+            }),
+    );
+    targets
+}
+
+/// `loader-<strategy>` for every strategy in the registry, made once.
+fn loader_names() -> impl Iterator<Item = &'static str> {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            snapbpf::strategy::REGISTRY
+                .iter()
+                .map(|info| format!("loader-{}", info.name))
+                .collect()
+        })
+        .iter()
+        .map(String::as_str)
 }
 
 /// What a fuzzing run did.
@@ -148,6 +196,8 @@ pub fn fuzz(target: &Target, max_inputs: u64, max_time: Duration, seed: u64) -> 
         let base = &seeds[rng.below(seeds.len() as u64) as usize];
         let mut input = if target.json && rng.below(2) == 0 {
             mutate_json(&mut rng, base).unwrap_or_else(|| mutate_bytes(&mut rng, base, &seeds))
+        } else if target.container && rng.below(2) == 0 {
+            mutate_container(&mut rng, base).unwrap_or_else(|| mutate_bytes(&mut rng, base, &seeds))
         } else {
             mutate_bytes(&mut rng, base, &seeds)
         };
@@ -259,6 +309,45 @@ fn mutate_bytes(rng: &mut Rng, base: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
         }
     }
     v
+}
+
+/// Mutates the header or the payload of an artifact container (see
+/// `snapbpf_store::artifact`) and frames the result again: lengths and CRC valid.
+fn mutate_container(rng: &mut Rng, base: &[u8]) -> Option<Vec<u8>> {
+    const FIXED: usize = 8 + 4 + 16 + 4;
+    let header_len = u32::from_le_bytes(base.get(FIXED - 4..FIXED)?.try_into().ok()?) as usize;
+    let header = base.get(FIXED..FIXED.checked_add(header_len)?)?;
+    let at = FIXED + header_len;
+    let payload_len = u64::from_le_bytes(base.get(at..at + 8)?.try_into().ok()?) as usize;
+    let payload = base.get(at + 8..(at + 8).checked_add(payload_len)?)?;
+    let (mut header, mut payload) = (header.to_vec(), payload.to_vec());
+    if rng.below(2) == 0 {
+        header = mutate_json(rng, &header)?;
+    } else {
+        for _ in 0..=rng.below(3) {
+            let words = payload.len() / 8;
+            if words == 0 {
+                break;
+            }
+            let w = rng.below(words as u64) as usize * 8;
+            let value = match rng.below(4) {
+                0 => INTERESTING[rng.below(INTERESTING.len() as u64) as usize],
+                1 => rng.next(),
+                // Near a page-sized product's overflow, and just past a small memory.
+                2 => u64::MAX / 4096 + rng.below(3),
+                _ => (64 << 20) + 4096 * rng.below(3),
+            };
+            payload[w..w + 8].copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    let mut out = base[..FIXED - 4].to_vec();
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Some(out)
 }
 
 fn mutate_json(rng: &mut Rng, base: &[u8]) -> Option<Vec<u8>> {
@@ -513,7 +602,14 @@ mod seeds {
             id: Some(id(size, byte)),
             stored: size / 2,
         };
-        let memory = id(3 << 20, 1);
+        // The memory file's identity is the tree its chunks compose into.
+        let mut tree = snapbpf_store::TreeHasher::new();
+        let composed = tree
+            .push_subtree(1 << 20, [2; 32])
+            .map(|()| tree.update_zeros(1 << 20))
+            .and_then(|()| tree.push_subtree(1 << 20, [3; 32]));
+        assert!(composed.is_ok(), "aligned chunks compose");
+        let memory = tree.finish();
         let manifest = Manifest {
             name: "bert".into(),
             function: "bert".into(),

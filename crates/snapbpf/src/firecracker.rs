@@ -304,15 +304,24 @@ fn load(
     let mut vm = Vm::spawn(bin)?;
     match backing {
         ExternalBacking::File { readahead_kib } => {
+            // Firecracker opens the memory file itself: it gets this process's descriptor
+            // of the file whose content was checked (its /proc link, which opens that
+            // inode), not the path, which might name another file by then.
+            let (checked, _) = crate::strategy::interface::open_memory(snapshot, None)?;
+            let link = std::path::PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&checked)
+            ));
             let (loaded, window) =
                 snapbpf_wss::readahead::with_window(&memory, readahead_kib, || {
-                    vm.load_snapshot(&vmstate, MemBackend::File(&memory))
+                    vm.load_snapshot(&vmstate, MemBackend::File(&link))
                 })?;
+            drop(checked);
             Ok((vm, None, window, loaded?))
         }
         ExternalBacking::Userfault { install } => {
-            let source =
-                std::fs::File::open(&memory).map_err(io(format!("open {}", memory.display())))?;
+            let (source, _) = crate::strategy::interface::open_memory(snapshot, None)?;
             let handler = OneVmm::start(source, install, record)?;
             let loaded = vm.load_snapshot(&vmstate, MemBackend::Uffd(handler.socket()))?;
             Ok((vm, Some(handler), None, loaded))

@@ -17,7 +17,7 @@ use snapbpf_vmm::GuestMemory;
 
 use crate::snapshot::Snapshot;
 use crate::strategy::StrategyError;
-use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
+use snapbpf_wss::readahead::DEFAULT_WINDOW_KIB;
 
 /// Errors of the store strategies.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl FromStore {
             }),
             Residency::WorkingSet => {
                 let (file, readahead_kib) =
-                    readahead::open_with_window(&snapshot.memory_path(), DEFAULT_WINDOW_KIB)?;
+                    crate::strategy::interface::open_memory(snapshot, Some(DEFAULT_WINDOW_KIB))?;
                 let memory = GuestMemory::map_file_private(&file, size)?;
                 for e in self.extents() {
                     memory.map_file(e.offset(), e.len_bytes(), &self.memfd, e.offset())?;

@@ -442,9 +442,7 @@ pub fn record_faults(
     input: u32,
     timeout: Duration,
 ) -> Result<Vec<u64>, StrategyError> {
-    let path = snapshot.memory_path();
-    let memory_file =
-        File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+    let (memory_file, _) = crate::strategy::interface::open_memory(snapshot, None)?;
     let (memory, recorder) = UffdMemory::new(snapshot.meta.mem_bytes)?.record(memory_file)?;
     crate::strategy::interface::run_recorded(snapshot, Restored::plain(memory), input, timeout)?;
     let log = recorder.finish()?;
@@ -497,35 +495,55 @@ pub fn run_handler(
     access: &snapbpf_os::access::AccessPolicy,
 ) -> Result<(), HandlerError> {
     let on_demand: Arc<uffd::server::Prefetch> = Arc::new(|_, _, _| Ok(HandlerAck::default()));
-    let (prefetch, memory, identity) = match source {
+    let (prefetch, memory, path, identity) = match source {
         HandlerSource::Snapshot(dir) => {
             let snapshot = crate::snapshot::open(dir)?;
-            let memory = snapshot.memory_path();
+            // The descriptor served is the file whose content the open checked.
+            let (memory, _) = crate::strategy::interface::open_memory(&snapshot, None)?;
+            let path = snapshot.memory_path();
             let identity = snapshot.meta.memory;
             match spec.build().handler_prefetch(&snapshot) {
-                Ok(Some(install)) => (install, memory, identity),
-                Ok(None) => (on_demand, memory, identity),
+                Ok(Some(install)) => (install, memory, path, identity),
+                Ok(None) => (on_demand, memory, path, identity),
                 Err(StrategyError::MissingArtifact { .. }) => {
                     tracing::warn!(
                         "uffd-handler: no {} recording in {}: serving every fault on demand",
                         spec.name(),
                         dir.display()
                     );
-                    (on_demand, memory, identity)
+                    (on_demand, memory, path, identity)
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         HandlerSource::MemoryFile(path) => {
-            // Hashed once (direct reads), so every VM it serves can check what it serves.
-            let identity = snapbpf_store::verify::identify(path)?;
-            (on_demand, path.clone(), identity)
+            // Hashed once from one descriptor (direct reads, so the page cache stays
+            // cold), so every VM it serves can check what it serves; the descriptor it
+            // serves from must be that same file, unchanged.
+            let source_err = |source| uffd::server::ServerError::Source {
+                path: path.clone(),
+                source,
+            };
+            let (direct, _) = snapbpf_store::fsutil::open_direct(path).map_err(source_err)?;
+            let (identity, stamp) = snapbpf_store::verify::identify_open(&direct, path)?;
+            let memory = File::open(path).map_err(source_err)?;
+            if snapbpf_store::verify::FileStamp::of(&memory).map_err(source_err)? != stamp {
+                return Err(uffd::server::ServerError::Source {
+                    path: path.clone(),
+                    source: std::io::Error::other("it changed while it was being opened"),
+                }
+                .into());
+            }
+            (on_demand, memory, path.clone(), identity)
         }
     };
     uffd::server::listen(
         socket,
-        &memory,
-        identity,
+        uffd::server::ServedMemory {
+            file: memory,
+            path,
+            identity,
+        },
         prefetch,
         max_sessions,
         extension,

@@ -10,6 +10,7 @@
 //! The directory is built under a temporary name beside the target and renamed into place,
 //! so a crash never leaves a half-written snapshot under the requested name.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -267,6 +268,8 @@ pub struct Snapshot {
     pub meta: SnapshotMeta,
     /// The machine state to resume.
     pub state: SavedState,
+    /// The memory file as it was when its content was checked ([`Snapshot::open`]).
+    memory_stamp: Option<verify::FileStamp>,
 }
 
 impl Snapshot {
@@ -298,11 +301,45 @@ impl Snapshot {
     /// the vCPU file's checksum. The memory file is hashed only when [`crate::verify`]
     /// cannot vouch for it (the first open of a copy), with direct reads that leave the
     /// page cache as it was.
+    ///
+    /// The check is made on one descriptor, and remembered by its stamp
+    /// ([`verify::FileStamp`]): every later open of the memory file for a restore is
+    /// confirmed against it ([`Snapshot::confirm_memory`]), so a file swapped in at the
+    /// path after the check is refused, not restored.
     pub fn open(dir: &Path, accept: &dyn Accept) -> Result<Self, OpenError> {
-        let snapshot = Self::open_metadata(dir, accept)?;
-        verify::check(&snapshot.memory_path(), &snapshot.meta.memory)
-            .map_err(|e| OpenError::Memory(Box::new(e)))?;
+        let mut snapshot = Self::open_metadata(dir, accept)?;
+        let path = snapshot.memory_path();
+        let memory_err = |e| OpenError::Memory(Box::new(e));
+        let (file, _) = fsutil::open_direct(&path).map_err(|source| {
+            memory_err(verify::VerifyError::Io {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        let stamp = verify::check_open(&file, &path, &snapshot.meta.memory).map_err(memory_err)?;
+        snapshot.memory_stamp = Some(stamp);
         Ok(snapshot)
+    }
+
+    /// Refuses `file`, just opened from [`Snapshot::memory_path`], unless it is the memory
+    /// file whose content [`Snapshot::open`] checked, unchanged since (another file
+    /// renamed into place, or one written to, has another stamp). A snapshot opened
+    /// without the check ([`Snapshot::open_metadata`]) confirms nothing.
+    pub fn confirm_memory(&self, file: &File) -> Result<(), OpenError> {
+        let Some(stamp) = self.memory_stamp else {
+            return Ok(());
+        };
+        let found = verify::FileStamp::of(file).map_err(|source| OpenError::Io {
+            path: self.memory_path(),
+            source,
+        })?;
+        if found != stamp {
+            return Err(OpenError::MemoryMismatch {
+                path: self.memory_path(),
+                reason: "it was replaced or changed since its content was checked".into(),
+            });
+        }
+        Ok(())
     }
 
     /// [`Snapshot::open`] without the memory file's content check (its size is checked):
@@ -361,6 +398,7 @@ impl Snapshot {
             dir: dir.to_path_buf(),
             meta,
             state,
+            memory_stamp: None,
         })
     }
 }

@@ -361,6 +361,70 @@ pub fn check(path: &Path, expected: &FileIdentity) -> Result<(), VerifyError> {
     compare(path, found, expected)
 }
 
+/// What the kernel reports about an open file that any rewrite, replacement or copy
+/// changes (size, mtime, ctime, inode, device): a file opened later with the same stamp
+/// is the file that was checked, unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp(StatKey);
+
+impl FileStamp {
+    /// The stamp of `file` now.
+    pub fn of(file: &File) -> std::io::Result<Self> {
+        file.metadata().map(|m| Self(StatKey::of(&m)))
+    }
+}
+
+/// Checks that the open `file` (opened from `path`, whose directory's cache is consulted
+/// by that name) is `expected`, hashing that descriptor when the cache cannot vouch for
+/// it, and returns its stamp: what was checked is this descriptor, not whatever the path
+/// names a moment later. Open it with [`fsutil::open_direct`] to leave the page cache
+/// as it was.
+pub fn check_open(
+    file: &File,
+    path: &Path,
+    expected: &FileIdentity,
+) -> Result<FileStamp, VerifyError> {
+    let io = |source| VerifyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = file.metadata().map_err(io)?.len();
+    if size != expected.size {
+        return Err(VerifyError::Size {
+            path: path.to_path_buf(),
+            found: size,
+            expected: expected.size,
+        });
+    }
+    let (found, stamp) = identify_open(file, path)?;
+    compare(path, found, expected)?;
+    Ok(stamp)
+}
+
+/// The identity of the open `file` (opened from `path`), from its directory's cache when
+/// that vouches for the descriptor as it is, else hashed from the descriptor; and its
+/// stamp then.
+pub fn identify_open(file: &File, path: &Path) -> Result<(FileIdentity, FileStamp), VerifyError> {
+    let io = |source| VerifyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let before = file.metadata().map_err(io)?;
+    if !before.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    if let Some(found) = cached(path, &before) {
+        return Ok((found, FileStamp(StatKey::of(&before))));
+    }
+    let found = hash_file(file, before.len()).map_err(io)?;
+    let after = file.metadata().map_err(io)?;
+    if StatKey::of(&before) != StatKey::of(&after) {
+        return Err(VerifyError::Unstable(path.to_path_buf()));
+    }
+    store_cache(path, &after, found);
+    Ok((found, FileStamp(StatKey::of(&after))))
+}
+
 /// Checks that the file at `path` is `expected` by hashing it now (`snapbpf verify`).
 pub fn check_now(path: &Path, expected: &FileIdentity) -> Result<(), VerifyError> {
     compare(path, identify_now(path)?, expected)

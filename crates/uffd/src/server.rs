@@ -68,29 +68,41 @@ pub enum SessionError {
     Acknowledge(std::io::Error),
 }
 
-/// Listens on `socket` and serves VMs from the memory file `memory` with `prefetch`,
+/// The memory file a handler serves: one open descriptor whose content the caller
+/// checked, so a file swapped in at the path later is never served.
+#[derive(Debug)]
+pub struct ServedMemory {
+    /// The open file.
+    pub file: File,
+    /// Where it was opened from, named in errors.
+    pub path: std::path::PathBuf,
+    /// Its content, named in the hello.
+    pub identity: snapbpf_store::FileIdentity,
+}
+
+/// Listens on `socket` and serves VMs from `memory` with `prefetch`,
 /// until `max_sessions` sessions have been accepted (forever when `None`), then waits for
 /// the running ones. With `extension`, every session starts with a hello naming
-/// `identity` (the content of `memory`) and acknowledges its prefetch; without, the
+/// the memory's identity and acknowledges its prefetch; without, the
 /// handler writes nothing, as Firecracker's handlers. A stale socket at `socket` is
 /// replaced; anything else there is not.
 pub fn listen(
     socket: &Path,
-    memory: &Path,
-    identity: snapbpf_store::FileIdentity,
+    memory: ServedMemory,
     prefetch: Arc<Prefetch>,
     max_sessions: Option<u64>,
     extension: bool,
     access: &snapbpf_os::access::AccessPolicy,
 ) -> Result<(), ServerError> {
-    let file = File::open(memory).map_err(|source| ServerError::Source {
-        path: memory.to_path_buf(),
-        source,
-    })?;
+    let ServedMemory {
+        file,
+        path: memory_path,
+        identity,
+    } = memory;
     let file_len = file
         .metadata()
         .map_err(|source| ServerError::Source {
-            path: memory.to_path_buf(),
+            path: memory_path.clone(),
             source,
         })?
         .len();

@@ -191,24 +191,74 @@ fn load_meta(snapshot: &Snapshot, verify_now: bool) -> Result<Meta, StrategyErro
         META_KIND,
         |h: &MetaHeader| &h.memory,
     )?;
-    let bad = |reason: String| interface::bad_artifact(&path, reason);
-    if header.page_size != PAGE {
-        return Err(bad(format!("page size {}", header.page_size)));
-    }
-    let (regions, zeros) =
-        decode(&payload, snapshot.meta.mem_bytes, header.ws_bytes).map_err(bad)?;
-    if regions.iter().map(|r| r.len).sum::<u64>() != header.ws_bytes {
-        return Err(bad("regions do not add up to the working-set size".into()));
-    }
-    if header.ws.is_some_and(|ws| ws.size != header.ws_bytes) {
-        return Err(bad("the working-set sizes it names disagree".into()));
-    }
+    let (regions, zeros) = validate_meta(&header, &payload, snapshot.meta.mem_bytes)
+        .map_err(|reason| interface::bad_artifact(&path, reason))?;
     interface::check_data(&data_path, header.ws.as_ref(), verify_now)?;
     Ok(Meta {
         header,
         regions,
         zeros,
     })
+}
+
+/// The regions of metadata whose header and payload agree with each other and fit a
+/// memory file of `mem` bytes.
+fn validate_meta(header: &MetaHeader, payload: &[u8], mem: u64) -> Result<Decoded, String> {
+    if header.page_size != PAGE {
+        return Err(format!("page size {}", header.page_size));
+    }
+    let (regions, zeros) = decode(payload, mem, header.ws_bytes)?;
+    // Each region fits the working-set file, but many may still overflow a sum.
+    if regions
+        .iter()
+        .try_fold(0u64, |sum, r| sum.checked_add(r.len))
+        != Some(header.ws_bytes)
+    {
+        return Err("regions do not add up to the working-set size".into());
+    }
+    if header.ws.is_some_and(|ws| ws.size != header.ws_bytes) {
+        return Err("the working-set sizes it names disagree".into());
+    }
+    Ok((regions, zeros))
+}
+
+/// Metadata as the record phase writes it, for fuzzing.
+fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let regions = [
+        Region {
+            offset: 0,
+            len: 2 * PAGE,
+            ws_offset: 0,
+        },
+        Region {
+            offset: 10 * PAGE,
+            len: PAGE,
+            ws_offset: 2 * PAGE,
+        },
+    ];
+    let header = MetaHeader {
+        memory: interface::fuzz_memory(),
+        page_size: PAGE,
+        ws_bytes: 3 * PAGE,
+        ws: Some(FileIdentity::of_zeros(3 * PAGE)),
+        ws_pages: 3,
+        zero_pages: 4,
+        merge_gap_pages: MERGE_GAP_PAGES,
+        input: 0,
+    };
+    artifact::encode(
+        META_KIND,
+        &header,
+        &encode(&regions, &[(4 * PAGE, 4 * PAGE)]),
+    )
+    .into_iter()
+    .collect()
+}
+
+/// The loader's checks on one metadata file's bytes, for fuzzing.
+fn fuzz_check(bytes: &[u8]) -> bool {
+    interface::decode_for_fuzz(bytes, META_KIND, |h: &MetaHeader| &h.memory)
+        .is_some_and(|(h, p)| validate_meta(&h, &p, interface::FUZZ_MEMORY_BYTES).is_ok())
 }
 
 /// FaaSnap.
@@ -220,7 +270,11 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<FaasnapOptions>(
     "faasnap",
     "FaaSnap: mincore-recorded working-set file mapped over the snapshot and read ahead; zero pages anonymous",
 )
-.records(&[WS_FILE, META_FILE]);
+.records(&[WS_FILE, META_FILE])
+.loader(interface::LoaderFuzz {
+    seeds: fuzz_seeds,
+    check: fuzz_check,
+});
 
 /// Options of `faasnap`: none.
 #[derive(Debug, Clone, Copy, Default)]
@@ -386,8 +440,7 @@ impl Strategy for Faasnap {
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
         let meta = load_meta(snapshot, false)?;
-        let path = snapshot.memory_path();
-        let (file, window) = readahead::open_with_window(&path, DEFAULT_WINDOW_KIB)?;
+        let (file, window) = interface::open_memory(snapshot, Some(DEFAULT_WINDOW_KIB))?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::On)?;
         let ws_path = snapshot.artifact_path(WS_FILE);
@@ -423,7 +476,7 @@ impl Strategy for Faasnap {
         let ioe = |what: &str| StrategyError::io(format!("{what} {}", path.display()));
         // A cold cache and no readahead: the page cache then holds exactly the fetched pages.
         fsutil::evict(&path)?;
-        let file = File::open(&path).map_err(ioe("open"))?;
+        let (file, _) = interface::open_memory(snapshot, None)?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(FaultReadahead::Off)?;
         let scanner = Scanner::start(file.try_clone().map_err(ioe("dup"))?).map_err(ioe("scan"))?;

@@ -47,6 +47,9 @@ pub enum StrategyError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] snapbpf_vmm::MemoryError),
+    /// The memory file opened for the restore is not the one whose content was checked.
+    #[error(transparent)]
+    MemoryFile(Box<crate::snapshot::OpenError>),
     /// A working set cannot be read.
     #[error(transparent)]
     WorkingSet(#[from] snapbpf_wss::workingset::ReadError),
@@ -361,6 +364,61 @@ pub(crate) struct Recorded<H> {
     pub path: PathBuf,
     /// The data file recorded beside it.
     pub data_path: PathBuf,
+}
+
+/// A strategy's artifact loader as a fuzzer drives it: artifacts its record phase could
+/// have written, to mutate, and the loader's own checks on one artifact's bytes (the
+/// container, the binding, every size and offset), as if read beside a snapshot whose
+/// memory is [`FUZZ_MEMORY_BYTES`] zero bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct LoaderFuzz {
+    /// Valid artifacts.
+    pub seeds: fn() -> Vec<Vec<u8>>,
+    /// Decodes and checks one artifact; whether it was accepted. It must never panic.
+    pub check: fn(&[u8]) -> bool,
+}
+
+/// Guest memory size of the snapshot a [`LoaderFuzz`] checks artifacts against.
+pub const FUZZ_MEMORY_BYTES: u64 = 64 << 20;
+
+/// The identity of the memory a [`LoaderFuzz`] checks artifacts against.
+pub(crate) fn fuzz_memory() -> snapbpf_store::FileIdentity {
+    snapbpf_store::FileIdentity::of_zeros(FUZZ_MEMORY_BYTES)
+}
+
+/// Decodes an artifact of `kind` from `bytes` for a [`LoaderFuzz`], as
+/// [`read_recorded`] does from a file: `None` unless whole and bound to [`fuzz_memory`].
+pub(crate) fn decode_for_fuzz<H: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    kind: &str,
+    memory_of: impl Fn(&H) -> &snapbpf_store::FileIdentity,
+) -> Option<(H, Vec<u8>)> {
+    let (header, payload): (H, Vec<u8>) =
+        snapbpf_store::artifact::decode(bytes, kind, Path::new("fuzz")).ok()?;
+    (memory_of(&header) == &fuzz_memory()).then_some((header, payload))
+}
+
+/// Opens the snapshot's memory file, with the read-around window `readahead_kib` when
+/// given, and confirms it is the file whose content [`crate::snapshot::open`] checked
+/// ([`Snapshot::confirm_memory`]): every restore and record maps or reads the memory
+/// through this.
+pub(crate) fn open_memory(
+    snapshot: &Snapshot,
+    readahead_kib: Option<u64>,
+) -> Result<(std::fs::File, Option<u64>), StrategyError> {
+    let path = snapshot.memory_path();
+    let (file, window) = match readahead_kib {
+        Some(kib) => snapbpf_wss::readahead::open_with_window(&path, kib)?,
+        None => (
+            std::fs::File::open(&path)
+                .map_err(StrategyError::io(format!("open {}", path.display())))?,
+            None,
+        ),
+    };
+    snapshot
+        .confirm_memory(&file)
+        .map_err(|e| StrategyError::MemoryFile(Box::new(e)))?;
+    Ok((file, window))
 }
 
 /// The refusal of an artifact file, with the reason.

@@ -6,10 +6,8 @@
 //! window is the open file's, set through the device's `read_ahead_kb`); files without a
 //! block device (tmpfs) have no readahead, and the window is then reported as absent.
 
-use std::fs::File;
-
 use snapbpf_vmm::{FaultReadahead, GuestMemory};
-use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
+use snapbpf_wss::readahead::DEFAULT_WINDOW_KIB;
 
 use super::interface::{ExternalBacking, ExternalPlan, Helpers, Restored, Strategy, StrategyError};
 use super::spec::{StrategyInfo, StrategyOptions, Vmm, THP};
@@ -103,14 +101,7 @@ impl LinuxPaging {
 
 impl Strategy for LinuxPaging {
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let path = snapshot.memory_path();
-        let (file, window) = match self.readahead_kib {
-            Some(kib) => readahead::open_with_window(&path, kib)?,
-            None => (
-                File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?,
-                None,
-            ),
-        };
+        let (file, window) = super::interface::open_memory(snapshot, self.readahead_kib)?;
         let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
         memory.set_fault_readahead(if self.readahead_kib.is_some() {
             FaultReadahead::On

@@ -25,6 +25,6 @@ pub use interface::{
     check_vmm, record, ExternalBacking, ExternalPlan, ExternalRecorder, RecordBacking,
     RecordReport, Strategy, StrategyError,
 };
-pub use interface::{Helpers, PrefetchReport, Restored};
+pub use interface::{Helpers, LoaderFuzz, PrefetchReport, Restored, FUZZ_MEMORY_BYTES};
 pub use registry::REGISTRY;
 pub use spec::{OptionInfo, SpecError, StrategyInfo, StrategySpec};

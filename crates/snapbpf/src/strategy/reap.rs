@@ -82,16 +82,8 @@ fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
         TRACE_KIND,
         |h: &TraceHeader| &h.memory,
     )?;
-    let bad = |reason: &str| interface::bad_artifact(&path, reason.into());
-    let offsets = artifact::u64s(&payload).ok_or_else(|| bad("payload is not u64s"))?;
-    let mem = snapshot.meta.mem_bytes;
-    if header.page_size != PAGE
-        || offsets.len() as u64 != header.pages
-        || header.ws_bytes != header.pages * PAGE
-        || offsets.iter().any(|&o| o % PAGE != 0 || o >= mem)
-    {
-        return Err(bad("inconsistent offsets or sizes"));
-    }
+    let offsets = validate_trace(&header, &payload, snapshot.meta.mem_bytes)
+        .map_err(|reason| interface::bad_artifact(&path, reason.into()))?;
     let len = std::fs::metadata(&data_path)
         .map_err(StrategyError::io(format!("stat {}", data_path.display())))?
         .len();
@@ -105,6 +97,50 @@ fn load_trace(snapshot: &Snapshot) -> Result<Trace, StrategyError> {
         ));
     }
     Ok(Trace { header, offsets })
+}
+
+/// The offsets of a trace whose header and payload agree with each other and fit a memory
+/// file of `mem` bytes (every product checked: a crafted trace with a valid checksum
+/// must not wrap a size into agreement).
+fn validate_trace(
+    header: &TraceHeader,
+    payload: &[u8],
+    mem: u64,
+) -> Result<Vec<u64>, &'static str> {
+    let offsets = artifact::u64s(payload).ok_or("payload is not u64s")?;
+    if header.page_size != PAGE
+        || offsets.len() as u64 != header.pages
+        || header.pages.checked_mul(PAGE) != Some(header.ws_bytes)
+        || offsets.iter().any(|&o| o % PAGE != 0 || o >= mem)
+    {
+        return Err("inconsistent offsets or sizes");
+    }
+    Ok(offsets)
+}
+
+/// A trace as its record phase writes it, for fuzzing.
+fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let header = TraceHeader {
+        memory: interface::fuzz_memory(),
+        page_size: PAGE,
+        pages: 3,
+        ws_bytes: 3 * PAGE,
+        ws_crc32: 7,
+        input: 0,
+    };
+    artifact::encode(
+        TRACE_KIND,
+        &header,
+        &artifact::u64_bytes(&[8192, 0, 4096 * 9]),
+    )
+    .into_iter()
+    .collect()
+}
+
+/// The loader's checks on one trace's bytes, for fuzzing.
+fn fuzz_check(bytes: &[u8]) -> bool {
+    interface::decode_for_fuzz(bytes, TRACE_KIND, |h: &TraceHeader| &h.memory)
+        .is_some_and(|(h, p)| validate_trace(&h, &p, interface::FUZZ_MEMORY_BYTES).is_ok())
 }
 
 /// Reads `reap.ws` with one `O_DIRECT` read and checks it against the trace's CRC32 (the
@@ -178,7 +214,11 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<ReapOptions>(
     ),
 ])
 .records(&[WS_FILE, TRACE_FILE])
-.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
+.vmms(&[Vmm::Builtin, Vmm::Firecracker])
+.loader(interface::LoaderFuzz {
+    seeds: fuzz_seeds,
+    check: fuzz_check,
+});
 
 /// Options of `reap`.
 #[derive(Debug, Clone, Default)]
@@ -255,9 +295,7 @@ impl Strategy for Reap {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let path = snapshot.memory_path();
-        let memory_file =
-            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+        let (memory_file, _) = interface::open_memory(snapshot, None)?;
         let memory = UffdMemory::new(snapshot.meta.mem_bytes)?;
         if let Some((socket, kind)) = &self.handler_socket {
             // Firecracker's UFFD backend: the handler process fills memory.
@@ -345,8 +383,7 @@ fn write_artifacts(
     started: Instant,
 ) -> Result<RecordReport, StrategyError> {
     let mem_path = snapshot.memory_path();
-    let mem =
-        File::open(&mem_path).map_err(StrategyError::io(format!("open {}", mem_path.display())))?;
+    let (mem, _) = interface::open_memory(snapshot, None)?;
     let mut ws = vec![0u8; offsets.len() * PAGE as usize];
     for (page, &off) in ws.chunks_exact_mut(PAGE as usize).zip(offsets) {
         std::os::unix::fs::FileExt::read_exact_at(&mem, page, off)

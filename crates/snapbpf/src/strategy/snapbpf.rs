@@ -37,7 +37,7 @@ use crate::store_memory::FromStore;
 use snapbpf_store::fsutil;
 use snapbpf_wss::capture::PageCacheCapture;
 use snapbpf_wss::prefetch::{self, PrefetchMethod, PrefetchOptions};
-use snapbpf_wss::readahead::{self, DEFAULT_WINDOW_KIB};
+use snapbpf_wss::readahead::DEFAULT_WINDOW_KIB;
 use snapbpf_wss::workingset::WorkingSet;
 
 /// File name of the working set in the snapshot directory.
@@ -296,8 +296,7 @@ impl Strategy for SnapBpf {
                 (mapped.memory, mapped.readahead_kib, None)
             }
             None => {
-                let (file, window) =
-                    readahead::open_with_window(&snapshot.memory_path(), DEFAULT_WINDOW_KIB)?;
+                let (file, window) = interface::open_memory(snapshot, Some(DEFAULT_WINDOW_KIB))?;
                 let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
                 (memory, window, Some(file))
             }
@@ -369,8 +368,7 @@ impl Strategy for SnapBpf {
         self.check_vmm_options(Vmm::Firecracker)?;
         let mut helpers = Helpers::none();
         if self.prefetch {
-            let (file, _) =
-                readahead::open_with_window(&snapshot.memory_path(), DEFAULT_WINDOW_KIB)?;
+            let (file, _) = interface::open_memory(snapshot, Some(DEFAULT_WINDOW_KIB))?;
             let prefetcher = Prefetcher {
                 ranges: load_working_set(snapshot)?.ranges,
                 mapping: None,
@@ -410,11 +408,9 @@ impl Strategy for SnapBpf {
         input: u32,
         timeout: Duration,
     ) -> Result<RecordReport, StrategyError> {
-        let path = snapshot.memory_path();
         self.capture_around(snapshot, || {
             // Readahead off while capturing, so only the pages the guest touches come in.
-            let file =
-                File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+            let (file, _) = interface::open_memory(snapshot, None)?;
             let memory = GuestMemory::map_file_private(&file, snapshot.meta.mem_bytes)?;
             memory.set_fault_readahead(FaultReadahead::Off)?;
             // Always filter while recording, whatever the variant: the working set is a

@@ -98,6 +98,9 @@ pub struct StrategyInfo {
     pub reads: &'static [&'static str],
     /// The VMMs it restores (and records) under; snapbpf's own unless it says.
     pub vmms: &'static [Vmm],
+    /// Its artifact loader, for fuzzing (`snapbpf-fuzz` runs one target per row that
+    /// has one).
+    pub loader: Option<super::interface::LoaderFuzz>,
     /// Builds the spec's options from parsed options.
     parse: ParseOptions,
 }
@@ -114,6 +117,7 @@ impl StrategyInfo {
             artifacts: &[],
             reads: &[],
             vmms: &[Vmm::Builtin],
+            loader: None,
             parse: parse_boxed::<T>,
         }
     }
@@ -138,6 +142,14 @@ impl StrategyInfo {
     pub const fn reads(self, files: &'static [&'static str]) -> Self {
         Self {
             reads: files,
+            ..self
+        }
+    }
+
+    /// The row of a strategy whose artifact loader is `loader`.
+    pub const fn loader(self, loader: super::interface::LoaderFuzz) -> Self {
+        Self {
+            loader: Some(loader),
             ..self
         }
     }

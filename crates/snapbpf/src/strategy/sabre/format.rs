@@ -140,29 +140,21 @@ pub(super) fn partition(offsets: &[u64]) -> Vec<(u64, u64)> {
     runs
 }
 
-/// Loads `sabre.parts` and checks it against `snapshot` and the stream's size.
-pub(super) fn load(snapshot: &Snapshot) -> Result<Recording, StrategyError> {
-    let interface::Recorded {
-        header,
-        payload,
-        path,
-        data_path,
-    } = interface::read_recorded(
-        snapshot,
-        super::INFO.name,
-        PARTS_FILE,
-        STREAM_FILE,
-        PARTS_KIND,
-        |h: &PartsHeader| &h.memory,
-    )?;
-    let bad = |reason: String| interface::bad_artifact(&path, reason);
-    let words = artifact::u64s(&payload).ok_or_else(|| bad("payload is not u64s".into()))?;
-    if words.len() as u64 != header.partitions * 4 {
-        return Err(bad(format!(
+/// The partitions of a recording whose header and payload agree with each other and fit
+/// a memory file of `mem` bytes. Every sum and product is checked: a crafted file with a
+/// valid checksum must not wrap an offset into range or a size into agreement.
+pub(super) fn validate(
+    header: &PartsHeader,
+    payload: &[u8],
+    mem: u64,
+) -> Result<Vec<Partition>, String> {
+    let words = artifact::u64s(payload).ok_or("payload is not u64s")?;
+    if Some(words.len() as u64) != header.partitions.checked_mul(4) {
+        return Err(format!(
             "{} partitions announced, {} stored",
             header.partitions,
             words.len() / 4
-        )));
+        ));
     }
     let partitions: Vec<Partition> = words
         .chunks_exact(4)
@@ -173,7 +165,6 @@ pub(super) fn load(snapshot: &Snapshot) -> Result<Recording, StrategyError> {
             crc32: w[3] as u32,
         })
         .collect();
-    let mem = snapshot.meta.mem_bytes;
     let mut pages = 0u64;
     let mut frames = 0u64;
     let mut end = 0u64;
@@ -189,16 +180,16 @@ pub(super) fn load(snapshot: &Snapshot) -> Result<Recording, StrategyError> {
             && last.is_some_and(|last| last <= mem)
             && p.compressed <= header.stream_bytes;
         let (Some(last), true) = (last, fits) else {
-            return Err(bad(format!(
+            return Err(format!(
                 "partition at {} of {} pages is misplaced",
                 p.offset, p.pages
-            )));
+            ));
         };
         end = last;
         pages += p.pages;
         frames = frames
             .checked_add(p.compressed)
-            .ok_or_else(|| bad("its frame sizes overflow".into()))?;
+            .ok_or("its frame sizes overflow")?;
     }
     let frames_fit = match header.placement {
         Placement::Scattered => {
@@ -214,8 +205,68 @@ pub(super) fn load(snapshot: &Snapshot) -> Result<Recording, StrategyError> {
         || header.dict_bytes > MAX_DICT_BYTES
         || (header.dict_bytes > 0 && header.codec != Codec::ZstdDict)
     {
-        return Err(bad("inconsistent partitions, sizes or codec".into()));
+        return Err("inconsistent partitions, sizes or codec".into());
     }
+    Ok(partitions)
+}
+
+/// A recording as the record phase writes it, for fuzzing: a single stream with a
+/// dictionary and scattered frames.
+pub(super) fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let partitions = [(0u64, 2u64, 100u64), (5 * PAGE, 1, 60)];
+    [Placement::Scattered, Placement::Single]
+        .into_iter()
+        .filter_map(|placement| {
+            let scattered = placement == Placement::Scattered;
+            let frames: u64 = partitions.iter().map(|p| p.2).sum();
+            let header = PartsHeader {
+                memory: interface::fuzz_memory(),
+                page_size: PAGE,
+                codec: Codec::ZstdDict,
+                level: 3,
+                placement,
+                partitions: 2,
+                pages: 3,
+                stream_bytes: 4096 + if scattered { frames } else { 500 },
+                dict_bytes: 4096,
+                input: 0,
+                compress_ms: 1.0,
+                compress_cpu_s: 0.001,
+            };
+            let words: Vec<u64> = partitions
+                .iter()
+                .flat_map(|&(offset, pages, compressed)| {
+                    [offset, pages, if scattered { compressed } else { 0 }, 7]
+                })
+                .collect();
+            artifact::encode(PARTS_KIND, &header, &artifact::u64_bytes(&words)).ok()
+        })
+        .collect()
+}
+
+/// The loader's checks on one partitions file's bytes, for fuzzing.
+pub(super) fn fuzz_check(bytes: &[u8]) -> bool {
+    interface::decode_for_fuzz(bytes, PARTS_KIND, |h: &PartsHeader| &h.memory)
+        .is_some_and(|(h, p)| validate(&h, &p, interface::FUZZ_MEMORY_BYTES).is_ok())
+}
+
+/// Loads `sabre.parts` and checks it against `snapshot` and the stream's size.
+pub(super) fn load(snapshot: &Snapshot) -> Result<Recording, StrategyError> {
+    let interface::Recorded {
+        header,
+        payload,
+        path,
+        data_path,
+    } = interface::read_recorded(
+        snapshot,
+        super::INFO.name,
+        PARTS_FILE,
+        STREAM_FILE,
+        PARTS_KIND,
+        |h: &PartsHeader| &h.memory,
+    )?;
+    let partitions = validate(&header, &payload, snapshot.meta.mem_bytes)
+        .map_err(|reason| interface::bad_artifact(&path, reason))?;
     let len = std::fs::metadata(&data_path)
         .map_err(StrategyError::io(format!("stat {}", data_path.display())))?
         .len();

@@ -32,7 +32,6 @@
 //! Sabre decompresses on Intel IAA, which we do not have: this is its design with software
 //! codecs, as its own Figure 9 measures them. What IAA changes is in `docs/sabre.md`.
 
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 use super::interface::{
@@ -76,7 +75,11 @@ pub(super) static INFO: StrategyInfo = StrategyInfo::new::<SabreOptions>(
     ),
 ])
 .records(&[PARTS_FILE, STREAM_FILE])
-.vmms(&[Vmm::Builtin, Vmm::Firecracker]);
+.vmms(&[Vmm::Builtin, Vmm::Firecracker])
+.loader(super::interface::LoaderFuzz {
+    seeds: format::fuzz_seeds,
+    check: format::fuzz_check,
+});
 
 /// Options of `sabre`.
 #[derive(Debug, Clone, Default)]
@@ -222,9 +225,7 @@ impl Strategy for Sabre {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<Restored, StrategyError> {
-        let path = snapshot.memory_path();
-        let memory_file =
-            File::open(&path).map_err(StrategyError::io(format!("open {}", path.display())))?;
+        let (memory_file, _) = super::interface::open_memory(snapshot, None)?;
         let memory = UffdMemory::new(snapshot.meta.mem_bytes)?;
         let recording = load(snapshot)?;
         let stream_path = snapshot.artifact_path(STREAM_FILE);
@@ -308,8 +309,7 @@ impl Sabre {
                 .unwrap_or_else(|| Placement::for_sparsity(mean)),
         };
         let mem_path = snapshot.memory_path();
-        let mem = File::open(&mem_path)
-            .map_err(StrategyError::io(format!("open {}", mem_path.display())))?;
+        let (mem, _) = super::interface::open_memory(snapshot, None)?;
         let mut raw = Vec::with_capacity(runs.len());
         for &(offset, pages) in &runs {
             let mut buf = vec![0u8; (pages * PAGE) as usize];
