@@ -5,7 +5,7 @@ usage: scripts/measure-baselines.py REPS FUNCTIONS CONCURRENCIES OUT.json
   e.g. scripts/measure-baselines.py 5 bert,image 1,10 docs/results/baselines-run1.json
 
 Needs the release binary (cargo build --release -p snapbpf-cli). Snapshots live in
-/var/tmp/bl-<function>; missing ones are taken and recorded (input 0). Every measured run
+WORK/bl-<function> (WORK: measurelib.work_dir); missing ones are taken and recorded (input 0). Every measured run
 is cold and uses input 1; strategies are interleaved within each repetition.
 """
 import json
@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "snapbpf")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measurelib import BIN, ROOT, work_dir  # noqa: E402
+
 STRATEGIES = ["linux-ra", "reap", "faasnap"]
 
 
@@ -25,7 +26,7 @@ def main():
     git = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "HEAD"], text=True).strip()
     out = {"git": git, "kernel": os.uname().release, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
     for f in functions:
-        snap = f"/var/tmp/bl-{f}"
+        snap = os.path.join(work_dir(), f"bl-{f}")
         if not os.path.exists(snap):
             subprocess.check_call([BIN, "snapshot", f, "--out", snap])
             for s in ("reap", "faasnap"):

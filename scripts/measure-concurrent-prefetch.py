@@ -14,7 +14,7 @@ repetition, every one from a cold page cache (the memory file evicted first):
 Every run's checksum is compared with the reference (the first `alone` run).
 
 Needs the release binary (cargo build --release -p snapbpf-cli). Snapshots live in
-/var/tmp/cp-<function>; missing ones are taken and their snapbpf working set recorded.
+WORK/cp-<function> (WORK: measurelib.work_dir); missing ones are taken and their snapbpf working set recorded.
 """
 import json
 import os
@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measurelib import BIN, ROOT, write_json  # noqa: E402
+from measurelib import BIN, ROOT, work_dir, write_json  # noqa: E402
 
 
 def evict(path):
@@ -78,7 +78,7 @@ def main():
     out = {"git": git, "kernel": os.uname().release, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "reps": reps, "rows": []}
     for f in functions:
-        snap = f"/var/tmp/cp-{f}"
+        snap = os.path.join(work_dir(), f"cp-{f}")
         if not os.path.exists(f"{snap}/snapbpf.ws"):
             subprocess.check_call([BIN, "snapshot", f, "--out", snap, "--force"], stdout=subprocess.DEVNULL)
             subprocess.check_call([BIN, "record", snap, "--strategy", "snapbpf"], stdout=subprocess.DEVNULL)

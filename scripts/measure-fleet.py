@@ -35,9 +35,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measurelib import BIN, ROOT, function_list, inputs_of, stamp, write_json  # noqa: E402
+from measurelib import BIN, ROOT, function_list, inputs_of, stamp, work_dir, write_json  # noqa: E402
 from measurelib import snapbpf as run_snapbpf  # noqa: E402
-WORK = "/var/tmp/snapbpf-fleet"
+WORK = os.path.join(work_dir(), "fleet")
 NS = "snapbpf-s3"
 HOST_IF, NS_IF = "sbpf-h", "sbpf-s"
 HOST_IP, NS_IP = "10.77.0.1", "10.77.0.2"

@@ -18,7 +18,7 @@ profile (550 MB/s, 95k IOPS): prefetch time, E2E, and Sabre's read/decompress/in
 and once, ten VMs of each for memory. Every checksum is compared with a fresh boot's.
 
 Needs the release binary (cargo build --release -p snapbpf-cli). Snapshots live in
-/var/tmp/sabre-<function>.
+WORK/sabre-<function> (WORK: measurelib.work_dir).
 """
 import json
 import os
@@ -29,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measurelib import BIN, ROOT, function_list, inputs_of, snapbpf, stamp, write_json  # noqa: E402
+from measurelib import BIN, ROOT, function_list, inputs_of, snapbpf, stamp, work_dir, write_json  # noqa: E402
 CODECS = ["sabre:codec=lz4", "sabre:codec=zstd", "sabre:codec=zstd-dict:level=10", "sabre:codec=zstd-dict"]
 DESCRIBED = re.compile(r"(\d+) pages in (\d+) partitions, (\S+) level (-?\d+), (\S+) placement, ratio ([\d.]+) "
                        r"\((\d+) bytes\), compressed in ([\d.]+) ms \(([\d.]+) CPU s\)")
@@ -57,7 +57,7 @@ def sweep(functions, out_path):
     out = {"git": git, "kernel": os.uname().release, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "checked": []}
     for f in functions:
-        snap = f"/var/tmp/sabre-sweep-{f}"
+        snap = os.path.join(work_dir(), f"sabre-sweep-{f}")
         snapbpf("snapshot", f, "--out", snap, "--force")
         inputs = inputs_of(f)
         reference = [json.loads(snapbpf("boot", f, "--input", str(i), "--json"))["checksum"] for i in range(inputs)]
@@ -87,7 +87,7 @@ def main():
     out = {"git": git, "kernel": os.uname().release, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "reps": reps, "codecs": [], "restores": [], "memory": []}
     for f in functions:
-        snap = f"/var/tmp/sabre-{f}"
+        snap = os.path.join(work_dir(), f"sabre-{f}")
         snapbpf("snapshot", f, "--out", snap, "--force")
         reap = json.loads(snapbpf("record", snap, "--strategy", "reap", "--json"))
         reap_bytes = reap["pages"] * 4096

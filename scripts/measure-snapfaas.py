@@ -21,7 +21,7 @@ and again after the store evicted it and loaded it back.
 
 Sets shmem THP to `advise` and grows the hugetlbfs pool for the run, and puts both back.
 Needs root and the release binary (cargo build --release -p snapbpf-cli). Snapshots live
-in /var/tmp/snapfaas-<function>.
+in WORK/snapfaas-<function> (WORK: measurelib.work_dir).
 """
 import json
 import os
@@ -33,11 +33,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measurelib import BIN, ROOT, function_list, inputs_of, snapbpf, stamp, write_json  # noqa: E402
+from measurelib import BIN, ROOT, function_list, inputs_of, snapbpf, stamp, work_dir, write_json  # noqa: E402
 SHMEM_THP = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 HUGE_POOL = 400  # 2 MiB pages: the largest function's data pages, twice
-WORK = "/var/tmp/snapfaas-stores"
+WORK = os.path.join(work_dir(), "snapfaas-stores")
 
 # (label, strategy, where): where is "disk" or a store name.
 SINGLE = [
@@ -153,7 +153,7 @@ def main():
                   "thp": Store("thp", "--capacity", "8G", "--huge-pages", "thp"),
                   "hugetlb": Store("hugetlb", "--capacity", "8G", "--huge-pages", "hugetlb")}
         for f in functions:
-            snap = f"/var/tmp/snapfaas-{f}"
+            snap = os.path.join(work_dir(), f"snapfaas-{f}")
             snapbpf("snapshot", f, "--out", snap, "--force")
             out["device"].append({"function": f, "when": "before", "mbps": device_mbps(f"{snap}/memory")})
             for s in ["reap", "snapbpf"]:
@@ -213,7 +213,7 @@ def main():
 def sweep(functions, out_path):
     out = {**stamp(), "checked": [], "untrimmable": []}
     for f in functions:
-        snap = f"/var/tmp/snapfaas-sweep-{f}"
+        snap = os.path.join(work_dir(), f"snapfaas-sweep-{f}")
         snapbpf("snapshot", f, "--out", snap, "--force")
         snapbpf("record", snap, "--strategy", "snapbpf", "--json")
         inputs = inputs_of(f)

@@ -16,7 +16,7 @@ paper's design): E2E, the vCPU thread's major faults (demand reads the prefetch 
 bytes prefetched and the run's memory. Every checksum is compared with a fresh boot's.
 
 Needs root and the release binary (cargo build --release -p snapbpf-cli). Snapshots live
-in /var/tmp/variability-<function>.
+in WORK/variability-<function> (WORK: measurelib.work_dir).
 """
 import json
 import os
@@ -25,7 +25,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measurelib import function_list, inputs_of, snapbpf, stamp, write_json  # noqa: E402
+from measurelib import function_list, inputs_of, snapbpf, stamp, work_dir, write_json  # noqa: E402
 
 STRATEGIES = ["snapbpf", "snapbpf:4k"]
 # (label, working set installed, input restored)
@@ -50,7 +50,7 @@ def record(snap, input_no):
 def measure_function(function, reps):
     if inputs_of(function) < 2:
         return None
-    snap = f"/var/tmp/variability-{function}"
+    snap = os.path.join(work_dir(), f"variability-{function}")
     snapbpf("snapshot", function, "--out", snap)
     ws = os.path.join(snap, "snapbpf.ws")
     saved = {}

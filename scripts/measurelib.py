@@ -10,6 +10,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "snapbpf")
 
 
+def work_dir():
+    """The directory the scripts keep their reusable snapshots in, which only this user
+    controls: $SNAPBPF_WORK, else /var/lib/snapbpf/scripts as root, else
+    ~/.cache/snapbpf/scripts. Created 0700; refused when it is a symlink, another user
+    owns it or others can write it (a predictable /var/tmp name could be planted by any
+    local user, and root would then restore, record into or delete what they put there)."""
+    path = os.environ.get("SNAPBPF_WORK") or (
+        "/var/lib/snapbpf/scripts" if os.geteuid() == 0
+        else os.path.join(os.path.expanduser("~"), ".cache", "snapbpf", "scripts"))
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    import stat as _stat
+    if not _stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        sys.exit(f"{path} is not a directory only this user controls (owner {st.st_uid}, "
+                 f"mode {oct(st.st_mode & 0o7777)}): remove it or set SNAPBPF_WORK")
+    return path
+
+
 def snapbpf(*args, env=None):
     """Runs the release binary; exits with its error line if it fails."""
     out = subprocess.run([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
