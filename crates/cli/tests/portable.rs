@@ -122,3 +122,59 @@ fn a_copied_snapshot_restores_under_every_strategy() {
         assert_eq!(json(&["verify", original_s])["ok"], true, "{data} restored");
     }
 }
+
+/// Blocks a file holds on disk, in bytes.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat").blocks() * 512
+}
+
+/// A snapshot's zero pages are holes (sparse by default), its identity covers them as
+/// zeros: a dense copy of it (`cp --sparse=never`) is the same snapshot, verifies and
+/// restores with the fresh boot's checksum; `--dense` writes every page.
+#[test]
+fn a_sparse_snapshot_costs_its_data_and_a_dense_copy_is_the_same_snapshot() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let sparse = dir.path().join("sparse");
+    let sparse_s = sparse.to_str().expect("UTF-8");
+    ok(&["snapshot", "pyaes", "--mem-mib", "1024", "--out", sparse_s]);
+    let memory = sparse.join("memory");
+    let data = data_bytes(&memory);
+    let blocks = allocated(&memory);
+    assert_eq!(std::fs::metadata(&memory).expect("stat").len(), 1 << 30);
+    // Blocks for the data pages only (rounded to the filesystem's blocks), not 1 GiB.
+    assert!(
+        blocks >= data && blocks < data + (8 << 20) && blocks < 128 << 20,
+        "{blocks} bytes of blocks for {data} bytes of data"
+    );
+    let dense_copy = dir.path().join("dense-copy");
+    let status = Command::new("cp")
+        .args(["-r", "--sparse=never"])
+        .arg(&sparse)
+        .arg(&dense_copy)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp --sparse=never");
+    assert!(allocated(&dense_copy.join("memory")) >= 1 << 30, "a dense copy");
+    let copy_s = dense_copy.to_str().expect("UTF-8");
+    let verified = json(&["verify", copy_s]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    let want = json(&["boot", "pyaes", "--input", "1"])["checksum"]
+        .as_str()
+        .expect("checksum")
+        .to_string();
+    for snap in [sparse_s, copy_s] {
+        let report = json(&["invoke", snap, "--input", "1", "--cold"]);
+        assert_eq!(checksums(&report), vec![want.clone()], "{snap}: {report}");
+    }
+    let dense = dir.path().join("dense");
+    ok(&["snapshot", "pyaes", "--dense", "--out", dense.to_str().expect("UTF-8")]);
+    let dense_memory = dense.join("memory");
+    assert!(
+        allocated(&dense_memory) >= std::fs::metadata(&dense_memory).expect("stat").len(),
+        "--dense writes every page"
+    );
+}

@@ -377,15 +377,48 @@ pub fn load_file(
     let mut hasher = snapbpf_store::TreeHasher::new();
     let mut filler = Filler::create(size, backing)?;
     let mut buf = fsutil::AlignedBuf::new(CHUNK).map_err(read_err)?;
-    let mut offset = 0u64;
-    while offset < size {
-        let n = (size - offset).min(CHUNK) as usize;
+    let extents = fsutil::data_extents(&source, size).map_err(read_err)?;
+    let mut hashed = 0u64;
+    for (start, end) in extents {
+        // A hole reads as zeros: nothing to copy, hashed without reading.
+        hasher.update_zeros(start - hashed);
+        copy_extent(
+            &source,
+            start,
+            end,
+            &mut buf,
+            &mut hasher,
+            &mut filler,
+            &read_err,
+        )?;
+        hashed = end;
+    }
+    hasher.update_zeros(size - hashed);
+    if stat(&source)? != before {
+        return Err(MemfdError::Changed(path.to_path_buf()));
+    }
+    Ok((filler.seal()?, hasher.finish().digest))
+}
+
+/// Copies the data extent `[start, end)` of `source` into `filler` (its zero pages left as
+/// holes) and hashes it.
+fn copy_extent(
+    source: &File,
+    start: u64,
+    end: u64,
+    buf: &mut fsutil::AlignedBuf,
+    hasher: &mut snapbpf_store::TreeHasher,
+    filler: &mut Filler,
+    read_err: &dyn Fn(std::io::Error) -> MemfdError,
+) -> Result<(), MemfdError> {
+    let mut offset = start;
+    while offset < end {
+        let n = (end - offset).min(CHUNK) as usize;
         let mut got = 0usize;
         while got < n {
             // Direct reads want whole blocks: ask for the rest of the buffer.
-            let read =
-                fsutil::read_at(&source, &mut buf.as_mut_slice()[got..], offset + got as u64)
-                    .map_err(read_err)?;
+            let read = fsutil::read_at(source, &mut buf.as_mut_slice()[got..], offset + got as u64)
+                .map_err(read_err)?;
             if read == 0 {
                 return Err(read_err(std::io::ErrorKind::UnexpectedEof.into()));
             }
@@ -411,10 +444,7 @@ pub fn load_file(
         }
         offset += n as u64;
     }
-    if stat(&source)? != before {
-        return Err(MemfdError::Changed(path.to_path_buf()));
-    }
-    Ok((filler.seal()?, hasher.finish().digest))
+    Ok(())
 }
 
 /// Copies `extents` of the sealed memfd `source` (`size` bytes) into a new sealed memfd:

@@ -126,6 +126,7 @@ pub fn take_snapshot(
     out: &Path,
     force: bool,
     timeout: Duration,
+    layout: crate::snapshot::MemoryLayout,
 ) -> Result<Snapshot, SnapshotError> {
     let fc = |e: FirecrackerError| SnapshotError::Firecracker(Box::new(e));
     let bin = binary().map_err(fc)?;
@@ -161,6 +162,13 @@ pub fn take_snapshot(
         };
         for path in [&memory_path, &vmstate_path] {
             snapbpf_store::fsutil::restrict(path).map_err(write_io(path))?;
+        }
+        if layout == crate::snapshot::MemoryLayout::Sparse {
+            // Firecracker writes every page of a full snapshot: its zero pages become
+            // holes, so the file costs its data's blocks and hashing it its data's reads.
+            let punched = snapbpf_store::fsutil::punch_zero_pages(&memory_path)
+                .map_err(write_io(&memory_path))?;
+            tracing::debug!("{punched} zero bytes of Firecracker's memory file made holes");
         }
         let memory =
             snapbpf_store::verify::identify(&memory_path).map_err(|e| store::WriteError::Io {

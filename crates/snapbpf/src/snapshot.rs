@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use snapbpf_store::snapshot::{self as store, SnapshotContents};
-pub use snapbpf_store::snapshot::{OpenError, Snapshot, SnapshotMeta, Vmm, WriteError};
+pub use snapbpf_store::snapshot::{
+    MemoryLayout, OpenError, Snapshot, SnapshotMeta, Vmm, WriteError,
+};
 use snapbpf_vmm::{
     BootError, CreateError, GuestEvent, GuestMemory, IgnoreHints, MemoryError, MicroVm, RunError,
     StateError,
@@ -123,6 +125,8 @@ pub struct CreateOptions {
     pub timeout: Duration,
     /// The VMM that boots the function and takes the snapshot.
     pub vmm: Vmm,
+    /// How the memory file holds zero pages (sparse by default).
+    pub layout: MemoryLayout,
 }
 
 impl Default for CreateOptions {
@@ -132,6 +136,7 @@ impl Default for CreateOptions {
             force: false,
             timeout: Duration::from_secs(300),
             vmm: Vmm::Builtin,
+            layout: MemoryLayout::Sparse,
         }
     }
 }
@@ -155,6 +160,7 @@ pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapsh
             out,
             opts.force,
             opts.timeout,
+            opts.layout,
         );
     }
     let started = Instant::now();
@@ -177,6 +183,7 @@ pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapsh
             abi_version: snapbpf_vmm::abi::ABI_VERSION,
             guest_digest: &digest,
             init_ms,
+            layout: opts.layout,
         },
         opts.force,
         &ThisBuild,

@@ -11,7 +11,6 @@
 //! so a crash never leaves a half-written snapshot under the requested name.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -167,6 +166,8 @@ pub struct SnapshotContents<'a> {
     pub guest_digest: &'a str,
     /// Time the init phase took, ms.
     pub init_ms: f64,
+    /// How the memory file holds zero pages.
+    pub layout: MemoryLayout,
 }
 
 /// Errors opening a snapshot directory.
@@ -458,7 +459,8 @@ pub fn write(
             move |source| WriteError::Io { path, source }
         };
         let memory_path = tmp.join(MEMORY_FILE);
-        let digest = write_memory(&memory_path, contents.memory).map_err(io(&memory_path))?;
+        let digest = write_memory(&memory_path, contents.memory, contents.layout)
+            .map_err(io(&memory_path))?;
         let memory = FileIdentity {
             size: contents.memory.len(),
             digest,
@@ -608,25 +610,77 @@ pub fn remove_stale_temporaries(parent: &Path, name: &str) {
     }
 }
 
-/// Writes guest memory densely (no holes: a hole would make "reading" free pages cost no
-/// I/O, unlike a real snapshot) and returns its identity's digest.
-fn write_memory(path: &Path, mem: &snapbpf_vmm::GuestMemory) -> std::io::Result<[u8; 32]> {
-    let mut file = std::fs::OpenOptions::new()
+/// How a memory file holds its zero pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryLayout {
+    /// As holes: the file costs disk blocks for its data only, and writing it costs the
+    /// pages the guest touched, not its size (untouched guest memory is never read).
+    #[default]
+    Sparse,
+    /// As data, every byte written, as Firecracker writes a full snapshot: a restore then
+    /// reads zero pages from the device like any other (the paper's setting).
+    Dense,
+}
+
+/// Writes guest memory to a new file at `path` laid out as `layout` and returns its
+/// identity's digest. A sparse write reads only the ranges the host's page tables say the
+/// guest may have touched ([`snapbpf_vmm::GuestMemory::touched_ranges`]) and writes only
+/// their pages that are not all zeros; everything else is a hole, hashed as zeros.
+fn write_memory(
+    path: &Path,
+    mem: &snapbpf_vmm::GuestMemory,
+    layout: MemoryLayout,
+) -> std::io::Result<[u8; 32]> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
+    let other = |e: snapbpf_vmm::MemoryError| std::io::Error::other(e.to_string());
+    let ranges = match layout {
+        MemoryLayout::Sparse => mem.touched_ranges().map_err(other)?,
+        MemoryLayout::Dense => None,
+    }
+    .unwrap_or_else(|| vec![(0, mem.len())]);
+    file.set_len(mem.len())?;
+    let page = crate::PAGE_SIZE as usize;
     let mut hasher = crate::identity::TreeHasher::new();
     let mut chunk = vec![0u8; 8 << 20];
-    let mut gpa = 0;
-    while gpa < mem.len() {
-        let n = (mem.len() - gpa).min(chunk.len() as u64) as usize;
-        mem.read(gpa, &mut chunk[..n])
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        hasher.update(&chunk[..n]);
-        file.write_all(&chunk[..n])?;
-        gpa += n as u64;
+    let mut hashed = 0u64;
+    for (start, len) in ranges {
+        hasher.update_zeros(start - hashed);
+        let mut gpa = start;
+        while gpa < start + len {
+            let n = (start + len - gpa).min(chunk.len() as u64) as usize;
+            let data = &mut chunk[..n];
+            mem.read(gpa, data).map_err(other)?;
+            hasher.update(data);
+            if layout == MemoryLayout::Dense {
+                file.write_all_at(data, gpa)?;
+            } else {
+                // Each run of pages that are not all zeros, once.
+                let mut run: Option<usize> = None;
+                for (i, p) in data.chunks(page).enumerate() {
+                    let zero = p.iter().all(|&b| b == 0);
+                    match (zero, run) {
+                        (false, None) => run = Some(i * page),
+                        (true, Some(from)) => {
+                            file.write_all_at(&data[from..i * page], gpa + from as u64)?;
+                            run = None;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(from) = run {
+                    file.write_all_at(&data[from..], gpa + from as u64)?;
+                }
+            }
+            gpa += n as u64;
+        }
+        hashed = start + len;
     }
+    hasher.update_zeros(mem.len() - hashed);
     file.sync_all()?;
     Ok(hasher.finish().digest)
 }
