@@ -158,7 +158,10 @@ fn a_sparse_snapshot_costs_its_data_and_a_dense_copy_is_the_same_snapshot() {
         .status()
         .expect("cp");
     assert!(status.success(), "cp --sparse=never");
-    assert!(allocated(&dense_copy.join("memory")) >= 1 << 30, "a dense copy");
+    assert!(
+        allocated(&dense_copy.join("memory")) >= 1 << 30,
+        "a dense copy"
+    );
     let copy_s = dense_copy.to_str().expect("UTF-8");
     let verified = json(&["verify", copy_s]);
     assert_eq!(verified["ok"], true, "{verified}");
@@ -171,7 +174,13 @@ fn a_sparse_snapshot_costs_its_data_and_a_dense_copy_is_the_same_snapshot() {
         assert_eq!(checksums(&report), vec![want.clone()], "{snap}: {report}");
     }
     let dense = dir.path().join("dense");
-    ok(&["snapshot", "pyaes", "--dense", "--out", dense.to_str().expect("UTF-8")]);
+    ok(&[
+        "snapshot",
+        "pyaes",
+        "--dense",
+        "--out",
+        dense.to_str().expect("UTF-8"),
+    ]);
     let dense_memory = dense.join("memory");
     assert!(
         allocated(&dense_memory) >= std::fs::metadata(&dense_memory).expect("stat").len(),

@@ -111,16 +111,38 @@ impl FileEntry {
     }
 }
 
+/// The container header of a manifest: the manifest itself is the payload, whose cap
+/// (256 MiB, [`snapbpf_store::artifact::MAX_PAYLOAD`]) holds millions of chunks, where the
+/// header's (1 MiB) would stop a push at about nine thousand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ContainerHeader {
+    /// Bytes of the manifest's JSON.
+    manifest_bytes: u64,
+}
+
 impl Manifest {
     /// Its object bytes.
     pub fn encode(&self) -> std::io::Result<Vec<u8>> {
-        snapbpf_store::artifact::encode(KIND, self, &[])
+        let json = serde_json::to_vec(self)?;
+        let header = ContainerHeader {
+            manifest_bytes: json.len() as u64,
+        };
+        snapbpf_store::artifact::encode(KIND, &header, &json)
     }
 
     /// Parses and checks the manifest object at `key`.
     pub fn decode(bytes: &[u8], key: &str) -> Result<Self, ManifestError> {
-        let (manifest, _): (Manifest, Vec<u8>) =
+        let (header, json): (ContainerHeader, Vec<u8>) =
             snapbpf_store::artifact::decode(bytes, KIND, Path::new(key))?;
+        let invalid = |reason: String| ManifestError::Invalid {
+            key: key.to_string(),
+            reason,
+        };
+        if header.manifest_bytes != json.len() as u64 {
+            return Err(invalid("its header and payload disagree".into()));
+        }
+        let manifest: Manifest = serde_json::from_slice(&json)
+            .map_err(|e| invalid(format!("its payload is not a manifest: {e}")))?;
         manifest
             .validate()
             .map_err(|reason| ManifestError::Invalid {
@@ -215,6 +237,22 @@ mod tests {
             }],
             pushed_unix_ns: 0,
         }
+    }
+
+    #[test]
+    fn a_manifest_of_any_chunk_count_round_trips() {
+        // 40 000 chunks: about 4.6 MB of JSON, past the container header's 1 MiB cap
+        // that bounded pushes at ~9 100 chunks before.
+        let chunk = *CHUNK_SIZES.start();
+        let mut bytes = vec![0u8; 40_000 * chunk as usize];
+        for (i, c) in bytes.chunks_mut(chunk as usize).enumerate() {
+            c[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        }
+        let manifest = manifest_of(&bytes, chunk);
+        let encoded = manifest.encode().expect("encode");
+        assert!(encoded.len() > 1 << 22, "{} bytes", encoded.len());
+        let decoded = Manifest::decode(&encoded, "k").expect("decode");
+        assert_eq!(decoded, manifest);
     }
 
     #[test]

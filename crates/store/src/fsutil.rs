@@ -271,6 +271,30 @@ impl Drop for ResidencyMap {
     }
 }
 
+impl ResidencyMap {
+    /// Fills `vec` with the residency of the `vec.len()` pages from page `first` (bit 0
+    /// set when in the page cache): costs those pages, not the file's. Pages past the end
+    /// of the file are reported not resident.
+    pub fn scan_range(&self, first: u64, vec: &mut [u8]) -> std::io::Result<()> {
+        vec.fill(0);
+        let pages = self.pages() as u64;
+        if first >= pages {
+            return Ok(());
+        }
+        let n = (vec.len() as u64).min(pages - first) as usize;
+        let at = first as usize * page_size();
+        let len = (n * page_size()).min(self.len - at);
+        // SAFETY: `[at, at + len)` lies in the live mapping of `len` bytes and `vec` has
+        // at least one byte per page of it.
+        if unsafe { libc::mincore(self.map.cast::<u8>().add(at).cast(), len, vec.as_mut_ptr()) }
+            != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// The page size (x86-64 base pages), as a `usize`.
 pub fn page_size() -> usize {
     crate::PAGE_SIZE as usize

@@ -161,13 +161,11 @@ pub fn prefetch_until_resident(
     let started = Instant::now();
     // One mapping for every poll: the wait is what is being measured.
     let map = snapbpf_store::fsutil::ResidencyMap::new(file).map_err(PrefetchError::Residency)?;
-    let mut residency = vec![0u8; map.pages()];
     let stats = prefetch(file, ranges)?;
     let mut missing = ranges.to_vec();
     let mut reissued = started;
     loop {
-        map.scan(&mut residency).map_err(PrefetchError::Residency)?;
-        missing = missing_in(&residency, &missing);
+        missing = missing_in(&map, &missing).map_err(PrefetchError::Residency)?;
         if missing.is_empty() || started.elapsed() >= wait {
             break;
         }
@@ -445,19 +443,28 @@ pub fn resident_pages(file: &File) -> std::io::Result<Vec<bool>> {
 /// The parts of `ranges` (in their order) whose pages are not resident in the page
 /// cache. Readahead is best effort: the kernel may drop a few readahead pages (see
 /// docs/ebpf-capture.md); callers that need every page can prefetch the result again.
+/// Costs the ranges' pages, not the file's (a working set of a large guest's memory).
 pub fn missing_ranges(file: &File, ranges: &[PageRange]) -> std::io::Result<Vec<PageRange>> {
-    Ok(missing_in(&snapbpf_store::fsutil::residency(file)?, ranges))
+    missing_in(&snapbpf_store::fsutil::ResidencyMap::new(file)?, ranges)
 }
 
-/// The parts of `ranges` whose pages `residency` (one byte per page, bit 0: resident)
-/// does not show resident.
-fn missing_in(residency: &[u8], ranges: &[PageRange]) -> Vec<PageRange> {
-    let res: Vec<bool> = residency.iter().map(|b| b & 1 != 0).collect();
+/// The parts of `ranges` whose pages `map` does not show resident, asking only about
+/// the ranges' pages.
+fn missing_in(
+    map: &snapbpf_store::fsutil::ResidencyMap,
+    ranges: &[PageRange],
+) -> std::io::Result<Vec<PageRange>> {
+    let file_pages = map.pages() as u64;
+    let mut residency = Vec::new();
     let mut out = Vec::new();
     for r in ranges {
+        // Only the part inside the file can be resident (and is asked about).
+        let inside = r.pages.min(file_pages.saturating_sub(r.start));
+        residency.resize(inside as usize, 0);
+        map.scan_range(r.start, &mut residency)?;
         let mut cur: Option<PageRange> = None;
         for p in r.start..r.end() {
-            let present = usize::try_from(p).ok().and_then(|i| res.get(i)).copied();
+            let present = residency.get((p - r.start) as usize).map(|b| b & 1 != 0);
             // Pages past the end of the file cannot be resident; ignore them.
             if present != Some(false) {
                 if let Some(c) = cur.take() {
@@ -478,7 +485,7 @@ fn missing_in(residency: &[u8], ranges: &[PageRange]) -> Vec<PageRange> {
         }
         out.extend(cur);
     }
-    out
+    Ok(out)
 }
 
 /// Number of resident pages of `file`.
