@@ -284,11 +284,11 @@ impl ResidencyMap {
         let n = (vec.len() as u64).min(pages - first) as usize;
         let at = first as usize * page_size();
         let len = (n * page_size()).min(self.len - at);
-        // SAFETY: `[at, at + len)` lies in the live mapping of `len` bytes and `vec` has
-        // at least one byte per page of it.
-        if unsafe { libc::mincore(self.map.cast::<u8>().add(at).cast(), len, vec.as_mut_ptr()) }
-            != 0
-        {
+        // The address is only passed to mincore, never dereferenced: plain arithmetic.
+        let addr = self.map.cast::<u8>().wrapping_add(at).cast();
+        // SAFETY: `[addr, addr + len)` lies in the live mapping and `vec` has at least one
+        // byte per page of it.
+        if unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
