@@ -116,16 +116,19 @@ impl FileEntry {
 /// header's (1 MiB) would stop a push at about nine thousand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct ContainerHeader {
-    /// Bytes of the manifest's JSON.
-    manifest_bytes: u64,
+    /// [`PAYLOAD_FORMAT`].
+    payload: u32,
 }
+
+/// The payload's format: the manifest as JSON.
+const PAYLOAD_FORMAT: u32 = 1;
 
 impl Manifest {
     /// Its object bytes.
     pub fn encode(&self) -> std::io::Result<Vec<u8>> {
         let json = serde_json::to_vec(self)?;
         let header = ContainerHeader {
-            manifest_bytes: json.len() as u64,
+            payload: PAYLOAD_FORMAT,
         };
         snapbpf_store::artifact::encode(KIND, &header, &json)
     }
@@ -138,8 +141,8 @@ impl Manifest {
             key: key.to_string(),
             reason,
         };
-        if header.manifest_bytes != json.len() as u64 {
-            return Err(invalid("its header and payload disagree".into()));
+        if header.payload != PAYLOAD_FORMAT {
+            return Err(invalid(format!("payload format {}", header.payload)));
         }
         let manifest: Manifest = serde_json::from_slice(&json)
             .map_err(|e| invalid(format!("its payload is not a manifest: {e}")))?;

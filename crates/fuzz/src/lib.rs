@@ -311,8 +311,9 @@ fn mutate_bytes(rng: &mut Rng, base: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-/// Mutates the header or the payload of an artifact container (see
-/// `snapbpf_store::artifact`) and frames the result again: lengths and CRC valid.
+/// Mutates the header or the payload (structurally where it is JSON, by u64 words where
+/// not) of an artifact container (see `snapbpf_store::artifact`) and frames the result
+/// again: lengths and CRC valid.
 fn mutate_container(rng: &mut Rng, base: &[u8]) -> Option<Vec<u8>> {
     const FIXED: usize = 8 + 4 + 16 + 4;
     let header_len = u32::from_le_bytes(base.get(FIXED - 4..FIXED)?.try_into().ok()?) as usize;
@@ -321,8 +322,11 @@ fn mutate_container(rng: &mut Rng, base: &[u8]) -> Option<Vec<u8>> {
     let payload_len = u64::from_le_bytes(base.get(at..at + 8)?.try_into().ok()?) as usize;
     let payload = base.get(at + 8..(at + 8).checked_add(payload_len)?)?;
     let (mut header, mut payload) = (header.to_vec(), payload.to_vec());
+    let json_payload = serde_json::from_slice::<serde_json::Value>(&payload).is_ok();
     if rng.below(2) == 0 {
         header = mutate_json(rng, &header)?;
+    } else if json_payload {
+        payload = mutate_json(rng, &payload)?;
     } else {
         for _ in 0..=rng.below(3) {
             let words = payload.len() / 8;
