@@ -8,8 +8,8 @@ usage: scripts/measure-scale.py REPS FUNCTION MEM_MIB[,MEM_MIB...] OUT.json [--v
 
 For each VMM and guest memory size: a sparse snapshot (the default) and a dense one
 (`--dense`: every page written, as Firecracker writes a full snapshot), each timed, with
-the blocks their memory file holds on disk; SnapBPF's record phase, timed, and its working
-set's size; then REPS rounds of cold single-VM restores, each round running every
+the blocks their memory file holds on disk; SnapBPF's record phase, timed, with its working
+set's size and its artifact's; then REPS rounds of cold single-VM restores, each round running every
 (snapshot layout, strategy) cell once in an order shuffled per round (the seed is in the
 output), so the device's drift spreads over all cells. Every run's checksum is compared
 with a fresh boot's. `--summarize` renders the tables (medians, min-max) and the slope per
@@ -62,13 +62,16 @@ def measure_size(function, vmm, mem_mib, reps, rng, want):
         subprocess.run(["sync"], check=True)
         snapshot_ms = timed(*args)
         memory = os.path.join(snap, "memory")
-        record_ms = timed("record", snap, "--strategy", "snapbpf")
+        started = time.monotonic()
+        recorded = json.loads(snapbpf("record", snap, "--strategy", "snapbpf", "--json"))
+        record_ms = (time.monotonic() - started) * 1e3
         row["layouts"][layout] = {
             "snapshot_ms": snapshot_ms,
             "memory_bytes": os.path.getsize(memory),
             "memory_blocks_bytes": blocks(memory),
             "record_ms": record_ms,
-            "working_set_bytes": os.path.getsize(os.path.join(snap, "snapbpf.ws")),
+            "working_set_bytes": recorded["pages"] * 4096,
+            "artifact_bytes": sum(size for _, size in recorded["artifacts"]),
         }
         snaps[layout] = snap
     cells = [(layout, strategy) for layout in LAYOUTS for strategy in STRATEGIES[vmm]]
@@ -126,13 +129,13 @@ def summarize(out):
     lines = [f"Scale of `{out['function']}`, {out['reps']} rounds per size (seed {out['seed']}), "
              f"commit {out['git'][:7]}, {out['cpu']}, kernel {out['kernel']}"
              + (f", {out['firecracker']}" if out.get("firecracker") else "") + ".", ""]
-    lines += ["| VMM | memory | layout | snapshot ms | blocks MiB | record ms | working set MiB |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+    lines += ["| VMM | memory | layout | snapshot ms | blocks MiB | record ms | working set MiB | artifact KiB |",
+              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for row in out["rows"]:
         for layout, l in row["layouts"].items():
             lines.append(f"| {row['vmm']} | {row['mem_mib']} MiB | {layout} | {l['snapshot_ms']:.0f} | "
                          f"{l['memory_blocks_bytes'] / 2**20:.1f} | {l['record_ms']:.0f} | "
-                         f"{l['working_set_bytes'] / 2**20:.1f} |")
+                         f"{l['working_set_bytes'] / 2**20:.1f} | {l['artifact_bytes'] / 2**10:.1f} |")
     lines += ["", "Cold restores, median (min-max) of the rounds:", "",
               "| VMM | memory | layout | strategy | restore ms | E2E ms |", "|---|---:|---|---|---:|---:|"]
     cells = {}
