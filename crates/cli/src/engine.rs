@@ -21,6 +21,8 @@ pub struct SnapbpfEngine {
     pub device: snapbpf::storage_profile::StorageProfile,
     /// The VMM snapshots are taken with and restored under.
     pub vmm: snapbpf::snapshot::Vmm,
+    /// How snapshots' memory files hold zero pages.
+    pub layout: snapbpf::snapshot::MemoryLayout,
     /// A file on the snapshots' device to measure it with during the run (direct reads).
     pub probe: Option<PathBuf>,
 }
@@ -62,7 +64,7 @@ impl Engine for SnapbpfEngine {
 
     fn snapshot(&self, function: &str, dir: &Path) -> Result<SnapshotFacts, EngineError> {
         use std::os::unix::fs::MetadataExt;
-        let snapshot = snapbpf::snapshot::ensure_under(function, dir, self.vmm)?;
+        let snapshot = snapbpf::snapshot::ensure_with(function, dir, self.vmm, self.layout)?;
         Ok(SnapshotFacts {
             function: function.to_string(),
             mem_bytes: snapshot.meta.mem_bytes,

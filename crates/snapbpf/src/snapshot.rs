@@ -98,8 +98,26 @@ pub fn ensure(function: &str, dir: &Path) -> Result<Snapshot, SnapshotError> {
 
 /// [`ensure`] for a snapshot taken with `vmm`.
 pub fn ensure_under(function: &str, dir: &Path, vmm: Vmm) -> Result<Snapshot, SnapshotError> {
+    ensure_with(function, dir, vmm, MemoryLayout::Sparse)
+}
+
+/// [`ensure_under`] for a memory file laid out as `layout` (one laid out otherwise is
+/// taken again: a dense file holds a block for every byte, a sparse one fewer).
+pub fn ensure_with(
+    function: &str,
+    dir: &Path,
+    vmm: Vmm,
+    layout: MemoryLayout,
+) -> Result<Snapshot, SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
     if let Ok(s) = open(dir) {
-        if s.meta.function == function && s.vmm() == vmm {
+        let dense = std::fs::metadata(s.memory_path()).is_ok_and(|m| m.blocks() * 512 >= m.len());
+        let found = if dense {
+            MemoryLayout::Dense
+        } else {
+            MemoryLayout::Sparse
+        };
+        if s.meta.function == function && s.vmm() == vmm && found == layout {
             return Ok(s);
         }
     }
@@ -109,6 +127,7 @@ pub fn ensure_under(function: &str, dir: &Path, vmm: Vmm) -> Result<Snapshot, Sn
         &CreateOptions {
             force: true,
             vmm,
+            layout,
             ..CreateOptions::default()
         },
     )

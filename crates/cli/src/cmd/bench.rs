@@ -64,6 +64,11 @@ pub struct Args {
     /// run each, into --out/VMM.
     #[arg(long, value_delimiter = ',', default_value = "builtin", value_parser = snapbpf::snapshot::Vmm::parse)]
     vmm: Vec<snapbpf::snapshot::Vmm>,
+    /// Take snapshots dense (every zero page written, as Firecracker writes a full
+    /// snapshot, and as the paper measured; results before sparse snapshots were taken so)
+    /// instead of sparse. Each function's `disk_bytes` in results.json says which.
+    #[arg(long)]
+    dense: bool,
     /// Measure nothing: redraw the tables and charts of an earlier run from its
     /// results.json into --out (default: the run's directory).
     #[arg(long, value_name = "RESULTS_JSON")]
@@ -116,7 +121,12 @@ pub fn run(args: Args) -> Result<()> {
             if args.device.len() > 1 {
                 config.out = config.out.join(device.name());
             }
-            run_profile(config, device, vmm, &exe)?;
+            let layout = if args.dense {
+                snapbpf::snapshot::MemoryLayout::Dense
+            } else {
+                snapbpf::snapshot::MemoryLayout::Sparse
+            };
+            run_profile(config, device, vmm, layout, &exe)?;
         }
     }
     Ok(())
@@ -282,6 +292,7 @@ fn run_profile(
     mut config: BenchConfig,
     device: snapbpf::storage_profile::StorageProfile,
     vmm: snapbpf::snapshot::Vmm,
+    layout: snapbpf::snapshot::MemoryLayout,
     exe: &std::path::Path,
 ) -> Result<()> {
     let (stamp, probe) = measure_device(device, &config.out)?;
@@ -307,6 +318,7 @@ fn run_profile(
         exe: exe.to_path_buf(),
         device,
         vmm,
+        layout,
         probe: Some(probe.0.clone()),
     };
     let results = snapbpf_bench::run(&config, &engine, env!("SNAPBPF_GIT_REV"))?;
