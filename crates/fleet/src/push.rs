@@ -167,9 +167,31 @@ fn chunk_file(path: &Path, name: &str, chunk_size: u64) -> Result<FileEntry, Pus
     let mut whole = snapbpf_store::TreeHasher::new();
     let mut buf = fsutil::AlignedBuf::new(chunk_size).map_err(read_err(path))?;
     let mut chunks = Vec::new();
+    // A chunk that lies wholly in a hole is zeros: named so without reading it (a sparse
+    // memory file costs its data to push, not its size).
+    let extents = fsutil::data_extents(&file, size).map_err(read_err(path))?;
+    let mut next_extent = 0usize;
     let mut offset = 0u64;
     while offset < size {
         let want = (size - offset).min(chunk_size) as usize;
+        while extents
+            .get(next_extent)
+            .is_some_and(|&(_, end)| end <= offset)
+        {
+            next_extent += 1;
+        }
+        let in_hole = extents
+            .get(next_extent)
+            .is_none_or(|&(start, _)| start >= offset + want as u64);
+        if in_hole {
+            whole.update_zeros(want as u64);
+            chunks.push(ChunkRef {
+                id: None,
+                stored: 0,
+            });
+            offset += want as u64;
+            continue;
+        }
         let mut got = 0usize;
         while got < want {
             // Direct reads want whole blocks: ask for the rest of the buffer.
