@@ -682,3 +682,47 @@ impl Drop for GuestMemory {
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len as usize) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_ranges_hold_every_written_page_and_untouched_memory_is_left_out() {
+        let mem = GuestMemory::anonymous(8 << 20).expect("anonymous memory");
+        assert_eq!(mem.touched_ranges().expect("pagemap"), Some(vec![]));
+        mem.write(3 * PAGE_SIZE + 17, &[1]).expect("write");
+        mem.write_u64(5 << 20, 7).expect("write");
+        let ranges = mem.touched_ranges().expect("pagemap").expect("anonymous");
+        let covers = |gpa: u64| ranges.iter().any(|&(s, l)| (s..s + l).contains(&gpa));
+        assert!(covers(3 * PAGE_SIZE + 17) && covers(5 << 20), "{ranges:?}");
+        let touched: u64 = ranges.iter().map(|&(_, l)| l).sum();
+        // Two pages, or two huge pages where transparent huge pages are always on.
+        assert!(
+            touched <= 2 * (2 << 20),
+            "{touched} bytes touched: {ranges:?}"
+        );
+        // Everything outside the ranges reads as zeros.
+        let mut all = vec![0u8; 8 << 20];
+        mem.read(0, &mut all).expect("read");
+        for (i, page) in all.chunks(PAGE_SIZE as usize).enumerate() {
+            if !covers(i as u64 * PAGE_SIZE) {
+                assert!(page.iter().all(|&b| b == 0), "page {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_backed_mapping_claims_no_zeros() {
+        let file = std::fs::File::open("/proc/self/exe").expect("open");
+        if file.metadata().map_or(0, |m| m.len()) < 2 << 20 {
+            return;
+        }
+        let mem = GuestMemory::map_file_private(&file, 2 << 20).expect("map");
+        assert_eq!(mem.touched_ranges().expect("no pagemap needed"), None);
+        let anon = GuestMemory::anonymous(4 << 20).expect("anonymous memory");
+        anon.map_file(0, 2 << 20, &file, 0)
+            .expect("map a file range");
+        assert_eq!(anon.touched_ranges().expect("no pagemap needed"), None);
+    }
+}
