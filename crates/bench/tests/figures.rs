@@ -66,6 +66,7 @@ fn sample(function: &str, strategy: &str, vms: &[f64], cold: bool, mem_mib: u64)
             readahead_kib: None,
             prefetch: None,
             load_ms: None,
+            cpu_ms: None,
         })
         .collect();
     Sample {

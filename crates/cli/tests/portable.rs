@@ -172,6 +172,15 @@ fn a_sparse_snapshot_costs_its_data_and_a_dense_copy_is_the_same_snapshot() {
     for snap in [sparse_s, copy_s] {
         let report = json(&["invoke", snap, "--input", "1", "--cold"]);
         assert_eq!(checksums(&report), vec![want.clone()], "{snap}: {report}");
+        // What the VM cost in CPU, restore to result: some, and no more than its two
+        // cores could give in that time.
+        let run = &report["runs"][0];
+        let (cpu, e2e) = (run["cpu_ms"].as_f64(), run["e2e_ms"].as_f64());
+        assert!(
+            cpu.zip(e2e)
+                .is_some_and(|(c, e)| c > 0.0 && c <= 2.0 * e + 10.0),
+            "{run}"
+        );
     }
     let dense = dir.path().join("dense");
     ok(&[

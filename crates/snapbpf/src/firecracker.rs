@@ -236,6 +236,7 @@ pub fn run_one(
     spec: &StrategySpec,
     opts: &RunOptions,
 ) -> Result<(RunReport, Running), FirecrackerError> {
+    let cpu_before = crate::run::process_cpu();
     let started = Instant::now();
     let snapshot = crate::snapshot::open(dir)?;
     crate::strategy::check_vmm(spec, Vmm::Firecracker)?;
@@ -284,6 +285,10 @@ pub fn run_one(
         readahead_kib,
         prefetch,
         load_ms: Some(ms(load)),
+        // Firecracker's process lives for this VM only; this process's share is the
+        // handler and prefetch threads beside it.
+        cpu_ms: cpu_of(running.vm.pid())
+            .map(|fc| ms(fc + crate::run::process_cpu().saturating_sub(cpu_before))),
     };
     Ok((report, running))
 }
@@ -343,6 +348,20 @@ fn load(
 
 /// Major faults of process `pid` so far (all its threads: Firecracker's vCPU thread takes
 /// the guest's).
+/// CPU time (user + system) process `pid` has used, at the clock tick's resolution.
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_nanos(
+        (utime + stime) * 1_000_000_000 / ticks,
+    ))
+}
+
 fn major_faults(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

@@ -85,6 +85,7 @@ pub fn run_one(
 ) -> Result<RunReport, RunOneError> {
     let strategy = spec.build();
     let faults_before = run::major_faults();
+    let cpu_before = run::process_cpu();
     let started = Instant::now();
     let snapshot = crate::snapshot::open(dir)?;
     let restored = strategy.restore(&snapshot)?;
@@ -94,6 +95,7 @@ pub fn run_one(
         opts,
         started,
         faults_before,
+        cpu_before,
     )?)
 }
 

@@ -68,6 +68,7 @@ fn a_serving_error_stops_the_vcpu_with_that_error() {
         },
         started,
         run::major_faults(),
+        run::process_cpu(),
     );
     let took = started.elapsed();
     match outcome {

@@ -503,6 +503,7 @@ pub(crate) fn run_recorded(
         &crate::run::RunOptions { input, timeout },
         Instant::now(),
         crate::run::major_faults(),
+        crate::run::process_cpu(),
     )
     .map(|_| ())
     .map_err(|e| StrategyError::Record(Box::new(e)))
