@@ -334,12 +334,6 @@ pub fn allocated_bytes(file: &File) -> std::io::Result<u64> {
     Ok(file.metadata()?.blocks() * 512)
 }
 
-/// Whether a page holds only zeros (an OR over the whole page: no early exit, so the
-/// compiler vectorises it).
-fn is_zero(page: &[u8]) -> bool {
-    page.iter().fold(0u8, |acc, &b| acc | b) == 0
-}
-
 /// Copies the memory file at `path` (`size` bytes) into a new sealed memfd, leaving its
 /// zero pages as holes, and returns it with the identity digest of every byte copied. The file is
 /// opened once, and copied and hashed from that one descriptor: what is hashed is what
@@ -426,21 +420,8 @@ fn copy_extent(
         }
         let data = &buf.as_mut_slice()[..n];
         hasher.update(data);
-        // Write each run of data pages once.
-        let mut run: Option<usize> = None;
-        for (i, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
-            let at = i * PAGE_SIZE as usize;
-            match (is_zero(page), run) {
-                (false, None) => run = Some(at),
-                (true, Some(start)) => {
-                    filler.write(offset + start as u64, &data[start..at])?;
-                    run = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(start) = run {
-            filler.write(offset + start as u64, &data[start..])?;
+        for run in fsutil::data_page_runs(data) {
+            filler.write(offset + run.start as u64, &data[run.clone()])?;
         }
         offset += n as u64;
     }

@@ -649,7 +649,6 @@ fn write_memory(
     }
     .unwrap_or_else(|| vec![(0, mem.len())]);
     file.set_len(mem.len())?;
-    let page = crate::PAGE_SIZE as usize;
     let mut hasher = crate::identity::TreeHasher::new();
     let mut chunk = vec![0u8; 8 << 20];
     let mut hashed = 0u64;
@@ -664,21 +663,8 @@ fn write_memory(
             if layout == MemoryLayout::Dense {
                 file.write_all_at(data, gpa)?;
             } else {
-                // Each run of pages that are not all zeros, once.
-                let mut run: Option<usize> = None;
-                for (i, p) in data.chunks(page).enumerate() {
-                    let zero = p.iter().all(|&b| b == 0);
-                    match (zero, run) {
-                        (false, None) => run = Some(i * page),
-                        (true, Some(from)) => {
-                            file.write_all_at(&data[from..i * page], gpa + from as u64)?;
-                            run = None;
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(from) = run {
-                    file.write_all_at(&data[from..], gpa + from as u64)?;
+                for run in fsutil::data_page_runs(data) {
+                    file.write_all_at(&data[run.clone()], gpa + run.start as u64)?;
                 }
             }
             gpa += n as u64;

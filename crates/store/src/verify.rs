@@ -285,24 +285,30 @@ pub fn identify_now(path: &Path) -> Result<FileIdentity, VerifyError> {
         source,
     };
     let (file, direct) = fsutil::open_direct(path).map_err(io)?;
-    let before = file.metadata().map_err(io)?;
-    let found = hash_file(&file, before.len()).map_err(io)?;
-    let after = file.metadata().map_err(io)?;
-    if StatKey::of(&before) != StatKey::of(&after) {
-        return Err(VerifyError::Unstable(path.to_path_buf()));
-    }
     if !direct {
         tracing::debug!(
             "{} hashed with buffered reads (no O_DIRECT here)",
             path.display()
         );
     }
-    let identity = FileIdentity {
-        size: after.len(),
-        digest: found.digest,
+    hash_open(&file, path).map(|(identity, _)| identity)
+}
+
+/// Hashes the open `file` (opened from `path`) whatever the cache says, refuses it if it
+/// changed meanwhile, and remembers the result; returns its identity and stamp.
+fn hash_open(file: &File, path: &Path) -> Result<(FileIdentity, FileStamp), VerifyError> {
+    let io = |source| VerifyError::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    store_cache(path, &after, identity);
-    Ok(identity)
+    let before = file.metadata().map_err(io)?;
+    let found = hash_file(file, before.len()).map_err(io)?;
+    let after = file.metadata().map_err(io)?;
+    if StatKey::of(&before) != StatKey::of(&after) {
+        return Err(VerifyError::Unstable(path.to_path_buf()));
+    }
+    store_cache(path, &after, found);
+    Ok((found, FileStamp(StatKey::of(&after))))
 }
 
 /// `stat` of the regular file at `path` (see [`fsutil::open_regular`]).
@@ -413,16 +419,10 @@ pub fn identify_open(file: &File, path: &Path) -> Result<(FileIdentity, FileStam
     if !before.is_file() {
         return Err(io(std::io::Error::other("not a regular file")));
     }
-    if let Some(found) = cached(path, &before) {
-        return Ok((found, FileStamp(StatKey::of(&before))));
+    match cached(path, &before) {
+        Some(found) => Ok((found, FileStamp(StatKey::of(&before)))),
+        None => hash_open(file, path),
     }
-    let found = hash_file(file, before.len()).map_err(io)?;
-    let after = file.metadata().map_err(io)?;
-    if StatKey::of(&before) != StatKey::of(&after) {
-        return Err(VerifyError::Unstable(path.to_path_buf()));
-    }
-    store_cache(path, &after, found);
-    Ok((found, FileStamp(StatKey::of(&after))))
 }
 
 /// Checks that the file at `path` is `expected` by hashing it now (`snapbpf verify`).
