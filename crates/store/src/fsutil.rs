@@ -630,7 +630,11 @@ mod tests {
         bytes[10 * page + 99] = 4; // the short last page
         assert_eq!(
             data_page_runs(&bytes),
-            vec![page..3 * page, 7 * page..8 * page, 10 * page..10 * page + 100]
+            vec![
+                page..3 * page,
+                7 * page..8 * page,
+                10 * page..10 * page + 100
+            ]
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
