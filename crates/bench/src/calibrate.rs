@@ -158,8 +158,8 @@ pub fn fault_costs(
             function: PROBE_FUNCTION.into(),
             source,
         })?;
-    let mut host =
-        snapbpf_functions::init(index).ok_or(BenchError::UnknownFunction(PROBE_FUNCTION.into()))?;
+    let mut host = snapbpf_functions::init(index, 0)
+        .ok_or(BenchError::UnknownFunction(PROBE_FUNCTION.into()))?;
     let pages = snapbpf_functions::faultprobe::REGION_PAGES as u64;
     let mut measure =
         |spec: &str, input: u32, faults: u64| -> Result<Option<FaultCost>, BenchError> {

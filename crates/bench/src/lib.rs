@@ -319,7 +319,7 @@ impl BenchConfig {
     /// anything is measured or written.
     pub fn validate(&self) -> Result<(), BenchError> {
         for f in &self.functions {
-            if snapbpf_functions::info(f).is_none() {
+            if snapbpf_functions::Call::parse(f).is_err() {
                 return Err(BenchError::UnknownFunction(f.clone()));
             }
         }

@@ -13,31 +13,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// The Firecracker binary, or `None` (after a loud message; a failure under `CI=true`).
-fn firecracker() -> Option<PathBuf> {
-    if !require_kvm() {
-        return None;
-    }
-    let found = std::env::var_os("FIRECRACKER")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("firecracker"))
-                    .find(|p| p.is_file())
-            })
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no Firecracker ($FIRECRACKER or on PATH) and CI=true: the Firecracker tests must run"
-        );
-        eprintln!("\n!!!!!!!! SKIPPED: no Firecracker ($FIRECRACKER or on PATH) !!!!!!!!\n");
-    }
-    found
-}
-
 /// A Firecracker snapshot of `function` under `dir`.
 fn fc_snapshot(dir: &Path, function: &str) -> PathBuf {
     let out = dir.join(format!("fc-{function}"));

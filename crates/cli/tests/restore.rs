@@ -31,10 +31,9 @@ fn restore_matches_fresh_boot_for_every_function() {
         let snap = snapshot(dir.path(), info.name);
         let snap = snap.to_str().expect("UTF-8 path");
         ok(&["record", snap, "--strategy", "snapbpf", "--input", "0"]);
-        let mut reference = snapbpf_functions::init(
-            snapbpf_functions::index_of(info.name).expect("function has an index"),
-        )
-        .expect("function initialises on the host");
+        let mut reference = snapbpf_functions::Call::parse(info.name)
+            .expect("a function of the suite")
+            .init();
         for input in 0..info.inputs {
             let input_s = input.to_string();
             let host = format!("{:016x}", reference.invoke(input));

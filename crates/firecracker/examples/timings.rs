@@ -73,7 +73,7 @@ fn invoke(vm: &mut Vm, input: u32, want: u64, mhz: f64) -> Result<(f64, f64), Er
 
 fn round(bin: &Binary, dir: &Path, function: u32, s: &mut Samples) -> Result<(), Error> {
     let info = &snapbpf_functions::FUNCTIONS[function as usize];
-    let want = snapbpf_functions::init(function)
+    let want = snapbpf_functions::init(function, 0)
         .ok_or("no such function")?
         .invoke(0);
     let mhz = tsc_mhz();
@@ -86,6 +86,7 @@ fn round(bin: &Binary, dir: &Path, function: u32, s: &mut Samples) -> Result<(),
     let machine = MachineConfig {
         mem_mib: info.mem_mib,
         vcpus: 1,
+        track_dirty_pages: false,
     };
     vm.boot(&elf, &format!("snapbpf.function={function}"), machine)?;
     guest::wait_ready(vm.serial(), Instant::now() + TIMEOUT)?;

@@ -23,7 +23,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bin = Binary::locate(None)?;
 //! let mut vm = Vm::spawn(&bin)?;
-//! let machine = MachineConfig { mem_mib: 64, vcpus: 1 };
+//! let machine = MachineConfig { mem_mib: 64, vcpus: 1, track_dirty_pages: true };
 //! vm.boot(Path::new("guest.elf"), "snapbpf.function=0", machine)?;
 //! let ready = guest::wait_ready(vm.serial(), Instant::now() + Duration::from_secs(60))?;
 //! vm.pause()?;

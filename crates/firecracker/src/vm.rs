@@ -42,6 +42,11 @@ pub struct MachineConfig {
     pub mem_mib: u32,
     /// vCPUs (the snapbpf guest uses one).
     pub vcpus: u8,
+    /// Track the pages the guest and Firecracker write (`track_dirty_pages`), so that
+    /// [`Vm::create_snapshot`] writes only those: a Diff snapshot over the all-zero memory
+    /// the VM booted with, which for a VM that was never restored is its whole memory, with
+    /// every page never written left a hole. Without it, a Full snapshot writes every page.
+    pub track_dirty_pages: bool,
 }
 
 /// How a restored VM's guest memory is backed (Firecracker's `mem_backend`).
@@ -184,6 +189,8 @@ pub struct Vm {
     socket: PathBuf,
     log: PathBuf,
     serial: Serial,
+    /// Booted with `track_dirty_pages`: snapshots are Diff snapshots.
+    tracks_dirty_pages: bool,
     _interrupt: snapbpf_os::interrupt::Guard,
 }
 
@@ -374,6 +381,7 @@ impl Vm {
             socket,
             log,
             serial,
+            tracks_dirty_pages: false,
             _interrupt: guard,
         };
         vm.wait_for_socket()?;
@@ -497,7 +505,11 @@ impl Vm {
         )?;
         self.api(
             "PUT /machine-config",
-            json!({"vcpu_count": machine.vcpus, "mem_size_mib": machine.mem_mib}),
+            json!({
+                "vcpu_count": machine.vcpus,
+                "mem_size_mib": machine.mem_mib,
+                "track_dirty_pages": machine.track_dirty_pages,
+            }),
             API_TIMEOUT,
         )?;
         self.api(
@@ -505,6 +517,7 @@ impl Vm {
             json!({"action_type": "InstanceStart"}),
             API_TIMEOUT,
         )?;
+        self.tracks_dirty_pages = machine.track_dirty_pages;
         Ok(())
     }
 
@@ -514,8 +527,9 @@ impl Vm {
             .map(drop)
     }
 
-    /// Writes a full snapshot of the paused VM: its state to `vmstate`, guest memory to
-    /// `memory` (`PUT /snapshot/create`). Both files are created with mode 0600 first (a
+    /// Writes a snapshot of the paused VM: its state to `vmstate`, guest memory to
+    /// `memory` (`PUT /snapshot/create`): Full, or Diff when the VM was booted with
+    /// [`MachineConfig::track_dirty_pages`] (only written pages; the rest holes). Both files are created with mode 0600 first (a
     /// snapshot holds the tenant's memory); existing files are overwritten.
     pub fn create_snapshot(&mut self, vmstate: &Path, memory: &Path) -> Result<(), ApiError> {
         const CALL: &str = "PUT /snapshot/create";
@@ -529,7 +543,11 @@ impl Vm {
         }
         self.api(
             CALL,
-            json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+            json!({
+                "snapshot_type": if self.tracks_dirty_pages { "Diff" } else { "Full" },
+                "snapshot_path": state,
+                "mem_file_path": mem,
+            }),
             CREATE_TIMEOUT,
         )
         .map(drop)

@@ -28,6 +28,7 @@ fn ready_vm(bin: &Binary, dir: &Path, function: &str) -> Vm {
     let machine = MachineConfig {
         mem_mib: info.mem_mib,
         vcpus: 1,
+        track_dirty_pages: false,
     };
     vm.boot(&elf, &format!("snapbpf.function={index}"), machine)
         .expect("boot");
@@ -148,6 +149,7 @@ fn an_api_error_names_the_call_and_firecrackers_fault_message() {
     let machine = MachineConfig {
         mem_mib: 64,
         vcpus: 1,
+        track_dirty_pages: false,
     };
     let e = vm2
         .boot(&dir.path().join("no-such-kernel"), "", machine)
@@ -370,6 +372,7 @@ fn a_guest_panic_is_an_error_with_its_message() {
     let machine = MachineConfig {
         mem_mib: 64,
         vcpus: 1,
+        track_dirty_pages: false,
     };
     for (args, message) in [
         (

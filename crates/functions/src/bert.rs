@@ -26,6 +26,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 512,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Width of the hidden state.

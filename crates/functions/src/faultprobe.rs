@@ -19,6 +19,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 192,
     inputs: 2,
     workload: false,
+    arg: None,
 };
 
 /// Bytes of the region each invocation touches.

@@ -26,6 +26,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 192,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Vertices per community.

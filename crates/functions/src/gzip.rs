@@ -21,6 +21,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 64,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Size of the text corpus built at init.

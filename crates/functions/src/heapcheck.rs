@@ -20,6 +20,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 64,
     inputs: 2,
     workload: false,
+    arg: None,
 };
 
 pub(crate) struct HeapCheck {

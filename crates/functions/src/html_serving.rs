@@ -31,6 +31,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 160,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Number of products in the catalogue.

@@ -27,6 +27,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 192,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Width of the source image, in pixels.

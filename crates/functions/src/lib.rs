@@ -32,6 +32,12 @@
 //!
 //! (`a / b` is input 0 / input 1.)
 //!
+//! Beside the suite, `footprint` (not a workload) takes an argument: its init footprint
+//! and the working set each invocation reads, for the scale measurements. A function
+//! with its argument is a [`Call`], written `name` or `name:argument`
+//! (`footprint:6144:64`) wherever the command line, a snapshot or a benchmark names a
+//! function.
+//!
 //! Determinism rules for code in this crate: only `core` and `alloc`, no hashing with random
 //! seeds, floating point only through plain IEEE operations and the `libm` crate, and a
 //! fixed evaluation order for every reduction.
@@ -47,6 +53,7 @@ use alloc::boxed::Box;
 mod bert;
 mod checksum;
 pub mod faultprobe;
+pub mod footprint;
 mod graph_bfs;
 mod gzip;
 mod heapcheck;
@@ -78,6 +85,111 @@ pub struct FunctionInfo {
     /// A serverless workload of the evaluation; `false` for correctness checks, which
     /// benchmarks leave out.
     pub workload: bool,
+    /// The argument the function takes, if any (see [`Call`]).
+    pub arg: Option<ArgSpec>,
+}
+
+/// The argument a function takes: how it is written and what it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ArgSpec {
+    /// How the argument is written, for messages.
+    pub syntax: &'static str,
+    /// The argument when a call names none.
+    pub default: u64,
+    /// Parses the written argument; `None` when it is malformed or out of range.
+    pub parse: fn(&str) -> Option<u64>,
+    /// Writes the argument as [`ArgSpec::parse`] reads it.
+    pub render: fn(u64, &mut dyn core::fmt::Write) -> core::fmt::Result,
+    /// Guest memory the function needs with this argument, in MiB.
+    pub mem_mib: fn(u64) -> u32,
+}
+
+/// A function of the suite with its argument: what one VM runs.
+///
+/// Written `name` (the function's default argument, if it takes one) or
+/// `name:argument`; [`Call::parse`] reads that and [`core::fmt::Display`] writes it back
+/// in canonical form.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// The function.
+    pub info: &'static FunctionInfo,
+    /// Its index in [`FUNCTIONS`], the number the VMM passes to the guest.
+    pub index: u32,
+    /// Its argument (0 for a function that takes none).
+    pub arg: u64,
+}
+
+/// Why a written call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// No function has this name.
+    UnknownFunction,
+    /// The function takes no argument but one was given.
+    NoArgument,
+    /// The argument does not parse; the syntax it should follow.
+    BadArgument(&'static str),
+}
+
+impl core::fmt::Display for CallError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::UnknownFunction => {
+                write!(f, "no function of that name (see `snapbpf functions`)")
+            }
+            Self::NoArgument => write!(f, "the function takes no argument"),
+            Self::BadArgument(syntax) => write!(f, "its argument is written {syntax}"),
+        }
+    }
+}
+
+impl core::error::Error for CallError {}
+
+impl Call {
+    /// Reads `name` or `name:argument`.
+    pub fn parse(text: &str) -> Result<Self, CallError> {
+        let (name, arg) = match text.split_once(':') {
+            Some((name, arg)) => (name, Some(arg)),
+            None => (text, None),
+        };
+        let index = index_of(name).ok_or(CallError::UnknownFunction)?;
+        let info = &FUNCTIONS[index as usize];
+        let arg = match (info.arg, arg) {
+            (None, None) => 0,
+            (None, Some(_)) => return Err(CallError::NoArgument),
+            (Some(spec), None) => spec.default,
+            (Some(spec), Some(text)) => {
+                (spec.parse)(text).ok_or(CallError::BadArgument(spec.syntax))?
+            }
+        };
+        Ok(Self { info, index, arg })
+    }
+
+    /// Guest memory this call needs by default, in MiB.
+    pub fn mem_mib(&self) -> u32 {
+        match self.info.arg {
+            Some(spec) => self.info.mem_mib.max((spec.mem_mib)(self.arg)),
+            None => self.info.mem_mib,
+        }
+    }
+
+    /// Runs the init phase.
+    pub fn init(&self) -> Box<dyn Function> {
+        match init(self.index, self.arg) {
+            Some(function) => function,
+            None => unreachable!("a Call names a function of FUNCTIONS"),
+        }
+    }
+}
+
+impl core::fmt::Display for Call {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.info.name)?;
+        if let Some(spec) = self.info.arg {
+            f.write_str(":")?;
+            (spec.render)(self.arg, f)?;
+        }
+        Ok(())
+    }
 }
 
 /// A function whose init phase has run and which can serve invocations.
@@ -123,6 +235,7 @@ pub const FUNCTIONS: &[FunctionInfo] = &[
     html_serving::INFO,
     heapcheck::INFO,
     faultprobe::INFO,
+    footprint::INFO,
 ];
 
 /// Looks a function up by name.
@@ -138,8 +251,9 @@ pub fn index_of(name: &str) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// Runs the init phase of the function at `index` in [`FUNCTIONS`].
-pub fn init(index: u32) -> Option<Box<dyn Function>> {
+/// Runs the init phase of the function at `index` in [`FUNCTIONS`] with argument `arg`
+/// (ignored by a function that takes none).
+pub fn init(index: u32, arg: u64) -> Option<Box<dyn Function>> {
     let info = FUNCTIONS.get(index as usize)?;
     Some(match info.name {
         "pyaes" => boxed(info, pyaes::Pyaes::init()),
@@ -152,6 +266,7 @@ pub fn init(index: u32) -> Option<Box<dyn Function>> {
         "html_serving" => boxed(info, html_serving::HtmlServing::init()),
         "heapcheck" => boxed(info, heapcheck::HeapCheck::init()),
         "faultprobe" => boxed(info, faultprobe::FaultProbe::init()),
+        "footprint" => boxed(info, footprint::Footprint::init(arg)),
         _ => return None,
     })
 }

@@ -23,6 +23,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 64,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Matrix order per input.

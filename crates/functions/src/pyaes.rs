@@ -24,6 +24,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 64,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Size of the plaintext corpus built at init; each input encrypts a window of it.

@@ -25,6 +25,7 @@ pub(crate) const INFO: FunctionInfo = FunctionInfo {
     mem_mib: 256,
     inputs: 2,
     workload: true,
+    arg: None,
 };
 
 /// Width of token embeddings and of the LSTM state.

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::println;
 use std::time::Instant;
 
-use crate::{index_of, init, FUNCTIONS};
+use crate::{index_of, init, Call, CallError, FUNCTIONS};
 
 /// The system allocator, counting bytes per thread.
 struct TrackingAllocator;
@@ -104,8 +104,8 @@ const GUEST_OVERHEAD_BYTES: usize = 16 * MIB;
 /// Runs `name` through two inits and every input, checking determinism, input
 /// sensitivity, leak-freedom and memory fit, and prints what it measured.
 fn exercise(name: &str) {
-    let index = index_of(name).expect("function is registered");
-    let info = FUNCTIONS[index as usize];
+    let call = Call::parse(name).expect("function is registered");
+    let info = *call.info;
     assert!(info.inputs >= 2, "{name}: needs at least two inputs");
 
     // Reserved up front so the measured windows allocate nothing but the invocation's own.
@@ -115,7 +115,7 @@ fn exercise(name: &str) {
     let baseline = live();
     reset_peak();
     let started = Instant::now();
-    let mut function = init(index).expect("function initialises");
+    let mut function = call.init();
     let init_time = started.elapsed();
     let init_peak = peak() - baseline;
     let state = live() - baseline;
@@ -158,7 +158,7 @@ fn exercise(name: &str) {
     assert_eq!(live(), baseline, "{name}: dropping the state leaked memory");
 
     // A fresh init, invoked in the other order, gives the same results.
-    let mut second = init(index).expect("function initialises");
+    let mut second = call.init();
     for input in (0..info.inputs).rev() {
         assert_eq!(
             second.invoke(input),
@@ -169,11 +169,11 @@ fn exercise(name: &str) {
     drop(second);
 
     let needed = init_peak.max(state + invoke_peak);
-    let budget = info.mem_mib as usize * MIB;
+    let budget = call.mem_mib() as usize * MIB;
     println!(
         "{name:>13}: mem {:>4} MiB, init peak {:>6.1} MiB, state {:>6.1} MiB, invoke peak +{:>5.1} MiB, \
          fresh {:>5.1} MiB/invoke; init {:?}, first invokes {:?}, warm invokes {:?}",
-        info.mem_mib,
+        call.mem_mib(),
         init_peak as f64 / MIB as f64,
         state as f64 / MIB as f64,
         invoke_peak as f64 / MIB as f64,
@@ -187,12 +187,12 @@ fn exercise(name: &str) {
         needed + needed / 4 + GUEST_OVERHEAD_BYTES <= budget,
         "{name}: needs {} MiB of heap, too much for mem_mib = {}",
         needed / MIB,
-        info.mem_mib
+        call.mem_mib()
     );
     assert!(
         needed + GUEST_OVERHEAD_BYTES >= budget / 3,
         "{name}: mem_mib = {} is far more than the {} MiB it needs",
-        info.mem_mib,
+        call.mem_mib(),
         needed / MIB
     );
 }
@@ -238,6 +238,46 @@ fn html_serving() {
 }
 
 #[test]
+fn footprint() {
+    exercise("footprint");
+    exercise("footprint:200:3");
+}
+
+#[test]
+fn a_call_is_written_back_as_it_is_read() {
+    let call = Call::parse("footprint").expect("default argument");
+    assert_eq!(std::format!("{call}"), "footprint:32:8");
+    let call = Call::parse("footprint:6144:64").expect("an argument");
+    assert_eq!(std::format!("{call}"), "footprint:6144:64");
+    assert_eq!(crate::footprint::unpack(call.arg), (6144, 64));
+    assert!(
+        call.mem_mib() >= 6144 + 6,
+        "room for the state and its ledger"
+    );
+    assert_eq!(
+        std::format!("{}", Call::parse("pyaes").expect("pyaes")),
+        "pyaes"
+    );
+    assert_eq!(Call::parse("pyaes:1").err(), Some(CallError::NoArgument));
+    assert_eq!(
+        Call::parse("nosuch").err(),
+        Some(CallError::UnknownFunction)
+    );
+    for bad in [
+        "footprint:",
+        "footprint:8",
+        "footprint:8:16",
+        "footprint:8:0",
+        "footprint:x:1",
+    ] {
+        assert!(
+            matches!(Call::parse(bad), Err(CallError::BadArgument(_))),
+            "{bad} must be refused"
+        );
+    }
+}
+
+#[test]
 fn registry_is_consistent() {
     for (index, info) in FUNCTIONS.iter().enumerate() {
         assert_eq!(index_of(info.name), Some(index as u32));
@@ -248,7 +288,7 @@ fn registry_is_consistent() {
             info.name
         );
     }
-    assert!(init(FUNCTIONS.len() as u32).is_none());
+    assert!(init(FUNCTIONS.len() as u32, 0).is_none());
     assert!(index_of("no-such-function").is_none());
 }
 
@@ -279,7 +319,7 @@ fn measure_referenced_memory_per_invocation() {
         return;
     }
     for (index, info) in FUNCTIONS.iter().enumerate() {
-        let mut function = init(index as u32).expect("function initialises");
+        let mut function = init(index as u32, 0).expect("function initialises");
         let _ = clear_referenced();
         let idle = referenced_kib().unwrap_or(0);
         let mut touched = std::vec::Vec::new();

@@ -1,15 +1,21 @@
 //! The contract between the snapbpf VMM and the guest runtime.
 //!
-//! Guest physical memory is one region at GPA 0. The VMM builds identity-mapped page
-//! tables (2 MiB pages, user bit set) so the guest runs entirely at CPL 3: on this host's
-//! nested KVM ring-0 guest code is emulated, ring-3 code runs natively. There are no
-//! interrupts and no IDT; any guest exception ends in a triple fault the VMM reports.
+//! Guest RAM is at most two regions, laid out as Firecracker lays them out: the first
+//! [`LOW_MEM_END`] bytes at GPA 0, the rest above the 32-bit gap at [`HIGH_MEM_BASE`].
+//! A memory file holds the regions back to back, so a RAM offset is the guest-physical
+//! address below the gap and `gpa - HIGH_MEM_BASE + low bytes` above it ([`RamLayout`]).
+//! The VMM builds identity-mapped page tables (2 MiB pages, user bit set) so the guest
+//! runs entirely at CPL 3: on this host's nested KVM ring-0 guest code is emulated,
+//! ring-3 code runs natively. There are no interrupts and no IDT; any guest exception
+//! ends in a triple fault the VMM reports.
 //!
 //! ```text
 //! GPA 0x0000_1000  PML4            GPA 0x0000_8000  mailbox (one page, `Mailbox`)
 //! GPA 0x0000_2000  PDPT            GPA 0x0001_0000  stack (grows down from STACK_TOP)
-//! GPA 0x0000_3000  4 page dirs     GPA 0x0010_0000  guest image, then heap to RAM end
+//! GPA 0x0000_3000  4 page dirs     GPA 0x0010_0000  page dirs above 4 GiB (as many as RAM needs)
+//!                                  GPA 0x0020_0000  guest image, then heap to the low RAM end
 //! GPA 0xF000_0000  hypercall page (not RAM: every access exits to the VMM as MMIO)
+//! GPA 0x1_0000_0000 the rest of RAM, if any (more heap)
 //! ```
 //!
 //! A hypercall is one 8-byte write to `HYPERCALL_BASE + offset`; its arguments other than
@@ -38,8 +44,14 @@ pub const PML4_GPA: u64 = 0x1000;
 pub const PDPT_GPA: u64 = 0x2000;
 /// Guest-physical address of the first of [`PAGE_DIRS`] page directories.
 pub const PD_GPA: u64 = 0x3000;
-/// Page directories, each mapping 1 GiB with 2 MiB pages: the guest sees 4 GiB.
+/// Page directories at [`PD_GPA`], each mapping 1 GiB with 2 MiB pages: the low 4 GiB.
 pub const PAGE_DIRS: u64 = 4;
+/// Guest-physical address of the page directories that map RAM above 4 GiB: directory
+/// `i` maps `[HIGH_MEM_BASE + i GiB, HIGH_MEM_BASE + (i + 1) GiB)` and is PDPT entry
+/// `PAGE_DIRS + i`. Only as many as the high region needs are written.
+pub const HIGH_PD_GPA: u64 = 0x10_0000;
+/// Room for page directories at [`HIGH_PD_GPA`]: RAM may reach 64 GiB of address space.
+pub const HIGH_PAGE_DIRS: u64 = 60;
 /// Guest-physical address of the [`Mailbox`] page.
 pub const MAILBOX_GPA: u64 = 0x8000;
 /// Lowest address of the guest stack.
@@ -47,12 +59,18 @@ pub const STACK_BOTTOM: u64 = 0x1_0000;
 /// Initial stack pointer.
 pub const STACK_TOP: u64 = 0x10_0000;
 /// Lowest address the guest image may be linked at.
-pub const IMAGE_BASE: u64 = 0x10_0000;
-/// Guest-physical address of the hypercall page. It lies above the largest guest RAM
-/// ([`MAX_MEM_BYTES`]) and is never backed by a memory slot.
+pub const IMAGE_BASE: u64 = 0x20_0000;
+/// Guest-physical address of the hypercall page. It lies in the 32-bit gap, above the low
+/// RAM region ([`LOW_MEM_END`]), and is never backed by a memory slot.
 pub const HYPERCALL_BASE: u64 = 0xF000_0000;
-/// Largest guest RAM the layout allows (3 GiB).
-pub const MAX_MEM_BYTES: u64 = 3 << 30;
+/// End of the low RAM region the snapbpf VMM lays out (3 GiB). Firecracker ends its own
+/// low region elsewhere in the gap; a guest it boots reads where from the e820 table.
+pub const LOW_MEM_END: u64 = 3 << 30;
+/// Start of the high RAM region (4 GiB), for RAM beyond the low region.
+pub const HIGH_MEM_BASE: u64 = 4 << 30;
+/// Largest guest RAM the layout allows: the low region plus what [`HIGH_PAGE_DIRS`] map
+/// (63 GiB).
+pub const MAX_MEM_BYTES: u64 = LOW_MEM_END + (HIGH_PAGE_DIRS << 30);
 /// Code selector of the guest's ring-3 code (GDT entry 3, RPL 3), in both VMMs.
 pub const USER_CODE_SELECTOR: u16 = 0x18 | 3;
 /// Data and stack selector of the guest's ring-3 code (GDT entry 4, RPL 3), in both VMMs.
@@ -82,7 +100,9 @@ pub const MAILBOX_MAGIC: u64 = u64::from_le_bytes(*b"SNAPBPF1");
 /// Version of this ABI. A snapshot records it; restore refuses another.
 ///
 /// 2: [`Mailbox::transport`] (the serial transport for Firecracker).
-pub const ABI_VERSION: u32 = 2;
+/// 3: RAM in two regions ([`Mailbox::low_mem_bytes`], [`HIGH_MEM_BASE`]), the image at
+/// [`IMAGE_BASE`] 2 MiB, [`Mailbox::function_arg`].
+pub const ABI_VERSION: u32 = 3;
 /// [`Mailbox::transport`]: hypercalls to the VMM (the built-in VMM; the default, 0).
 pub const TRANSPORT_HYPERCALL: u32 = 0;
 /// [`Mailbox::transport`]: the [`serial`] line protocol on COM1 (an unmodified
@@ -116,8 +136,13 @@ pub struct Mailbox {
     pub abi_version: u32,
     /// Index of the function to run in the suite, written by the VMM at boot.
     pub function: u32,
-    /// Bytes of guest RAM, written by the VMM at boot.
+    /// Bytes of guest RAM, written by the VMM at boot (the memory file's size).
     pub mem_bytes: u64,
+    /// Bytes of RAM in the low region at GPA 0; the other `mem_bytes - low_mem_bytes`
+    /// start at [`HIGH_MEM_BASE`]. Written at boot.
+    pub low_mem_bytes: u64,
+    /// The function's argument (0 unless the function takes one), written at boot.
+    pub function_arg: u64,
     /// First free byte after the guest image, page aligned; the heap starts here.
     pub heap_start: u64,
     /// Input number for the next invocation, written by the VMM before every resume.
@@ -145,8 +170,126 @@ const _: () = assert!(MAILBOX_GPA + 4096 <= STACK_BOTTOM);
 const _: () = assert!(PD_GPA + PAGE_DIRS * 4096 <= MAILBOX_GPA);
 const _: () = assert!(PD_GPA + PAGE_DIRS * 4096 <= FC_BOOT_PARAMS_GPA);
 const _: () = assert!(FC_BOOT_PARAMS_GPA + 4096 <= MAILBOX_GPA);
-const _: () = assert!(MAX_MEM_BYTES <= HYPERCALL_BASE);
-const _: () = assert!(HYPERCALL_BASE + 4096 <= PAGE_DIRS << 30);
+const _: () = assert!(LOW_MEM_END <= HYPERCALL_BASE);
+const _: () = assert!(HYPERCALL_BASE + 4096 <= HIGH_MEM_BASE);
+const _: () = assert!(HIGH_MEM_BASE == PAGE_DIRS << 30);
+const _: () = assert!(STACK_TOP <= HIGH_PD_GPA);
+const _: () = assert!(HIGH_PD_GPA + HIGH_PAGE_DIRS * 4096 <= IMAGE_BASE);
+const _: () = assert!(PAGE_DIRS + HIGH_PAGE_DIRS <= 512);
+
+/// One region of guest RAM: `len` bytes at guest-physical `gpa`, at `offset` in the
+/// memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRegion {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Offset of its first byte in guest RAM (the memory file).
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Where guest RAM lies: a low region at GPA 0 and, beyond it, a high region at
+/// [`HIGH_MEM_BASE`], stored back to back in the memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamLayout {
+    mem_bytes: u64,
+    low_bytes: u64,
+}
+
+impl RamLayout {
+    /// The snapbpf VMM's layout of `mem_bytes` of RAM: up to [`LOW_MEM_END`] low, the rest
+    /// high.
+    pub const fn builtin(mem_bytes: u64) -> Self {
+        let low_bytes = if mem_bytes < LOW_MEM_END {
+            mem_bytes
+        } else {
+            LOW_MEM_END
+        };
+        Self {
+            mem_bytes,
+            low_bytes,
+        }
+    }
+
+    /// A layout with `low_bytes` at GPA 0 and the rest of `mem_bytes` high, or `None` when
+    /// the low region would reach into the high one or RAM would pass what the page
+    /// tables map.
+    pub const fn new(mem_bytes: u64, low_bytes: u64) -> Option<Self> {
+        if low_bytes > mem_bytes || low_bytes > HIGH_MEM_BASE {
+            return None;
+        }
+        if mem_bytes - low_bytes > HIGH_PAGE_DIRS << 30 {
+            return None;
+        }
+        Some(Self {
+            mem_bytes,
+            low_bytes,
+        })
+    }
+
+    /// Bytes of RAM in all.
+    pub const fn mem_bytes(&self) -> u64 {
+        self.mem_bytes
+    }
+
+    /// Bytes of RAM at GPA 0.
+    pub const fn low_bytes(&self) -> u64 {
+        self.low_bytes
+    }
+
+    /// Bytes of RAM at [`HIGH_MEM_BASE`].
+    pub const fn high_bytes(&self) -> u64 {
+        self.mem_bytes - self.low_bytes
+    }
+
+    /// The low region.
+    pub const fn low(&self) -> RamRegion {
+        RamRegion {
+            gpa: 0,
+            offset: 0,
+            len: self.low_bytes,
+        }
+    }
+
+    /// The high region, if RAM has one.
+    pub const fn high(&self) -> Option<RamRegion> {
+        if self.high_bytes() == 0 {
+            return None;
+        }
+        Some(RamRegion {
+            gpa: HIGH_MEM_BASE,
+            offset: self.low_bytes,
+            len: self.high_bytes(),
+        })
+    }
+
+    /// The RAM offset of guest-physical `[gpa, gpa + len)`, if the range lies wholly in
+    /// one region (a range across the gap is not contiguous in the file).
+    pub const fn offset_of(&self, gpa: u64, len: u64) -> Option<u64> {
+        let Some(end) = gpa.checked_add(len) else {
+            return None;
+        };
+        if end <= self.low_bytes {
+            return Some(gpa);
+        }
+        if gpa >= HIGH_MEM_BASE && end - HIGH_MEM_BASE <= self.high_bytes() {
+            return Some(gpa - HIGH_MEM_BASE + self.low_bytes);
+        }
+        None
+    }
+
+    /// The guest-physical address of RAM offset `offset`, if it lies in RAM.
+    pub const fn gpa_of(&self, offset: u64) -> Option<u64> {
+        if offset < self.low_bytes {
+            Some(offset)
+        } else if offset < self.mem_bytes {
+            Some(offset - self.low_bytes + HIGH_MEM_BASE)
+        } else {
+            None
+        }
+    }
+}
 
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;
@@ -219,4 +362,63 @@ pub mod serial {
     /// Kernel command-line token carrying the function index when Firecracker boots the
     /// guest: `snapbpf.function=<index>`.
     pub const CMDLINE_FUNCTION: &str = "snapbpf.function=";
+    /// Kernel command-line token carrying the function's argument (decimal `u64`), when it
+    /// takes one: `snapbpf.arg=<n>`. Absent means 0.
+    pub const CMDLINE_ARG: &str = "snapbpf.arg=";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guests_are_all_low_and_offsets_are_addresses() {
+        let ram = RamLayout::builtin(64 << 20);
+        assert_eq!((ram.low_bytes(), ram.high_bytes()), (64 << 20, 0));
+        assert_eq!(ram.high(), None);
+        assert_eq!(ram.offset_of(0x20_0000, 4096), Some(0x20_0000));
+        assert_eq!(
+            ram.offset_of((64 << 20) - 4096, 4096),
+            Some((64 << 20) - 4096)
+        );
+        assert_eq!(ram.offset_of(64 << 20, 4096), None);
+        assert_eq!(ram.gpa_of(64 << 20), None);
+    }
+
+    #[test]
+    fn a_large_guest_continues_above_the_gap() {
+        let ram = RamLayout::builtin(16 << 30);
+        assert_eq!(ram.low_bytes(), LOW_MEM_END);
+        let high = ram.high().expect("a high region");
+        assert_eq!(
+            (high.gpa, high.offset, high.len),
+            (HIGH_MEM_BASE, LOW_MEM_END, 13 << 30)
+        );
+        // The first high page is the file's first byte past the low region, and back.
+        assert_eq!(ram.offset_of(HIGH_MEM_BASE, 4096), Some(LOW_MEM_END));
+        assert_eq!(ram.gpa_of(LOW_MEM_END), Some(HIGH_MEM_BASE));
+        for offset in [0, LOW_MEM_END - 4096, LOW_MEM_END, (16 << 30) - 4096] {
+            let gpa = ram.gpa_of(offset).expect("in RAM");
+            assert_eq!(ram.offset_of(gpa, 4096), Some(offset));
+        }
+        // Nothing in the gap, nothing across it, nothing past the end.
+        assert_eq!(ram.offset_of(HYPERCALL_BASE, 8), None);
+        assert_eq!(ram.offset_of(LOW_MEM_END - 4096, 8192), None);
+        assert_eq!(ram.offset_of(HIGH_MEM_BASE + (13 << 30) - 4096, 8192), None);
+        assert_eq!(ram.offset_of(u64::MAX - 10, 4096), None);
+    }
+
+    #[test]
+    fn layouts_the_page_tables_cannot_map_are_refused() {
+        assert!(RamLayout::new(MAX_MEM_BYTES, LOW_MEM_END).is_some());
+        assert!(RamLayout::new(MAX_MEM_BYTES + (1 << 30), LOW_MEM_END).is_none());
+        assert!(
+            RamLayout::new(1 << 30, 2 << 30).is_none(),
+            "low larger than RAM"
+        );
+        assert!(RamLayout::new(8 << 30, 5 << 30).is_none(), "low past 4 GiB");
+        // Firecracker's layout: a low region ending elsewhere in the gap.
+        let fc = RamLayout::new(8 << 30, 0xD000_0000).expect("Firecracker's split");
+        assert_eq!(fc.offset_of(HIGH_MEM_BASE, 4096), Some(0xD000_0000));
+    }
 }

@@ -1,8 +1,10 @@
 //! The guest heap and its fresh-allocation hints (the paravirtual side of SnapBPF's
 //! online filtering, paper section 3.2).
 //!
-//! The heap is every byte of RAM from the end of the image to the end of memory, managed by
-//! `talc`. Beside it the runtime keeps a ledger with one `u16` per heap page:
+//! The heap is every byte of RAM from the end of the image to the end of the low region,
+//! and the whole high region above 4 GiB if RAM has one (two `talc` arenas: no block
+//! spans the gap). Beside it the runtime keeps a ledger with one `u16` per heap page
+//! (the gap takes no entries):
 //!
 //! - **Before the snapshot** (init phase) an entry counts the live allocations touching the
 //!   page.
@@ -27,7 +29,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use snapbpf_guest_abi::{FreshRange, Mailbox, MAILBOX_GPA, MAX_HINTS, PAGE_SIZE};
+use snapbpf_guest_abi::{FreshRange, Mailbox, RamLayout, HIGH_MEM_BASE, MAILBOX_GPA, MAX_HINTS, PAGE_SIZE};
 use talc::{ErrOnOom, Span, Talc};
 
 /// Ledger flag after the snapshot: the page's snapshot contents are dead.
@@ -41,6 +43,9 @@ const HINT_MIN_BYTES: u64 = 4 * PAGE_SIZE;
 struct Ledger {
     /// First heap page's address.
     base: u64,
+    /// End of the low RAM region: heap addresses from [`HIGH_MEM_BASE`] on are counted as
+    /// if the high region followed it directly.
+    low_end: u64,
     /// Number of heap pages.
     pages: usize,
     /// One entry per page (see the module docs).
@@ -60,6 +65,7 @@ static HEAP: GuestHeap = GuestHeap {
     talc: spin::Mutex::new(Talc::new(ErrOnOom)),
     ledger: spin::Mutex::new(Ledger {
         base: 0,
+        low_end: 0,
         pages: 0,
         entries: core::ptr::null_mut(),
     }),
@@ -77,17 +83,40 @@ fn hints_enabled() -> bool {
 }
 
 impl Ledger {
+    /// Byte position of heap address `addr` in the ledger's gapless view of the heap (a
+    /// block lies in one region, so both its ends move alike).
+    fn position(&self, addr: u64) -> u64 {
+        let linear = if addr >= HIGH_MEM_BASE {
+            addr - HIGH_MEM_BASE + self.low_end
+        } else {
+            addr
+        };
+        linear - self.base
+    }
+
+    /// Address of the heap page at index `page`.
+    fn page_addr(&self, page: usize) -> u64 {
+        let linear = self.base + page as u64 * PAGE_SIZE;
+        if linear >= self.low_end {
+            linear - self.low_end + HIGH_MEM_BASE
+        } else {
+            linear
+        }
+    }
+
     /// Page indices `[first, last)` that `[addr, addr + len)` touches.
     fn touched(&self, addr: u64, len: u64) -> (usize, usize) {
-        let first = (addr - self.base) / PAGE_SIZE;
-        let last = (addr + len.max(1) - self.base).div_ceil(PAGE_SIZE);
+        let at = self.position(addr);
+        let first = at / PAGE_SIZE;
+        let last = (at + len.max(1)).div_ceil(PAGE_SIZE);
         (first as usize, (last as usize).min(self.pages))
     }
 
     /// Page indices `[first, last)` lying wholly inside `[addr, addr + len)`.
     fn interior(&self, addr: u64, len: u64) -> (usize, usize) {
-        let first = (addr - self.base).div_ceil(PAGE_SIZE);
-        let last = (addr + len - self.base) / PAGE_SIZE;
+        let at = self.position(addr);
+        let first = at.div_ceil(PAGE_SIZE);
+        let last = (at + len) / PAGE_SIZE;
         (first as usize, (last as usize).max(first as usize).min(self.pages))
     }
 
@@ -117,7 +146,7 @@ impl Ledger {
             // SAFETY: as above.
             unsafe { *e = 0 };
             if fresh && (inner_first..inner_last).contains(&page) {
-                out.push(self.base + page as u64 * PAGE_SIZE);
+                out.push(self.page_addr(page));
             }
         }
     }
@@ -297,17 +326,31 @@ unsafe impl GlobalAlloc for GuestHeap {
     }
 }
 
-/// Gives the allocator `[start, end)` and builds the ledger inside it.
-pub fn init(start: u64, end: u64) {
-    let span = Span::new(start as *mut u8, end as *mut u8);
+/// Gives the allocator the heap (from `start` to the end of the low region, and the high
+/// region) and builds the ledger inside it.
+pub fn init(start: u64, ram: RamLayout) {
+    let low_end = ram.low_bytes();
+    if start >= low_end {
+        crate::transport::panic_message(format_args!(
+            "heap start {start:#x} lies past the low RAM region (ends at {low_end:#x})"
+        ));
+    }
+    let arenas = [
+        Some((start, low_end)),
+        ram.high().map(|high| (high.gpa, high.gpa + high.len)),
+    ];
     let mut talc = HEAP.talc.lock();
-    // SAFETY: the VMM reserves [heap_start, mem_bytes) for the heap: identity-mapped RAM
-    // that nothing else uses; this runs once, before any allocation.
-    if unsafe { talc.claim(span) }.is_err() {
-        crate::transport::panic_message(format_args!("cannot claim heap {start:#x}..{end:#x}"));
+    for (from, to) in arenas.into_iter().flatten() {
+        let span = Span::new(from as *mut u8, to as *mut u8);
+        // SAFETY: the VMM reserves the heap's RAM (past the image in the low region, all
+        // of the high one) for it: identity-mapped RAM that nothing else uses; this runs
+        // once, before any allocation.
+        if unsafe { talc.claim(span) }.is_err() {
+            crate::transport::panic_message(format_args!("cannot claim heap {from:#x}..{to:#x}"));
+        }
     }
     let base = start.next_multiple_of(PAGE_SIZE);
-    let pages = ((end - base) / PAGE_SIZE) as usize;
+    let pages = ((low_end - base + ram.high_bytes()) / PAGE_SIZE) as usize;
     let layout = Layout::array::<u16>(pages).unwrap_or(Layout::new::<u16>());
     // SAFETY: a valid non-zero layout.
     let Ok(entries) = (unsafe { talc.malloc(layout) }) else {
@@ -320,6 +363,7 @@ pub fn init(start: u64, end: u64) {
     let mut ledger = HEAP.ledger.lock();
     *ledger = Ledger {
         base,
+        low_end,
         pages,
         entries,
     };

@@ -8,7 +8,7 @@
 //! parameters and selects the serial transport.
 //!
 //! From there both are the same code: the runtime sets up the heap over the rest of guest
-//! RAM, runs the selected function's init phase, reports ready (the snapshot point), and
+//! RAM (both regions), runs the selected function's init phase, reports ready (the snapshot point), and
 //! then serves invocations forever: wait for the input, invoke, report the checksum
 //! ([`transport`] says how each of those reaches the VMM).
 #![no_std]
@@ -24,7 +24,7 @@ mod mem;
 mod serial;
 mod transport;
 
-use snapbpf_guest_abi::{Mailbox, MAILBOX_GPA, MAILBOX_MAGIC};
+use snapbpf_guest_abi::{Mailbox, RamLayout, MAILBOX_GPA, MAILBOX_MAGIC};
 
 fn mailbox() -> *mut Mailbox {
     MAILBOX_GPA as *mut Mailbox
@@ -40,12 +40,14 @@ extern "C" fn guest_main(boot_params: u64) -> ! {
     // SAFETY: the VMM (or init_mailbox above) wrote the mailbox page at MAILBOX_GPA before
     // this point; it is identity-mapped and only read here between reports, when the VMM
     // is not writing.
-    let (magic, function, heap_start, mem_bytes, transport) = unsafe {
+    let (magic, function, function_arg, heap_start, mem_bytes, low_mem_bytes, transport) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*mb).magic),
             core::ptr::read_volatile(&raw const (*mb).function),
+            core::ptr::read_volatile(&raw const (*mb).function_arg),
             core::ptr::read_volatile(&raw const (*mb).heap_start),
             core::ptr::read_volatile(&raw const (*mb).mem_bytes),
+            core::ptr::read_volatile(&raw const (*mb).low_mem_bytes),
             core::ptr::read_volatile(&raw const (*mb).transport),
         )
     };
@@ -59,8 +61,13 @@ extern "C" fn guest_main(boot_params: u64) -> ! {
             boot::image_end()
         ));
     }
-    heap::init(heap_start, mem_bytes);
-    let Some(mut function) = snapbpf_functions::init(function) else {
+    let Some(ram) = RamLayout::new(mem_bytes, low_mem_bytes) else {
+        transport::panic_message(format_args!(
+            "no RAM layout has {low_mem_bytes:#x} of {mem_bytes:#x} bytes low"
+        ));
+    };
+    heap::init(heap_start, ram);
+    let Some(mut function) = snapbpf_functions::init(function, function_arg) else {
         transport::panic_message(format_args!("unknown function index {function}"));
     };
     heap::freeze_at_snapshot();

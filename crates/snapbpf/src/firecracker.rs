@@ -35,8 +35,15 @@ use crate::strategy::{
 };
 use crate::uffd_backend::{self, OneVmm};
 
-/// The token of the guest's kernel command line that names the function to run.
-pub const FUNCTION_ARG: &str = "snapbpf.function";
+/// The guest's kernel command line for `call`: its function index and, for a function
+/// that takes one, its argument.
+fn command_line(call: &snapbpf_functions::Call) -> String {
+    use snapbpf_vmm::abi::serial::{CMDLINE_ARG, CMDLINE_FUNCTION};
+    match call.info.arg {
+        Some(_) => format!("{CMDLINE_FUNCTION}{} {CMDLINE_ARG}{}", call.index, call.arg),
+        None => format!("{CMDLINE_FUNCTION}{}", call.index),
+    }
+}
 
 /// Longest a Firecracker may take to load a snapshot and resume, or to boot to ready
 /// beyond the function's init timeout.
@@ -120,8 +127,7 @@ fn guest_image() -> Result<tempfile::NamedTempFile, FirecrackerError> {
 /// `out`: Firecracker's memory file and `vmstate` beside `snapshot.json`, which records
 /// Firecracker's version.
 pub fn take_snapshot(
-    function: &str,
-    index: u32,
+    call: &snapbpf_functions::Call,
     mem_bytes: u64,
     out: &Path,
     force: bool,
@@ -136,8 +142,12 @@ pub fn take_snapshot(
     let machine = MachineConfig {
         mem_mib: u32::try_from(mem_bytes >> 20).unwrap_or(u32::MAX),
         vcpus: 1,
+        // Sparse: Firecracker writes only the pages written since boot (a Diff snapshot
+        // over zeros), instead of every page of guest memory.
+        track_dirty_pages: layout == crate::snapshot::MemoryLayout::Sparse,
     };
-    vm.boot(image.path(), &format!("{FUNCTION_ARG}={index}"), machine)
+    let index = call.index;
+    vm.boot(image.path(), &command_line(call), machine)
         .map_err(|e| fc(e.into()))?;
     let ready = guest::wait_ready(vm.serial(), Instant::now() + timeout + LOAD_DEADLINE)
         .map_err(|e| fc(e.into()))?;
@@ -164,8 +174,8 @@ pub fn take_snapshot(
             snapbpf_store::fsutil::restrict(path).map_err(write_io(path))?;
         }
         if layout == crate::snapshot::MemoryLayout::Sparse {
-            // Firecracker writes every page of a full snapshot: its zero pages become
-            // holes, so the file costs its data's blocks and hashing it its data's reads.
+            // Pages written with zeros are data in Firecracker's file: they become holes
+            // too, so the file costs its data's blocks and hashing it its data's reads.
             let punched = snapbpf_store::fsutil::punch_zero_pages(&memory_path)
                 .map_err(write_io(&memory_path))?;
             tracing::debug!("{punched} zero bytes of Firecracker's memory file made holes");
@@ -180,7 +190,7 @@ pub fn take_snapshot(
         Ok(SnapshotMeta {
             format: String::new(),
             version: 0,
-            function: function.into(),
+            function: call.to_string(),
             function_index: index,
             mem_bytes: memory.size,
             abi_version: snapbpf_vmm::abi::ABI_VERSION,

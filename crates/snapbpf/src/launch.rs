@@ -305,8 +305,9 @@ fn prepare(req: &InvokeRequest) -> Result<Prepared, InvokeError> {
     }
     let snapshot = crate::snapshot::open(&req.dir)?;
     let lock = snapbpf_os::lock::lock_dir(&req.dir, snapbpf_os::lock::LockMode::Shared)?;
-    let info = snapbpf_functions::info(&snapshot.meta.function)
-        .ok_or_else(|| OpenError::UnknownFunction(snapshot.meta.function.clone()))?;
+    let info = snapbpf_functions::Call::parse(&snapshot.meta.function)
+        .map_err(|_| OpenError::UnknownFunction(snapshot.meta.function.clone()))?
+        .info;
     if req.run.input >= info.inputs {
         return Err(InvokeError::Input {
             function: info.name.into(),

@@ -16,7 +16,7 @@
 //! are dead) reaches the host at the same time (before the first touch), with no snapshot
 //! scan, at the cost of one VM exit per batch instead of none.
 
-use snapbpf_vmm::abi::FreshRange;
+use snapbpf_vmm::FreshRun;
 use snapbpf_vmm::{ExitHandler, GuestMemory, MemoryError};
 
 /// Backs fresh guest ranges with anonymous memory.
@@ -44,17 +44,13 @@ impl FreshAnonymizer {
 }
 
 impl ExitHandler for FreshAnonymizer {
-    fn fresh_ranges(
-        &mut self,
-        mem: &GuestMemory,
-        ranges: &[FreshRange],
-    ) -> Result<(), MemoryError> {
+    fn fresh_ranges(&mut self, mem: &GuestMemory, ranges: &[FreshRun]) -> Result<(), MemoryError> {
         for r in ranges {
             // Refuses ranges that are not whole pages inside guest memory.
             if self.huge_pages {
-                self.huge_bytes += mem.map_anonymous_huge(r.gpa, r.len)?;
+                self.huge_bytes += mem.map_anonymous_huge(r.offset, r.len)?;
             } else {
-                mem.map_anonymous(r.gpa, r.len)?;
+                mem.map_anonymous(r.offset, r.len)?;
             }
             self.fresh_bytes = self.fresh_bytes.saturating_add(r.len);
             self.ranges += 1;

@@ -20,9 +20,15 @@ use snapbpf_vmm::{
 /// Errors taking a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Unknown function.
-    #[error("unknown function '{0}' (see `snapbpf functions`)")]
-    UnknownFunction(String),
+    /// The function (or its argument) is not one this build runs.
+    #[error("cannot run function '{text}'")]
+    UnknownFunction {
+        /// The function as written.
+        text: String,
+        /// What is wrong with it.
+        #[source]
+        source: snapbpf_functions::CallError,
+    },
     /// Target exists.
     #[error("{0} already exists (pass --force to replace it)")]
     Exists(std::path::PathBuf),
@@ -72,7 +78,8 @@ impl snapbpf_store::snapshot::Accept for ThisBuild {
                 expected,
             });
         }
-        if snapbpf_functions::index_of(&meta.function) != Some(meta.function_index) {
+        let call = snapbpf_functions::Call::parse(&meta.function);
+        if call.map(|c| c.index).ok() != Some(meta.function_index) {
             return Err(OpenError::UnknownFunction(meta.function.clone()));
         }
         Ok(())
@@ -117,7 +124,8 @@ pub fn ensure_with(
         } else {
             MemoryLayout::Sparse
         };
-        if s.meta.function == function && s.vmm() == vmm && found == layout {
+        let wanted = parse_call(function)?.to_string();
+        if s.meta.function == wanted && s.vmm() == vmm && found == layout {
             return Ok(s);
         }
     }
@@ -131,6 +139,14 @@ pub fn ensure_with(
             ..CreateOptions::default()
         },
     )
+}
+
+/// Reads a function as written (`name` or `name:argument`).
+pub fn parse_call(text: &str) -> Result<snapbpf_functions::Call, SnapshotError> {
+    snapbpf_functions::Call::parse(text).map_err(|source| SnapshotError::UnknownFunction {
+        text: text.to_string(),
+        source,
+    })
 }
 
 /// Options for [`create`].
@@ -162,19 +178,16 @@ impl Default for CreateOptions {
 
 /// Boots `function` in a fresh VM, runs its init phase and writes a snapshot to `out`.
 pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapshot, SnapshotError> {
-    let info = snapbpf_functions::info(function)
-        .ok_or_else(|| SnapshotError::UnknownFunction(function.to_string()))?;
-    let index = snapbpf_functions::index_of(function)
-        .ok_or_else(|| SnapshotError::UnknownFunction(function.to_string()))?;
+    let call = parse_call(function)?;
+    let function = &call.to_string();
     if out.exists() && !opts.force {
         return Err(SnapshotError::Exists(out.to_path_buf()));
     }
-    let mem_bytes = u64::from(opts.mem_mib.unwrap_or(info.mem_mib)) << 20;
+    let mem_bytes = u64::from(opts.mem_mib.unwrap_or(call.mem_mib())) << 20;
     snapbpf_vmm::memory::check_size(mem_bytes)?;
     if opts.vmm == Vmm::Firecracker {
         return crate::firecracker::take_snapshot(
-            function,
-            index,
+            &call,
             mem_bytes,
             out,
             opts.force,
@@ -184,7 +197,7 @@ pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapsh
     }
     let started = Instant::now();
     let mut vm = MicroVm::new(GuestMemory::anonymous(mem_bytes)?)?;
-    vm.boot(snapbpf_guest_image::GUEST_ELF, index)?;
+    vm.boot(snapbpf_guest_image::GUEST_ELF, call.index, call.arg)?;
     match vm.run(&mut IgnoreHints, opts.timeout)? {
         GuestEvent::Ready => {}
         GuestEvent::Done { .. } => return Err(SnapshotError::NotReady),
@@ -196,7 +209,7 @@ pub fn create(function: &str, out: &Path, opts: &CreateOptions) -> Result<Snapsh
         out,
         &SnapshotContents {
             function,
-            function_index: index,
+            function_index: call.index,
             memory: vm.memory(),
             vcpu: &state,
             abi_version: snapbpf_vmm::abi::ABI_VERSION,
@@ -227,14 +240,11 @@ pub fn fresh_boot(
     mem_mib: Option<u32>,
     timeout: Duration,
 ) -> Result<FreshBoot, SnapshotError> {
-    let info = snapbpf_functions::info(function)
-        .ok_or_else(|| SnapshotError::UnknownFunction(function.to_string()))?;
-    let index = snapbpf_functions::index_of(function)
-        .ok_or_else(|| SnapshotError::UnknownFunction(function.to_string()))?;
-    let mem_bytes = u64::from(mem_mib.unwrap_or(info.mem_mib)) << 20;
+    let call = parse_call(function)?;
+    let mem_bytes = u64::from(mem_mib.unwrap_or(call.mem_mib())) << 20;
     let started = Instant::now();
     let mut vm = MicroVm::new(GuestMemory::anonymous(mem_bytes)?)?;
-    vm.boot(snapbpf_guest_image::GUEST_ELF, index)?;
+    vm.boot(snapbpf_guest_image::GUEST_ELF, call.index, call.arg)?;
     if vm.run(&mut IgnoreHints, timeout)? != GuestEvent::Ready {
         return Err(SnapshotError::NotReady);
     }

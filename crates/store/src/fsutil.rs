@@ -183,10 +183,65 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Number of `path`'s pages resident in the page cache, by `mincore` over a shared
-/// read-only mapping (mapping does not fault anything in).
+/// Number of `file`'s pages resident in the page cache.
+///
+/// `cachestat(2)` (Linux 6.5) visits only the cached pages, so a large sparse memory
+/// file costs what it caches (`mincore` over a 16 GiB file takes 150 ms here, whatever
+/// it caches); where the call is missing, `mincore` over a shared read-only mapping
+/// (mapping does not fault anything in).
 pub fn resident_pages(file: &File) -> std::io::Result<u64> {
+    match cached_pages(file) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => resident_pages_by_mincore(file),
+        counted => counted,
+    }
+}
+
+/// [`resident_pages`] by `mincore`, whatever the kernel offers.
+pub fn resident_pages_by_mincore(file: &File) -> std::io::Result<u64> {
     Ok(residency(file)?.iter().filter(|&&b| b & 1 != 0).count() as u64)
+}
+
+/// `cachestat(2)`'s system call number on x86-64 (libc has no binding for it yet).
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// `struct cachestat_range` of `<linux/mman.h>`.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    /// 0: to the end of the file.
+    len: u64,
+}
+
+/// `struct cachestat` of `<linux/mman.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// The number of `file`'s pages in the page cache, by `cachestat(2)`.
+fn cached_pages(file: &File) -> std::io::Result<u64> {
+    let range = CachestatRange { off: 0, len: 0 };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both live and of the layouts the
+    // kernel defines; the descriptor is open for the call's duration.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.nr_cache)
 }
 
 /// Per-page residency of `file` in the page cache (bit 0 of each byte).
@@ -353,33 +408,54 @@ pub fn drop_cached(file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the whole file into the page cache (a warm start), and returns resident pages.
+/// Reads the file's data into the page cache (a warm start) and returns the pages
+/// resident. Holes are not read: they hold no data, and reading them would only fill the
+/// cache with zero pages (a 16 GiB guest's memory file is mostly holes).
 pub fn make_resident(path: &Path) -> std::io::Result<u64> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut off = 0u64;
-    // readahead(2) is limited per call by the device window; loop until all resident.
-    for _ in 0..4 {
-        while off < len {
-            let chunk = (len - off).min(64 << 20);
-            // SAFETY: plain syscall on a file descriptor we own.
-            unsafe { libc::readahead(file.as_raw_fd(), off as i64, chunk as usize) };
-            off += chunk;
+    let extents = data_extents(&file, len)?;
+    let map = ResidencyMap::new(&file)?;
+    let page = page_size() as u64;
+    for (start, end) in extents {
+        let mut off = start;
+        // readahead(2) is limited per call by the device window; loop until all resident.
+        for _ in 0..4 {
+            while off < end {
+                let chunk = (end - off).min(64 << 20);
+                // SAFETY: plain syscall on a file descriptor we own.
+                unsafe { libc::readahead(file.as_raw_fd(), off as i64, chunk as usize) };
+                off += chunk;
+            }
+            match first_missing(&map, start, end)? {
+                None => break,
+                Some(missing) => off = missing,
+            }
         }
-        let resident = residency(&file)?;
-        match resident.iter().position(|&b| b & 1 == 0) {
-            None => return Ok(resident.len() as u64),
-            Some(first_missing) => off = (first_missing * page_size()) as u64,
+        // Read what readahead did not bring in.
+        let mut buf = vec![0u8; page as usize];
+        while let Some(missing) = first_missing(&map, start, end)? {
+            std::os::unix::fs::FileExt::read_at(&file, &mut buf, missing)?;
+            if first_missing(&map, start, end)? == Some(missing) {
+                return Err(std::io::Error::other(format!(
+                    "page at {missing:#x} does not stay in the page cache"
+                )));
+            }
         }
-    }
-    // Fall back to reading what readahead did not bring in.
-    let mut buf = vec![0u8; 1 << 20];
-    let resident = residency(&file)?;
-    for (page, _) in resident.iter().enumerate().filter(|(_, &b)| b & 1 == 0) {
-        let at = (page * page_size()) as u64;
-        std::os::unix::fs::FileExt::read_at(&file, &mut buf[..page_size()], at)?;
     }
     resident_pages(&file)
+}
+
+/// The offset of the first page of `[start, end)` not in the page cache, if any.
+fn first_missing(map: &ResidencyMap, start: u64, end: u64) -> std::io::Result<Option<u64>> {
+    let page = page_size() as u64;
+    let (first, last) = (start / page, end.div_ceil(page));
+    let mut vec = vec![0u8; (last - first) as usize];
+    map.scan_range(first, &mut vec)?;
+    Ok(vec
+        .iter()
+        .position(|&b| b & 1 == 0)
+        .map(|i| (first + i as u64) * page))
 }
 
 /// Reads the whole of the regular file `path` (see [`open_regular`]) with `O_DIRECT` into a
@@ -619,6 +695,29 @@ impl Drop for AlignedBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cachestat_and_mincore_count_the_same_pages() {
+        let page = crate::PAGE_SIZE as usize;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 64 * page]).expect("write");
+        let file = File::open(&path).expect("open");
+        // Drop what the write cached (clean after fsync), then read 5 pages back.
+        file.sync_all().expect("fsync");
+        // SAFETY: advice on a descriptor we hold; no memory is involved.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let mut buf = vec![0u8; page];
+        for p in [0, 3, 9, 10, 63] {
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, (p * page) as u64)
+                .expect("read");
+        }
+        let by_mincore = resident_pages_by_mincore(&file).expect("mincore");
+        let counted = resident_pages(&file).expect("count");
+        assert_eq!(counted, by_mincore);
+        // Read-around may add pages; never fewer than read.
+        assert!(counted >= 5, "{counted} pages cached after 5 reads");
+    }
 
     #[test]
     fn data_runs_and_punched_holes_keep_the_content() {

@@ -3,8 +3,8 @@
 //! See [`snapbpf_guest_abi`] for the memory map.
 
 use snapbpf_guest_abi::{
-    Mailbox, ABI_VERSION, IMAGE_BASE, MAILBOX_GPA, MAILBOX_MAGIC, PAGE_DIRS, PAGE_SIZE, PDPT_GPA,
-    PD_GPA, PML4_GPA, TRANSPORT_HYPERCALL,
+    Mailbox, RamLayout, ABI_VERSION, HIGH_MEM_BASE, HIGH_PD_GPA, IMAGE_BASE, MAILBOX_GPA,
+    MAILBOX_MAGIC, PAGE_DIRS, PAGE_SIZE, PDPT_GPA, PD_GPA, PML4_GPA, TRANSPORT_HYPERCALL,
 };
 use std::mem::offset_of;
 
@@ -17,7 +17,7 @@ pub enum ImageError {
     #[error("guest image is not a static x86-64 ELF64 executable: {0}")]
     NotElf(&'static str),
     /// A segment lies outside the allowed range.
-    #[error("guest image segment at {vaddr:#x}+{memsz:#x} does not fit in guest memory above {IMAGE_BASE:#x}")]
+    #[error("guest image segment at {vaddr:#x}+{memsz:#x} does not fit in low guest memory above {IMAGE_BASE:#x}")]
     SegmentOutOfRange {
         /// Segment start.
         vaddr: u64,
@@ -74,6 +74,8 @@ pub fn load_elf(mem: &GuestMemory, elf: &[u8]) -> Result<LoadedImage, ImageError
     if phentsize < 56 {
         return Err(ImageError::NotElf("bad program header size"));
     }
+    // The image lives in the low region, where RAM offsets are guest-physical addresses.
+    let low_end = RamLayout::builtin(mem.len()).low_bytes();
     let mut end = IMAGE_BASE;
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
@@ -85,7 +87,7 @@ pub fn load_elf(mem: &GuestMemory, elf: &[u8]) -> Result<LoadedImage, ImageError
         let filesz = u64_at(elf, ph + 32)? as usize;
         let memsz = u64_at(elf, ph + 40)?;
         let seg_end = paddr.checked_add(memsz);
-        if paddr < IMAGE_BASE || seg_end.is_none_or(|e| e > mem.len()) || (filesz as u64) > memsz {
+        if paddr < IMAGE_BASE || seg_end.is_none_or(|e| e > low_end) || (filesz as u64) > memsz {
             return Err(ImageError::SegmentOutOfRange {
                 vaddr: paddr,
                 memsz,
@@ -115,29 +117,42 @@ const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const HUGE: u64 = 1 << 7;
 
-/// Builds identity page tables for the first `PAGE_DIRS` GiB with 2 MiB user pages.
+/// Builds identity page tables with 2 MiB user pages: the low 4 GiB through `PAGE_DIRS`
+/// directories at `PD_GPA`, and the high RAM region (if any) through one directory per GiB
+/// at `HIGH_PD_GPA`.
 ///
 /// Every level has the user bit so CPL-3 code can touch all of it, including the hypercall
-/// page above RAM (which is mapped in the page tables but backed by no memory slot).
+/// page in the gap (which is mapped in the page tables but backed by no memory slot).
 pub fn build_page_tables(mem: &GuestMemory) -> Result<(), MemoryError> {
     mem.write_u64(PML4_GPA, PDPT_GPA | PRESENT | WRITABLE | USER)?;
-    for dir in 0..PAGE_DIRS {
-        let pd = PD_GPA + dir * PAGE_SIZE;
-        mem.write_u64(PDPT_GPA + dir * 8, pd | PRESENT | WRITABLE | USER)?;
-        let mut entries = vec![0u8; PAGE_SIZE as usize];
-        for (i, e) in entries.chunks_exact_mut(8).enumerate() {
-            let phys = (dir << 30) | ((i as u64) << 21);
-            e.copy_from_slice(&(phys | PRESENT | WRITABLE | USER | HUGE).to_le_bytes());
-        }
-        mem.write(pd, &entries)?;
+    let high_dirs = RamLayout::builtin(mem.len()).high_bytes().div_ceil(1 << 30);
+    let directories = (0..PAGE_DIRS)
+        .map(|dir| (PD_GPA + dir * PAGE_SIZE, dir << 30))
+        .chain(
+            (0..high_dirs).map(|dir| (HIGH_PD_GPA + dir * PAGE_SIZE, HIGH_MEM_BASE + (dir << 30))),
+        );
+    for (slot, (pd, maps)) in directories.enumerate() {
+        mem.write_u64(PDPT_GPA + slot as u64 * 8, pd | PRESENT | WRITABLE | USER)?;
+        mem.write(pd, &directory(maps))?;
     }
     Ok(())
+}
+
+/// One page directory mapping the GiB at `base` with 2 MiB user pages.
+fn directory(base: u64) -> Vec<u8> {
+    let mut entries = vec![0u8; PAGE_SIZE as usize];
+    for (i, e) in entries.chunks_exact_mut(8).enumerate() {
+        let phys = base | ((i as u64) << 21);
+        e.copy_from_slice(&(phys | PRESENT | WRITABLE | USER | HUGE).to_le_bytes());
+    }
+    entries
 }
 
 /// Writes the boot-time fields of the mailbox.
 pub fn init_mailbox(
     mem: &GuestMemory,
     function: u32,
+    function_arg: u64,
     heap_start: u64,
     hints_enabled: bool,
 ) -> Result<(), MemoryError> {
@@ -149,6 +164,11 @@ pub fn init_mailbox(
     )?;
     mem.write(at(offset_of!(Mailbox, function)), &function.to_le_bytes())?;
     mem.write_u64(at(offset_of!(Mailbox, mem_bytes)), mem.len())?;
+    mem.write_u64(
+        at(offset_of!(Mailbox, low_mem_bytes)),
+        RamLayout::builtin(mem.len()).low_bytes(),
+    )?;
+    mem.write_u64(at(offset_of!(Mailbox, function_arg)), function_arg)?;
     mem.write_u64(at(offset_of!(Mailbox, heap_start)), heap_start)?;
     // This VMM serves the guest's hypercalls (the serial transport is for Firecracker).
     mem.write(

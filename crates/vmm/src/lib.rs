@@ -14,7 +14,7 @@
 //! use snapbpf_vmm::{GuestEvent, GuestMemory, IgnoreHints, MicroVm};
 //! # fn demo(image: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut vm = MicroVm::new(GuestMemory::anonymous(64 << 20)?)?;
-//! vm.boot(image, 0)?;
+//! vm.boot(image, 0, 0)?;
 //! assert_eq!(vm.run(&mut IgnoreHints, Duration::from_secs(10))?, GuestEvent::Ready);
 //! let state = vm.save_state()?; // snapshot point
 //! vm.set_input(0)?;
@@ -33,6 +33,6 @@ pub use memory::{huge_pages_available, FaultReadahead, GuestMemory, MemoryError,
 pub use snapbpf_guest_abi as abi;
 pub use vcpu_state::{VcpuState, VcpuStateError};
 pub use vm::{
-    AbortSignal, BootError, CreateError, ExitHandler, ExitStats, GuestEvent, IgnoreHints, MicroVm,
-    RunError, StateError,
+    AbortSignal, BootError, CreateError, ExitHandler, ExitStats, FreshRun, GuestEvent, IgnoreHints,
+    MicroVm, RunError, StateError,
 };

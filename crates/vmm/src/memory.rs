@@ -1,4 +1,10 @@
-//! Guest memory: one host mapping that KVM sees as guest-physical memory at GPA 0.
+//! Guest memory: one host mapping that KVM sees as the guest's RAM.
+//!
+//! Every address this module takes is an *offset into guest RAM*, which is also the
+//! offset into a snapshot's memory file: the mapping is the memory file's image. Below
+//! [`LOW_MEM_END`](snapbpf_guest_abi::LOW_MEM_END) it equals the guest-physical address; RAM beyond it lies above the
+//! 32-bit gap, at [`HIGH_MEM_BASE`](snapbpf_guest_abi::HIGH_MEM_BASE), in a second memory slot over the same mapping
+//! ([`RamLayout`](snapbpf_guest_abi::RamLayout) converts). Only the VMM's exit handling sees guest-physical addresses.
 //!
 //! The VMM core does not decide how memory is backed. A restore strategy builds the mapping
 //! (anonymous for a fresh boot or userfaultfd, a `MAP_PRIVATE` file mapping of a snapshot's
@@ -13,8 +19,8 @@ use snapbpf_guest_abi::{MAX_MEM_BYTES, PAGE_SIZE};
 /// Errors creating or accessing guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// Guest memory size {0} is not a non-zero multiple of 2 MiB at most 3 GiB.
-    #[error("guest memory size {0} bytes is not a non-zero multiple of 2 MiB at most 3 GiB")]
+    /// The guest memory size is not a non-zero multiple of 2 MiB within the layout.
+    #[error("guest memory size {0} bytes is not a non-zero multiple of 2 MiB at most {max} GiB", max = MAX_MEM_BYTES >> 30)]
     BadSize(u64),
     /// mmap failed.
     #[error("cannot map {len} bytes of guest memory: {source}")]
@@ -25,20 +31,22 @@ pub enum MemoryError {
         source: std::io::Error,
     },
     /// An access fell outside guest memory.
-    #[error("guest-physical range {gpa:#x}+{len:#x} lies outside guest memory of {size:#x} bytes")]
+    #[error(
+        "guest memory range {offset:#x}+{len:#x} lies outside guest memory of {size:#x} bytes"
+    )]
     OutOfRange {
         /// Start of the access.
-        gpa: u64,
+        offset: u64,
         /// Length of the access.
         len: u64,
         /// Size of guest memory.
         size: u64,
     },
     /// Filling guest memory from a file failed.
-    #[error("cannot fill guest memory {gpa:#x}+{len:#x} from its source")]
+    #[error("cannot fill guest memory {offset:#x}+{len:#x} from its source")]
     Fill {
         /// Start of the range.
-        gpa: u64,
+        offset: u64,
         /// Length of the range.
         len: u64,
         /// The OS error.
@@ -49,30 +57,30 @@ pub enum MemoryError {
     #[error("huge pages need transparent huge pages, but {THP_ENABLED} is \"never\" (set it to \"madvise\" or \"always\")")]
     HugePagesDisabled,
     /// A new mapping could not be placed over part of guest memory.
-    #[error("cannot map {what} over guest memory {gpa:#x}+{len:#x}: {source}")]
+    #[error("cannot map {what} over guest memory {offset:#x}+{len:#x}: {source}")]
     Remap {
         /// What was being mapped.
         what: &'static str,
         /// Start of the range.
-        gpa: u64,
+        offset: u64,
         /// Length of the range.
         len: u64,
         /// The OS error.
         source: std::io::Error,
     },
     /// A range is not page aligned.
-    #[error("guest-physical range {gpa:#x}+{len:#x} is not a non-empty run of whole pages")]
+    #[error("guest memory range {offset:#x}+{len:#x} is not a non-empty run of whole pages")]
     Unaligned {
         /// Start of the range.
-        gpa: u64,
+        offset: u64,
         /// Length of the range.
         len: u64,
     },
     /// A read from guest memory did not complete in time (its page was never served).
-    #[error("reading guest memory at {gpa:#x} did not complete within {timeout:?}: nothing served its page")]
+    #[error("reading guest memory at {offset:#x} did not complete within {timeout:?}: nothing served its page")]
     ReadTimeout {
         /// Address read.
-        gpa: u64,
+        offset: u64,
         /// How long it waited.
         timeout: std::time::Duration,
     },
@@ -119,7 +127,7 @@ pub enum FaultReadahead {
     On,
 }
 
-/// One contiguous host mapping used as guest RAM from GPA 0.
+/// One contiguous host mapping used as guest RAM (addressed by RAM offset).
 ///
 /// Owns the mapping and unmaps it on drop.
 #[derive(Debug)]
@@ -196,7 +204,7 @@ impl GuestMemory {
         })
     }
 
-    /// The runs of guest memory that may hold data, as (gpa, len) in address order: every
+    /// The runs of guest memory that may hold data, as (offset, len) in address order: every
     /// page the host's page tables map (the guest or this process touched it) or that is
     /// swapped out, as `/proc/self/pagemap` reports them. A page outside them was never
     /// touched and reads as zeros, so a snapshot can skip it without reading it; the
@@ -208,7 +216,7 @@ impl GuestMemory {
             return Ok(None);
         }
         let fill_err = |source| MemoryError::Fill {
-            gpa: 0,
+            offset: 0,
             len: self.len,
             source,
         };
@@ -232,10 +240,10 @@ impl GuestMemory {
                 if entry & (PRESENT | SWAPPED) == 0 {
                     continue;
                 }
-                let gpa = (page + i as u64) * PAGE_SIZE;
+                let offset = (page + i as u64) * PAGE_SIZE;
                 match ranges.last_mut() {
-                    Some((start, len)) if *start + *len == gpa => *len += PAGE_SIZE,
-                    _ => ranges.push((gpa, PAGE_SIZE)),
+                    Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
+                    _ => ranges.push((offset, PAGE_SIZE)),
                 }
             }
             page += n;
@@ -268,15 +276,15 @@ impl GuestMemory {
         self.advise(0, self.len, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")
     }
 
-    /// Applies `madvise(advice)` to the guest-physical range `[gpa, gpa + len)`.
+    /// Applies `madvise(advice)` to the guest memory range `[offset, offset + len)`.
     pub fn advise(
         &self,
-        gpa: u64,
+        offset: u64,
         len: u64,
         advice: libc::c_int,
         name: &'static str,
     ) -> Result<(), MemoryError> {
-        let host = self.host_range(gpa, len)?;
+        let host = self.host_range(offset, len)?;
         // SAFETY: the range lies inside our own mapping (checked above); madvise changes
         // paging hints only, except MADV_DONTNEED, whose discard semantics the caller asks for.
         let rc = unsafe { libc::madvise(host.cast(), len as usize, advice) };
@@ -289,7 +297,7 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Replaces the guest-physical range `[gpa, gpa + len)` with fresh anonymous,
+    /// Replaces the guest memory range `[offset, offset + len)` with fresh anonymous,
     /// zero-filled memory (as Firecracker's `discard_range` does over a private file
     /// mapping): its old contents are discarded, its next touch is a zero-page fault with
     /// no I/O, and writes stay private to this process.
@@ -297,9 +305,9 @@ impl GuestMemory {
     /// The caller declares the range's contents dead: only the VMM thread that owns the
     /// vCPU calls this, between guest exits. KVM's MMU notifier drops any translation of
     /// the old pages.
-    pub fn map_anonymous(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+    pub fn map_anonymous(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
         self.map_over(
-            gpa,
+            offset,
             len,
             "anonymous memory",
             libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
@@ -314,10 +322,10 @@ impl GuestMemory {
     /// advised (0 where transparent huge pages are off, or no whole block is covered).
     /// A block is only advised when the guest gave the whole of it, so no memory is
     /// committed that the guest did not hand out.
-    pub fn map_anonymous_huge(&self, gpa: u64, len: u64) -> Result<u64, MemoryError> {
-        self.map_anonymous(gpa, len)?;
+    pub fn map_anonymous_huge(&self, offset: u64, len: u64) -> Result<u64, MemoryError> {
+        self.map_anonymous(offset, len)?;
         const HUGE: u64 = 2 << 20;
-        let host = self.host_range(gpa, len)? as u64;
+        let host = self.host_range(offset, len)? as u64;
         // Whole blocks of the host mapping (huge pages are aligned in the host's address
         // space; KVM maps them huge where the guest address is aligned alike).
         let first = host.next_multiple_of(HUGE);
@@ -326,7 +334,7 @@ impl GuestMemory {
             return Ok(0);
         }
         self.advise(
-            gpa + (first - host),
+            offset + (first - host),
             end - first,
             libc::MADV_HUGEPAGE,
             "MADV_HUGEPAGE",
@@ -334,46 +342,49 @@ impl GuestMemory {
         Ok(end - first)
     }
 
-    /// Maps `len` bytes of `file` from `offset` copy-on-write over the guest-physical
-    /// range `[gpa, gpa + len)`: reads then come from the file's page cache (shared with
+    /// Maps `len` bytes of `file` from `file_offset` copy-on-write over the guest memory
+    /// range `[offset, offset + len)`: reads then come from the file's page cache (shared with
     /// every process that maps it), writes stay private.
     pub fn map_file(
         &self,
-        gpa: u64,
+        offset: u64,
         len: u64,
         file: &File,
-        offset: u64,
+        file_offset: u64,
     ) -> Result<(), MemoryError> {
-        if !offset.is_multiple_of(PAGE_SIZE) || offset > i64::MAX as u64 {
-            return Err(MemoryError::Unaligned { gpa: offset, len });
+        if !file_offset.is_multiple_of(PAGE_SIZE) || file_offset > i64::MAX as u64 {
+            return Err(MemoryError::Unaligned {
+                offset: file_offset,
+                len,
+            });
         }
         self.map_over(
-            gpa,
+            offset,
             len,
             "a file range",
             libc::MAP_PRIVATE | libc::MAP_FIXED,
             file.as_raw_fd(),
-            offset as i64,
+            file_offset as i64,
         )
     }
 
     fn map_over(
         &self,
-        gpa: u64,
+        offset: u64,
         len: u64,
         what: &'static str,
         flags: libc::c_int,
         fd: libc::c_int,
-        offset: i64,
+        file_offset: i64,
     ) -> Result<(), MemoryError> {
-        if len == 0 || !gpa.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-            return Err(MemoryError::Unaligned { gpa, len });
+        if len == 0 || !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(MemoryError::Unaligned { offset, len });
         }
         if fd >= 0 {
             self.file_backed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let addr = self.host_range(gpa, len)?;
+        let addr = self.host_range(offset, len)?;
         // SAFETY: `addr..addr + len` lies inside the mapping this value owns (checked by
         // host_range) and is page aligned; MAP_FIXED replaces exactly those pages, so no
         // other mapping of this process is touched, and no Rust reference points into
@@ -386,13 +397,13 @@ impl GuestMemory {
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
                 fd,
-                offset,
+                file_offset,
             )
         };
         if mapped == libc::MAP_FAILED || mapped != addr.cast() {
             return Err(MemoryError::Remap {
                 what,
-                gpa,
+                offset,
                 len,
                 source: std::io::Error::last_os_error(),
             });
@@ -400,12 +411,12 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Makes the guest-physical range `[gpa, gpa + len)` private, present and writable
+    /// Makes the guest memory range `[offset, offset + len)` private, present and writable
     /// now (`MADV_POPULATE_WRITE`): over a private file mapping the kernel copies each
     /// page from the file into an anonymous page of this process (the contents stay the
     /// same), so the vCPU later takes no fault and no copy-on-write there.
-    pub fn populate_write(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        let host = self.host_range(gpa, len)?;
+    pub fn populate_write(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
+        let host = self.host_range(offset, len)?;
         // SAFETY: the range lies inside our own mapping (checked above); populating for
         // writing breaks copy-on-write sharing but never changes what the memory reads.
         let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_POPULATE_WRITE) };
@@ -427,7 +438,7 @@ impl GuestMemory {
         }
     }
 
-    /// Reads the `u64` at `gpa` on a helper thread and waits at most `timeout` for it.
+    /// Reads the `u64` at `offset` on a helper thread and waits at most `timeout` for it.
     ///
     /// For memory whose pages another party serves (a userfaultfd handler in another
     /// process): a read of a page nobody serves blocks forever, in a way no signal or
@@ -435,13 +446,13 @@ impl GuestMemory {
     /// still reads from it, and the memory is gone: the caller fails the restore.
     pub fn read_u64_within(
         self,
-        gpa: u64,
+        offset: u64,
         timeout: std::time::Duration,
     ) -> Result<(Self, u64), MemoryError> {
-        if !gpa.is_multiple_of(8) {
-            return Err(MemoryError::Unaligned { gpa, len: 8 });
+        if !offset.is_multiple_of(8) {
+            return Err(MemoryError::Unaligned { offset, len: 8 });
         }
-        let addr = self.host_range(gpa, 8)? as usize;
+        let addr = self.host_range(offset, 8)? as usize;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("guest-memory-probe".into())
@@ -458,7 +469,7 @@ impl GuestMemory {
             Ok(value) => Ok((self, value)),
             Err(_) => {
                 std::mem::forget(self);
-                Err(MemoryError::ReadTimeout { gpa, timeout })
+                Err(MemoryError::ReadTimeout { offset, timeout })
             }
         }
     }
@@ -473,33 +484,33 @@ impl GuestMemory {
         false
     }
 
-    /// Host virtual address of GPA 0.
+    /// Host virtual address of RAM offset 0.
     pub fn host_base(&self) -> *mut u8 {
         self.base.as_ptr()
     }
 
-    /// Host address of `[gpa, gpa + len)`, checked to lie inside guest memory.
-    pub fn host_range(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
-        match gpa.checked_add(len) {
+    /// Host address of `[offset, offset + len)`, checked to lie inside guest memory.
+    pub fn host_range(&self, offset: u64, len: u64) -> Result<*mut u8, MemoryError> {
+        match offset.checked_add(len) {
             Some(end) if end <= self.len => {
-                // SAFETY: gpa < self.len, so the offset stays inside our mapping.
-                Ok(unsafe { self.base.as_ptr().add(gpa as usize) })
+                // SAFETY: offset < self.len, so the offset stays inside our mapping.
+                Ok(unsafe { self.base.as_ptr().add(offset as usize) })
             }
             _ => Err(MemoryError::OutOfRange {
-                gpa,
+                offset,
                 len,
                 size: self.len,
             }),
         }
     }
 
-    /// Copies `bytes` into guest memory at `gpa`.
+    /// Copies `bytes` into guest memory at `offset`.
     ///
     /// Guest memory is shared with the vCPU and with other processes' page tables, so it
     /// is never borrowed as a Rust slice: copies in and out are volatile, as in
     /// `vm-memory`, and a racing guest can at worst see or leave torn bytes.
-    pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), MemoryError> {
-        let dst = self.host_range(gpa, bytes.len() as u64)?;
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), MemoryError> {
+        let dst = self.host_range(offset, bytes.len() as u64)?;
         for (i, &b) in bytes.iter().enumerate() {
             // SAFETY: dst..dst+len lies in our mapping (checked above), so dst + i does too;
             // a volatile store of one byte creates no reference into guest memory.
@@ -508,21 +519,25 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Fills guest memory `[gpa, gpa + len)` with `file`'s bytes from `offset` (`pread`
-    /// straight into guest memory: one copy, no bounce buffer, and no Rust reference into
-    /// guest memory: the kernel writes it).
+    /// Fills guest memory `[offset, offset + len)` with `file`'s bytes from `file_offset`
+    /// (`pread` straight into guest memory: one copy, no bounce buffer, and no Rust
+    /// reference into guest memory: the kernel writes it).
     pub fn fill_from(
         &self,
-        gpa: u64,
+        offset: u64,
         len: u64,
         file: &File,
-        offset: u64,
+        file_offset: u64,
     ) -> Result<(), MemoryError> {
-        let dst = self.host_range(gpa, len)?;
-        let fail = |source| MemoryError::Fill { gpa, len, source };
+        let dst = self.host_range(offset, len)?;
+        let fail = |source| MemoryError::Fill {
+            offset,
+            len,
+            source,
+        };
         let mut done = 0u64;
         while done < len {
-            let at = i64::try_from(offset + done)
+            let at = i64::try_from(file_offset + done)
                 .map_err(|_| fail(std::io::ErrorKind::InvalidInput.into()))?;
             let want = (len - done).min(1 << 30) as usize;
             // SAFETY: dst + done .. dst + done + want lies inside our mapping (checked
@@ -549,9 +564,9 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Copies guest memory at `gpa` into `buf` (a volatile copy: see [`GuestMemory::write`]).
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let src = self.host_range(gpa, buf.len() as u64)?;
+    /// Copies guest memory at `offset` into `buf` (a volatile copy: see [`GuestMemory::write`]).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let src = self.host_range(offset, buf.len() as u64)?;
         // Bytes up to the first 8-byte boundary, then whole aligned words, then the rest.
         let lead = src.align_offset(8).min(buf.len());
         let words = (buf.len() - lead) / 8;
@@ -575,16 +590,16 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Reads a little-endian `u64` at `gpa`.
-    pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+    /// Reads a little-endian `u64` at `offset`.
+    pub fn read_u64(&self, offset: u64) -> Result<u64, MemoryError> {
         let mut b = [0u8; 8];
-        self.read(gpa, &mut b)?;
+        self.read(offset, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Writes a little-endian `u64` at `gpa`.
-    pub fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemoryError> {
-        self.write(gpa, &value.to_le_bytes())
+    /// Writes a little-endian `u64` at `offset`.
+    pub fn write_u64(&self, offset: u64, value: u64) -> Result<(), MemoryError> {
+        self.write(offset, &value.to_le_bytes())
     }
 
     /// Number of guest pages.
@@ -614,17 +629,17 @@ impl Populator {
         false
     }
 
-    /// Whether the page-cache page mapped at `gpa` belongs to a large (multi-page) folio:
+    /// Whether the page-cache page mapped at `offset` belongs to a large (multi-page) folio:
     /// `None` where that cannot be told (nothing mapped there, a private copy mapped, or
     /// no privilege to read page
     /// frame numbers, which `/proc/self/pagemap` hides from processes without
     /// `CAP_SYS_ADMIN`). Two 8-byte reads: cheap enough to check a restore's first range.
-    pub fn large_folio_at(&self, gpa: u64) -> Option<bool> {
+    pub fn large_folio_at(&self, offset: u64) -> Option<bool> {
         use std::os::unix::fs::FileExt;
-        if gpa >= self.len {
+        if offset >= self.len {
             return None;
         }
-        let vaddr = (self.base + gpa as usize) as u64;
+        let vaddr = (self.base + offset as usize) as u64;
         let mut entry = [0u8; 8];
         std::fs::File::open("/proc/self/pagemap")
             .and_then(|f| f.read_exact_at(&mut entry, vaddr / 4096 * 8))
@@ -647,21 +662,21 @@ impl Populator {
         Some(flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) != 0)
     }
 
-    /// Maps the pages of `[gpa, gpa + len)` (clamped to the memory) into this process's
+    /// Maps the pages of `[offset, offset + len)` (clamped to the memory) into this process's
     /// page tables for reading, waiting for pages whose reads are in flight. On a private
     /// file mapping this maps the page-cache pages themselves, read-only: nothing is
     /// copied and they stay shared; a later write still copies on write.
-    pub fn populate_read(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        if gpa >= self.len {
+    pub fn populate_read(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
+        if offset >= self.len {
             return Ok(());
         }
-        let len = len.min(self.len - gpa);
+        let len = len.min(self.len - offset);
         // SAFETY: MADV_POPULATE_READ only faults pages in, for reading, inside the range
         // this handle was made for; it never changes their contents and fails with ENOMEM
         // where nothing is mapped any more. No Rust reference covers guest memory.
         let rc = unsafe {
             libc::madvise(
-                (self.base + gpa as usize) as *mut libc::c_void,
+                (self.base + offset as usize) as *mut libc::c_void,
                 len as usize,
                 libc::MADV_POPULATE_READ,
             )
@@ -694,7 +709,7 @@ mod tests {
         mem.write(3 * PAGE_SIZE + 17, &[1]).expect("write");
         mem.write_u64(5 << 20, 7).expect("write");
         let ranges = mem.touched_ranges().expect("pagemap").expect("anonymous");
-        let covers = |gpa: u64| ranges.iter().any(|&(s, l)| (s..s + l).contains(&gpa));
+        let covers = |offset: u64| ranges.iter().any(|&(s, l)| (s..s + l).contains(&offset));
         assert!(covers(3 * PAGE_SIZE + 17) && covers(5 << 20), "{ranges:?}");
         let touched: u64 = ranges.iter().map(|&(_, l)| l).sum();
         // Two pages, or two huge pages where transparent huge pages are always on.

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use snapbpf_guest_abi::{
-    FreshRange, Mailbox, CONSOLE_BYTES, HC_CONSOLE, HC_DONE, HC_FRESH_HINTS, HC_PANIC, HC_READY,
-    HYPERCALL_BASE, MAILBOX_GPA, MAILBOX_MAGIC, MAX_HINTS, PAGE_SIZE, PML4_GPA, STACK_TOP,
+    FreshRange, Mailbox, RamLayout, CONSOLE_BYTES, HC_CONSOLE, HC_DONE, HC_FRESH_HINTS, HC_PANIC,
+    HC_READY, HYPERCALL_BASE, MAILBOX_GPA, MAILBOX_MAGIC, MAX_HINTS, PAGE_SIZE, PML4_GPA,
+    STACK_TOP,
 };
 use std::mem::offset_of;
 
@@ -144,12 +145,21 @@ pub enum GuestEvent {
     },
 }
 
+/// A run of guest RAM named by a fresh-allocation hint, as RAM offsets (the guest's
+/// guest-physical hint, converted by the VMM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshRun {
+    /// RAM offset of the first byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
 /// Receives the hypercalls a strategy may act on while the guest runs.
 pub trait ExitHandler {
-    /// The guest is about to use these guest-physical ranges, which were free when the
-    /// snapshot was taken. A filtering strategy backs them with anonymous memory.
-    fn fresh_ranges(&mut self, mem: &GuestMemory, ranges: &[FreshRange])
-        -> Result<(), MemoryError>;
+    /// The guest is about to use these runs of RAM, which were free when the snapshot was
+    /// taken. A filtering strategy backs them with anonymous memory.
+    fn fresh_ranges(&mut self, mem: &GuestMemory, ranges: &[FreshRun]) -> Result<(), MemoryError>;
 }
 
 /// An [`ExitHandler`] that ignores hints: the guest memory stays as it is.
@@ -157,7 +167,7 @@ pub trait ExitHandler {
 pub struct IgnoreHints;
 
 impl ExitHandler for IgnoreHints {
-    fn fresh_ranges(&mut self, _: &GuestMemory, _: &[FreshRange]) -> Result<(), MemoryError> {
+    fn fresh_ranges(&mut self, _: &GuestMemory, _: &[FreshRun]) -> Result<(), MemoryError> {
         Ok(())
     }
 }
@@ -195,17 +205,26 @@ impl MicroVm {
             return Err(CreateError::OpenKvm(kvm_ioctls::Error::new(libc::ENOTTY)));
         }
         let vm = kvm.create_vm().map_err(kvm_step("KVM_CREATE_VM"))?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: mem.len(),
-            userspace_addr: mem.host_base() as u64,
-        };
-        // SAFETY: the region is the whole mapping owned by `mem`, which this MicroVm owns
-        // and drops only after the VM fd (field order: `vcpu`, `vm` drop before `mem`).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
+        // One slot per RAM region, both over the one mapping: the file's image.
+        let layout = RamLayout::builtin(mem.len());
+        for (slot, region) in [Some(layout.low()), layout.high()]
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.gpa,
+                memory_size: region.len,
+                userspace_addr: mem.host_base() as u64 + region.offset,
+            };
+            // SAFETY: the region lies inside the mapping owned by `mem` (the layout splits
+            // exactly its length), which this MicroVm owns and drops only after the VM fd
+            // (field order: `vcpu`, `vm` drop before `mem`).
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
+        }
         let vcpu = vm.create_vcpu(0).map_err(kvm_step("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -232,10 +251,15 @@ impl MicroVm {
     }
 
     /// Loads `image` and prepares the vCPU to start it at CPL 3.
-    pub fn boot(&mut self, image: &[u8], function: u32) -> Result<(), BootError> {
+    pub fn boot(
+        &mut self,
+        image: &[u8],
+        function: u32,
+        function_arg: u64,
+    ) -> Result<(), BootError> {
         let loaded = layout::load_elf(&self.mem, image)?;
         layout::build_page_tables(&self.mem)?;
-        layout::init_mailbox(&self.mem, function, loaded.end, false)?;
+        layout::init_mailbox(&self.mem, function, function_arg, loaded.end, false)?;
         let mut state = VcpuState {
             sregs: self.vcpu.get_sregs().map_err(BootError::Registers)?,
             ..VcpuState::default()
@@ -457,16 +481,22 @@ impl MicroVm {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    fn read_hints(&self, count: u64) -> Result<Vec<FreshRange>, MemoryError> {
+    /// The guest's hints, as RAM offsets: a hint that does not lie in one RAM region is
+    /// refused.
+    fn read_hints(&self, count: u64) -> Result<Vec<FreshRun>, MemoryError> {
         let count = (count as usize).min(MAX_HINTS);
         let base = MAILBOX_GPA + offset_of!(Mailbox, hints) as u64;
+        let layout = RamLayout::builtin(self.mem.len());
         (0..count)
             .map(|i| {
                 let at = base + (i * std::mem::size_of::<FreshRange>()) as u64;
-                Ok(FreshRange {
-                    gpa: self.mem.read_u64(at)?,
-                    len: self.mem.read_u64(at + 8)?,
-                })
+                let (gpa, len) = (self.mem.read_u64(at)?, self.mem.read_u64(at + 8)?);
+                let offset = layout.offset_of(gpa, len).ok_or(MemoryError::OutOfRange {
+                    offset: gpa,
+                    len,
+                    size: self.mem.len(),
+                })?;
+                Ok(FreshRun { offset, len })
             })
             .collect()
     }

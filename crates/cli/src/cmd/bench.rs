@@ -99,8 +99,8 @@ pub fn run(args: Args) -> Result<()> {
         let capacity: u64 = config
             .functions
             .iter()
-            .filter_map(|f| snapbpf_functions::info(f))
-            .map(|f| u64::from(f.mem_mib) << 20)
+            .filter_map(|f| snapbpf_functions::Call::parse(f).ok())
+            .map(|f| u64::from(f.mem_mib()) << 20)
             .sum();
         Some(BenchStore::start(
             &exe,

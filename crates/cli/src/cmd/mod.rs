@@ -44,9 +44,9 @@ pub fn function_input(
     function: &str,
     input: u32,
 ) -> anyhow::Result<&'static snapbpf_functions::FunctionInfo> {
-    let info = snapbpf_functions::info(function).ok_or_else(|| {
-        anyhow::anyhow!("unknown function '{function}' (see `snapbpf functions`)")
-    })?;
+    let info = snapbpf_functions::Call::parse(function)
+        .map_err(|e| anyhow::anyhow!("cannot run function '{function}': {e}"))?
+        .info;
     if input >= info.inputs {
         anyhow::bail!(
             "function '{}' takes inputs 0..{}, got {input}",

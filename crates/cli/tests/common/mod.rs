@@ -99,6 +99,31 @@ pub fn fails(args: &[&str], needle: &str) -> String {
     last
 }
 
+/// The Firecracker binary, or `None` (after a loud message; a failure under `CI=true`).
+pub fn firecracker() -> Option<PathBuf> {
+    if !require_kvm() {
+        return None;
+    }
+    let found = std::env::var_os("FIRECRACKER")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("firecracker"))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no Firecracker ($FIRECRACKER or on PATH) and CI=true: the Firecracker tests must run"
+        );
+        eprintln!("\n!!!!!!!! SKIPPED: no Firecracker ($FIRECRACKER or on PATH) !!!!!!!!\n");
+    }
+    found
+}
+
 /// A scratch directory on the real disk (not tmpfs: page-cache behaviour matters).
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()

@@ -60,7 +60,7 @@ pub fn guest_elf(dir: &Path) -> PathBuf {
 
 /// The host reference: the function run on the host, inputs in order on one instance.
 pub fn reference(function: u32, inputs: &[u32]) -> Vec<u64> {
-    let mut f = snapbpf_functions::init(function).expect("function exists");
+    let mut f = snapbpf_functions::init(function, 0).expect("function exists");
     inputs.iter().map(|&i| f.invoke(i)).collect()
 }
 
@@ -88,6 +88,7 @@ pub fn snapshot(bin: &Binary, dir: &Path, function: u32) -> Snapshot {
     let machine = MachineConfig {
         mem_mib: info.mem_mib,
         vcpus: 1,
+        track_dirty_pages: false,
     };
     vm.boot(&elf, &format!("snapbpf.function={function}"), machine)
         .unwrap_or_else(|e| panic!("boot {}: {e}", info.name));

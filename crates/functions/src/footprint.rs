@@ -1,0 +1,135 @@
+//! `footprint`: a function whose memory is chosen by its argument, so scale can be measured
+//! without changing the paper's functions (issue 27). Not a workload of the paper.
+//!
+//! Its argument is `<init MiB>:<working set MiB>` (default `32:8`):
+//! - **Init** allocates `init` MiB in blocks of [`BLOCK_BYTES`] and writes every word
+//!   with a value derived from its position (never zero, so every page is data in the
+//!   snapshot).
+//! - **An invocation** reads `working set` MiB of that state: every word of one page in
+//!   each run of `init / working set` pages, the page within the run chosen by the input,
+//!   so the working set is spread evenly over the whole footprint (no read-ahead window
+//!   covers it by accident) and inputs read different pages. It allocates nothing.
+//!
+//! The checksum folds the sum of every page read, so a page served wrong (zero, stale or
+//! another page's contents) changes it.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use crate::{ArgSpec, Checksum, Function, FunctionInfo};
+
+/// Default argument: 32 MiB at init, 8 MiB read per invocation.
+const DEFAULT_ARG: u64 = pack(32, 8);
+
+pub(crate) const INFO: FunctionInfo = FunctionInfo {
+    name: "footprint",
+    description: "reads a chosen working set spread over a chosen init footprint (argument <init MiB>:<working set MiB>): scale measurement, not a workload",
+    mem_mib: 96,
+    inputs: 4,
+    workload: false,
+    arg: Some(ArgSpec {
+        syntax: "<init MiB>:<working set MiB>",
+        default: DEFAULT_ARG,
+        parse,
+        render,
+        mem_mib,
+    }),
+};
+
+/// Bytes of one block of the state: large allocations stay within one RAM region.
+pub const BLOCK_BYTES: usize = 64 << 20;
+const PAGE_BYTES: usize = 4096;
+const WORDS_PER_PAGE: usize = PAGE_BYTES / 8;
+/// Room beyond the state for the image, the stack and the allocator, in MiB.
+const OVERHEAD_MIB: u64 = 32;
+
+const fn pack(init_mib: u64, ws_mib: u64) -> u64 {
+    (init_mib << 32) | ws_mib
+}
+
+/// `(init MiB, working set MiB)` of an argument.
+pub fn unpack(arg: u64) -> (u64, u64) {
+    (arg >> 32, arg & 0xffff_ffff)
+}
+
+fn parse(text: &str) -> Option<u64> {
+    let (init, ws) = text.split_once(':')?;
+    let (init, ws) = (init.parse::<u32>().ok()?, ws.parse::<u32>().ok()?);
+    (ws > 0 && ws <= init).then(|| pack(u64::from(init), u64::from(ws)))
+}
+
+fn render(arg: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    let (init, ws) = unpack(arg);
+    write!(out, "{init}:{ws}")
+}
+
+/// Guest memory the argument needs by default: the state and a quarter more (the suite's
+/// rule for heap fragmentation, which also covers the page ledger's 2 bytes per 4 KiB),
+/// plus the image and stack, rounded up to 2 MiB. Memory the state does not use is never
+/// touched, so it costs neither snapshot blocks nor restore time.
+fn mem_mib(arg: u64) -> u32 {
+    let (init, _) = unpack(arg);
+    let need = init + init / 4 + OVERHEAD_MIB;
+    u32::try_from(need.next_multiple_of(2)).unwrap_or(u32::MAX)
+}
+
+pub(crate) struct Footprint {
+    blocks: Vec<Box<[u64]>>,
+    /// Pages in the state.
+    pages: usize,
+    /// Pages read per invocation.
+    ws_pages: usize,
+}
+
+/// The value of word `i` of the state: never zero.
+fn word(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+impl Footprint {
+    pub(crate) fn init(arg: u64) -> Self {
+        let (init_mib, ws_mib) = unpack(arg);
+        let total = (init_mib as usize) << 20;
+        let mut blocks = Vec::new();
+        let mut done = 0usize;
+        while done < total {
+            let len = (total - done).min(BLOCK_BYTES) / 8;
+            let mut block: Vec<u64> = Vec::new();
+            if block.try_reserve_exact(len).is_err() {
+                panic!("footprint: no memory for {init_mib} MiB of state; give the VM more (--mem-mib)");
+            }
+            block.extend((0..len).map(|i| word(done / 8 + i)));
+            blocks.push(block.into_boxed_slice());
+            done += len * 8;
+        }
+        Self {
+            blocks,
+            pages: total / PAGE_BYTES,
+            ws_pages: ((ws_mib as usize) << 20) / PAGE_BYTES,
+        }
+    }
+
+    fn page(&self, page: usize) -> &[u64] {
+        let per_block = BLOCK_BYTES / PAGE_BYTES;
+        let block = &self.blocks[page / per_block];
+        let at = (page % per_block) * WORDS_PER_PAGE;
+        &block[at..at + WORDS_PER_PAGE]
+    }
+}
+
+impl Function for Footprint {
+    fn invoke(&mut self, input: u32) -> u64 {
+        let mut sum = Checksum::new();
+        let stride = (self.pages / self.ws_pages.max(1)).max(1);
+        let phase = input as usize % stride;
+        for run in 0..self.ws_pages.min(self.pages) {
+            let page = run * stride + phase;
+            let total = self
+                .page(page)
+                .iter()
+                .fold(0u64, |a, &w| a.rotate_left(1) ^ w);
+            sum.update_u64(total);
+        }
+        sum.value()
+    }
+}
