@@ -3,8 +3,10 @@
 
 usage: scripts/measure-fleet.py REPS FUNCTIONS OUT.json [--rtt-ms MS] [--gbit GBIT]
        scripts/measure-fleet.py --sweep FUNCTIONS OUT.json
+       scripts/measure-fleet.py --large FUNCTION MEM_MIB OUT.json
        scripts/measure-fleet.py --summarize OUT.json
   e.g. scripts/measure-fleet.py 3 all docs/results/fleet/run1.json
+       scripts/measure-fleet.py --large footprint:6144:16 16384 docs/results/scale/fleet-16g.json
 
 The S3 server (s3s-fs, installed by scripts/setup.sh) runs in a network namespace behind a
 veth pair: --gbit bandwidth on both ends (default 1 Gbit/s, a TBF qdisc) and --rtt-ms
@@ -19,6 +21,11 @@ store on a host whose chunk cache is warm (page cache cold). Bytes and requests 
 before the result are set against the working set and the snapshot size. Then ten VMs on
 a fresh host: each chunk fetched once. Every checksum is compared with a fresh boot's.
 
+--large pushes one large snapshot (a FUNCTION such as `footprint:6144:16` in MEM_MIB of
+guest memory) on loopback, pushes it again, and restores it cold on a fresh host under
+snapbpf and linux-ra (1 VM, then 10 VMs under snapbpf), timing each step and checking every
+checksum against a fresh boot's.
+
 --sweep checks correctness only: every function, input, 1 and 10 VMs, under snapbpf and
 linux-ra, each from a fresh host, against a fresh boot (on loopback, no emulated network).
 
@@ -29,7 +36,6 @@ import os
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -168,14 +174,6 @@ class Host:
         shutil.rmtree(self.cache, ignore_errors=True)
 
 
-def ws_bytes(path):
-    d = open(path, "rb").read()
-    hist = struct.unpack_from("<I", d, 16 + 64 + 44)[0]
-    off = 16 + 64 + 48 + 8 * hist
-    n = struct.unpack_from("<Q", d, off)[0]
-    return sum(struct.unpack_from("<QQQ", d, off + 8 + 24 * i)[1] for i in range(n)) * 4096
-
-
 def invoke(snap, strategy, reference, vms=1, input_=1):
     r = json.loads(snapbpf("invoke", snap, "--strategy", strategy, "--cold", "--input", str(input_),
                            "--concurrency", str(vms), "--json"))
@@ -200,11 +198,11 @@ def main(reps, functions, out_path, rtt_ms, gbit):
         for f in functions:
             snap = os.path.join(WORK, f)
             snapbpf("snapshot", f, "--out", snap, "--force")
-            snapbpf("record", snap, "--strategy", "snapbpf")
+            recorded = json.loads(snapbpf("record", snap, "--strategy", "snapbpf", "--json"))
             reference = json.loads(snapbpf("boot", f, "--input", "1", "--json"))["checksum"]
             push = json.loads(snapbpf("push", snap, f"s3://{BUCKET}/fleet/{f}", "--json"))
             again = json.loads(snapbpf("push", snap, f"s3://{BUCKET}/fleet/{f}", "--json"))
-            ws = ws_bytes(os.path.join(snap, "snapbpf.ws"))
+            ws = recorded["pages"] * 4096
             size = os.path.getsize(os.path.join(snap, "memory"))
             row = {"function": f, "push": push, "second_push": again, "ws_bytes": ws, "memory_bytes": size}
             out["pushes"].append(row)
@@ -278,6 +276,56 @@ def sweep(functions, out_path):
     print(f"{len(out['checked'])} restores from the object store, every checksum equal to the fresh boot's")
 
 
+def large(function, mem_mib, out_path):
+    os.makedirs(WORK, exist_ok=True)
+    net = Network(None, None)
+    out = {**stamp(), "function": function, "mem_mib": mem_mib, "steps": {}}
+    snap = os.path.join(WORK, "large")
+    name = function.replace(":", "-")
+    steps = out["steps"]
+
+    def step(label, *args):
+        started = time.monotonic()
+        text = snapbpf(*args)
+        steps[label] = {"ms": (time.monotonic() - started) * 1e3}
+        print(f"{label}: {steps[label]['ms'] / 1e3:.1f} s", file=sys.stderr, flush=True)
+        return text
+
+    try:
+        step("snapshot", "snapshot", function, "--mem-mib", str(mem_mib), "--out", snap, "--force")
+        memory = os.path.join(snap, "memory")
+        out["memory_bytes"] = os.path.getsize(memory)
+        out["memory_blocks_bytes"] = os.stat(memory).st_blocks * 512
+        recorded = json.loads(step("record", "record", snap, "--strategy", "snapbpf", "--json"))
+        out["ws_bytes"] = recorded["pages"] * 4096
+        reference = json.loads(snapbpf("boot", function, "--input", "1", "--mem-mib", str(mem_mib),
+                                       "--json"))["checksum"]
+        out["reference"] = reference
+        for label in ["push", "second_push"]:
+            report = json.loads(step(label, "push", snap, f"s3://{BUCKET}/fleet/{name}", "--json"))
+            steps[label]["report"] = report
+        out["restores"] = []
+        for strategy, vms in [("snapbpf", 1), ("linux-ra", 1), ("snapbpf", 10)]:
+            host = Host()
+            try:
+                r = invoke(os.path.join(host.dir, name), strategy, reference, vms=vms)
+                out["restores"].append({"strategy": strategy, "vms": vms,
+                                        "e2e_ms": [x["e2e_ms"] for x in r["runs"]],
+                                        "restore_ms": [x["restore_ms"] for x in r["runs"]],
+                                        "fetch": r.get("fetch"), "memory": r["memory"]})
+                print(f"fresh host, {strategy} x{vms}: E2E median "
+                      f"{statistics.median(x['e2e_ms'] for x in r['runs']):.0f} ms, checksum {reference}",
+                      file=sys.stderr, flush=True)
+            finally:
+                host.close()
+        write_json(out, out_path)
+    finally:
+        net.close()
+        shutil.rmtree(snap, ignore_errors=True)
+        shutil.rmtree(net.root, ignore_errors=True)
+    print(json.dumps({k: v for k, v in out.items() if k != "restores"}, indent=1))
+
+
 def summarize(out):
     med = statistics.median
     print(f"\n{out.get('cpu', '?')}, kernel {out['kernel']}, git {out['git'][:10]}, {out['reps']} reps, "
@@ -332,6 +380,8 @@ if __name__ == "__main__":
             del args[i:i + 2]
     if len(args) == 2 and args[0] == "--summarize":
         summarize(json.load(open(args[1])))
+    elif len(args) == 4 and args[0] == "--large":
+        large(args[1], int(args[2]), args[3])
     elif len(args) == 3 and args[0] == "--sweep":
         sweep(function_list(args[1], workloads_only=False), args[2])
     elif len(args) == 3:

@@ -3,16 +3,24 @@
 grows while the working set stays the same.
 
 usage: scripts/measure-scale.py REPS FUNCTION MEM_MIB[,MEM_MIB...] OUT.json [--vmm builtin,firecracker]
+       scripts/measure-scale.py --working-sets REPS MEM_MIB INIT_MIB WS_MIB[,WS_MIB...] OUT.json [--vmm ...]
        scripts/measure-scale.py --summarize OUT.json
-  e.g. scripts/measure-scale.py 5 pyaes 256,512,1024,2048,3072 docs/results/scale/run1.json
+  e.g. scripts/measure-scale.py 5 pyaes 256,1024,4096,8192,16384 docs/results/scale/run2.json
+       scripts/measure-scale.py --working-sets 5 8192 4096 16,64,256,1024,4096 docs/results/scale/ws1.json
+
+The first form holds the function (its working set) and grows guest memory; the second
+holds guest memory and the `footprint` function's init footprint (INIT_MIB of data) and
+grows the working set each invocation reads (`footprint:INIT_MIB:WS_MIB`), sparse
+snapshots only.
 
 For each VMM and guest memory size: a sparse snapshot (the default) and a dense one
 (`--dense`: every page written, as Firecracker writes a full snapshot), each timed, with
 the blocks their memory file holds on disk; SnapBPF's record phase, timed, with its working
 set's size and its artifact's; then REPS rounds of cold single-VM restores, each round running every
 (snapshot layout, strategy) cell once in an order shuffled per round (the seed is in the
-output), so the device's drift spreads over all cells. Every run's checksum is compared
-with a fresh boot's. `--summarize` renders the tables (medians, min-max) and the slope per
+output), so the device's drift spreads over all cells; then, once per strategy, ten
+concurrent cold VMs of the sparse snapshot, for the run's memory. Every run's checksum is
+compared with a fresh boot's. `--summarize` renders the tables (medians, min-max) and the slope per
 GiB of guest memory (least squares over the medians) from the raw samples.
 
 Needs root and the release binary (cargo build --release -p snapbpf-cli); Firecracker rows
@@ -49,11 +57,21 @@ def reference(function):
     return json.loads(snapbpf("boot", function, "--input", "1", "--json"))["checksum"]
 
 
-def measure_size(function, vmm, mem_mib, reps, rng, want):
-    base = os.path.join(work_dir(), f"scale-{vmm}-{function}-{mem_mib}")
-    row = {"vmm": vmm, "mem_mib": mem_mib, "layouts": {}, "samples": []}
+def cold_run(snap, strategy, want, what, concurrency=1):
+    report = json.loads(snapbpf("invoke", snap, "--strategy", strategy, "--cold", "--input", "1",
+                                "--concurrency", str(concurrency), "--json"))
+    for run in report["runs"]:
+        if run["checksum"] != want:
+            sys.exit(f"{what} {strategy}: checksum {run['checksum']}, a fresh boot gives {want}")
+    return report
+
+
+def measure_size(function, vmm, mem_mib, reps, rng, want, layouts=LAYOUTS):
+    base = os.path.join(work_dir(), f"scale-{vmm}-{function.replace(':', '-')}-{mem_mib}")
+    row = {"vmm": vmm, "mem_mib": mem_mib, "function": function, "layouts": {}, "samples": [],
+           "ten": []}
     snaps = {}
-    for layout in LAYOUTS:
+    for layout in layouts:
         snap = f"{base}-{layout}"
         shutil.rmtree(snap, ignore_errors=True)
         args = ["snapshot", function, "--mem-mib", str(mem_mib), "--vmm", vmm, "--out", snap]
@@ -74,38 +92,53 @@ def measure_size(function, vmm, mem_mib, reps, rng, want):
             "artifact_bytes": sum(size for _, size in recorded["artifacts"]),
         }
         snaps[layout] = snap
-    cells = [(layout, strategy) for layout in LAYOUTS for strategy in STRATEGIES[vmm]]
+    cells = [(layout, strategy) for layout in layouts for strategy in STRATEGIES[vmm]]
+    what = f"{vmm} {function} {mem_mib} MiB"
     for rep in range(reps):
         order = cells[:]
         rng.shuffle(order)
         for layout, strategy in order:
-            report = json.loads(snapbpf("invoke", snaps[layout], "--strategy", strategy,
-                                        "--cold", "--input", "1", "--json"))
-            run = report["runs"][0]
-            if run["checksum"] != want:
-                sys.exit(f"{vmm} {mem_mib} MiB {layout} {strategy}: checksum {run['checksum']}, "
-                         f"a fresh boot gives {want}")
+            run = cold_run(snaps[layout], strategy, want, f"{what} {layout}")["runs"][0]
             row["samples"].append({"rep": rep, "layout": layout, "strategy": strategy,
-                                   "restore_ms": run["restore_ms"], "e2e_ms": run["e2e_ms"]})
+                                   "restore_ms": run["restore_ms"], "e2e_ms": run["e2e_ms"],
+                                   "cpu_ms": run.get("cpu_ms")})
+    for strategy in STRATEGIES[vmm]:
+        report = cold_run(snaps["sparse"], strategy, want, f"{what} ten VMs", concurrency=10)
+        runs = report["runs"]
+        row["ten"].append({"strategy": strategy, "memory": report["memory"],
+                           "e2e_ms": [r["e2e_ms"] for r in runs],
+                           "cpu_ms": [r.get("cpu_ms") for r in runs]})
     for snap in snaps.values():
         shutil.rmtree(snap, ignore_errors=True)
     return row
 
 
-def main(reps, function, sizes, out_path, vmms):
+def main(reps, function, sizes, out_path, vmms, working_sets=None):
+    """Grows guest memory over `sizes` for `function`; or, with `working_sets` (init MiB,
+    [ws MiB]), holds memory at `sizes[0]` and grows footprint's working set."""
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     out = {**stamp(), "function": function, "reps": reps, "seed": seed, "rows": []}
+    if working_sets:
+        out["sweep"] = "working set"
+        out["init_mib"] = working_sets[0]
     if "firecracker" in vmms:
         fc = os.environ.get("FIRECRACKER")
         if not fc:
             sys.exit("--vmm firecracker needs $FIRECRACKER")
         out["firecracker"] = subprocess.check_output([fc, "--version"], text=True).splitlines()[0]
-    want = reference(function)
+    if working_sets:
+        init_mib, sweep = working_sets
+        calls = [(f"footprint:{init_mib}:{ws}", sizes[0]) for ws in sweep]
+        layouts = ["sparse"]
+    else:
+        calls = [(function, mem_mib) for mem_mib in sizes]
+        layouts = LAYOUTS
+    wants = {call: reference(call) for call in dict.fromkeys(c for c, _ in calls)}
     for vmm in vmms:
-        for mem_mib in sizes:
-            print(f"scale: {vmm}, {mem_mib} MiB", file=sys.stderr, flush=True)
-            out["rows"].append(measure_size(function, vmm, mem_mib, reps, rng, want))
+        for call, mem_mib in calls:
+            print(f"scale: {vmm}, {call}, {mem_mib} MiB", file=sys.stderr, flush=True)
+            out["rows"].append(measure_size(call, vmm, mem_mib, reps, rng, wants[call], layouts))
             write_json(out, out_path)
     print(summarize(out))
 
@@ -126,18 +159,29 @@ def spread(values):
 
 
 def summarize(out):
-    lines = [f"Scale of `{out['function']}`, {out['reps']} rounds per size (seed {out['seed']}), "
+    by_ws = out.get("sweep") == "working set"
+    if by_ws:
+        def x(row):
+            return int(row["function"].rsplit(":", 1)[1]) / 1024
+        per, what = "GiB of working set", f"`footprint` ({out['init_mib']} MiB of data at init)"
+    else:
+        def x(row):
+            return row["mem_mib"] / 1024
+        per, what = "GiB of guest memory", f"`{out['function']}`"
+    lines = [f"Scale of {what}, {out['reps']} rounds per row (seed {out['seed']}), "
              f"commit {out['git'][:7]}, {out['cpu']}, kernel {out['kernel']}"
              + (f", {out['firecracker']}" if out.get("firecracker") else "") + ".", ""]
-    lines += ["| VMM | memory | layout | snapshot ms | blocks MiB | record ms | working set MiB | artifact KiB |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += ["| VMM | function | memory | layout | snapshot ms | blocks MiB | record ms | working set MiB | artifact KiB |",
+              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for row in out["rows"]:
         for layout, l in row["layouts"].items():
-            lines.append(f"| {row['vmm']} | {row['mem_mib']} MiB | {layout} | {l['snapshot_ms']:.0f} | "
+            lines.append(f"| {row['vmm']} | `{row.get('function', out['function'])}` | {row['mem_mib']} MiB | "
+                         f"{layout} | {l['snapshot_ms']:.0f} | "
                          f"{l['memory_blocks_bytes'] / 2**20:.1f} | {l['record_ms']:.0f} | "
                          f"{l['working_set_bytes'] / 2**20:.1f} | {l['artifact_bytes'] / 2**10:.1f} |")
     lines += ["", "Cold restores, median (min-max) of the rounds:", "",
-              "| VMM | memory | layout | strategy | restore ms | E2E ms |", "|---|---:|---|---|---:|---:|"]
+              "| VMM | function | memory | layout | strategy | restore ms | E2E ms |",
+              "|---|---|---:|---|---|---:|---:|"]
     cells = {}
     for row in out["rows"]:
         keys = sorted({(s["layout"], s["strategy"]) for s in row["samples"]})
@@ -145,12 +189,12 @@ def summarize(out):
             got = [s for s in row["samples"] if s["layout"] == layout and s["strategy"] == strategy]
             restore = [s["restore_ms"] for s in got]
             e2e = [s["e2e_ms"] for s in got]
-            lines.append(f"| {row['vmm']} | {row['mem_mib']} MiB | {layout} | {strategy} | "
-                         f"{spread(restore)} | {spread(e2e)} |")
+            lines.append(f"| {row['vmm']} | `{row.get('function', out['function'])}` | {row['mem_mib']} MiB | "
+                         f"{layout} | {strategy} | {spread(restore)} | {spread(e2e)} |")
             cells.setdefault((row["vmm"], layout, strategy), []).append(
-                (row["mem_mib"] / 1024, statistics.median(restore), statistics.median(e2e)))
-    lines += ["", "Slopes per GiB of guest memory (least squares over the medians):", "",
-              "| VMM | layout | strategy | restore ms/GiB | E2E ms/GiB |", "|---|---|---|---:|---:|"]
+                (x(row), statistics.median(restore), statistics.median(e2e)))
+    lines += ["", f"Slopes per {per} (least squares over the medians):", "",
+              f"| VMM | layout | strategy | restore ms/GiB | E2E ms/GiB |", "|---|---|---|---:|---:|"]
     for (vmm, layout, strategy), pts in sorted(cells.items()):
         lines.append(f"| {vmm} | {layout} | {strategy} | {slope([(x, r) for x, r, _ in pts]):+.2f} | "
                      f"{slope([(x, e) for x, _, e in pts]):+.2f} |")
@@ -158,23 +202,46 @@ def summarize(out):
     for row in out["rows"]:
         for layout, l in row["layouts"].items():
             snap.setdefault((row["vmm"], layout), []).append(
-                (row["mem_mib"] / 1024, l["snapshot_ms"], l["memory_blocks_bytes"] / 2**20))
-    lines += ["", "| VMM | layout | snapshot ms/GiB | blocks MiB/GiB |", "|---|---|---:|---:|"]
+                (x(row), l["snapshot_ms"], l["memory_blocks_bytes"] / 2**20, l["record_ms"]))
+    lines += ["", f"| VMM | layout | snapshot ms/{per} | blocks MiB/{per} | record ms/{per} |",
+              "|---|---|---:|---:|---:|"]
     for (vmm, layout), pts in sorted(snap.items()):
-        lines.append(f"| {vmm} | {layout} | {slope([(x, t) for x, t, _ in pts]):+.1f} | "
-                     f"{slope([(x, b) for x, _, b in pts]):+.1f} |")
+        lines.append(f"| {vmm} | {layout} | {slope([(x, t) for x, t, _, _ in pts]):+.1f} | "
+                     f"{slope([(x, b) for x, _, b, _ in pts]):+.1f} | "
+                     f"{slope([(x, r) for x, _, _, r in pts]):+.1f} |")
+    ten = [(row, t) for row in out["rows"] for t in row.get("ten", [])]
+    if ten:
+        lines += ["", "Ten concurrent cold VMs of the sparse snapshot (one run each): the run's memory "
+                  "(page cache counted once, every VM's anonymous memory) and the VMs' E2E:", "",
+                  "| VMM | function | memory | strategy | total MiB | page cache MiB | anonymous MiB | E2E ms median (min-max) |",
+                  "|---|---|---:|---|---:|---:|---:|---:|"]
+        for row, t in ten:
+            m = t["memory"]
+            lines.append(f"| {row['vmm']} | `{row['function']}` | {row['mem_mib']} MiB | {t['strategy']} | "
+                         f"{m['total_kib'] / 1024:.1f} | {m['page_cache_kib'] / 1024:.1f} | "
+                         f"{m['anon_kib'] / 1024:.1f} | {spread(t['e2e_ms'])} |")
+        mem = {}
+        for row, t in ten:
+            mem.setdefault((row["vmm"], t["strategy"]), []).append(
+                (x(row), t["memory"]["total_kib"] / 1024))
+        lines += ["", f"| VMM | strategy | ten-VM memory MiB/{per} |", "|---|---|---:|"]
+        for (vmm, strategy), pts in sorted(mem.items()):
+            lines.append(f"| {vmm} | {strategy} | {slope(pts):+.1f} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--summarize":
-        print(summarize(json.load(open(sys.argv[2]))))
-    elif len(sys.argv) in (5, 7):
-        vmms = ["builtin"]
-        if len(sys.argv) == 7:
-            if sys.argv[5] != "--vmm":
-                sys.exit(__doc__)
-            vmms = sys.argv[6].split(",")
-        main(int(sys.argv[1]), sys.argv[2], [int(m) for m in sys.argv[3].split(",")], sys.argv[4], vmms)
+    args = sys.argv[1:]
+    vmms = ["builtin"]
+    if len(args) >= 2 and args[-2] == "--vmm":
+        vmms = args[-1].split(",")
+        args = args[:-2]
+    if len(args) == 2 and args[0] == "--summarize":
+        print(summarize(json.load(open(args[1]))))
+    elif len(args) == 6 and args[0] == "--working-sets":
+        main(int(args[1]), "footprint", [int(args[2])], args[5], vmms,
+             working_sets=(int(args[3]), [int(w) for w in args[4].split(",")]))
+    elif len(args) == 4:
+        main(int(args[0]), args[1], [int(m) for m in args[2].split(",")], args[3], vmms)
     else:
         sys.exit(__doc__)

@@ -148,7 +148,7 @@ pub fn fault_costs(
     timeout: Duration,
     warn: &dyn Fn(&str),
 ) -> Result<Calibration, BenchError> {
-    let Some(index) = snapbpf_functions::index_of(PROBE_FUNCTION) else {
+    let Ok(probe) = snapbpf_functions::Call::parse(PROBE_FUNCTION) else {
         return Ok(Calibration::default());
     };
     let dir = snapshots.join(PROBE_FUNCTION);
@@ -158,8 +158,7 @@ pub fn fault_costs(
             function: PROBE_FUNCTION.into(),
             source,
         })?;
-    let mut host = snapbpf_functions::init(index, 0)
-        .ok_or(BenchError::UnknownFunction(PROBE_FUNCTION.into()))?;
+    let mut host = probe.init();
     let pages = snapbpf_functions::faultprobe::REGION_PAGES as u64;
     let mut measure =
         |spec: &str, input: u32, faults: u64| -> Result<Option<FaultCost>, BenchError> {

@@ -109,8 +109,14 @@ pub struct Cell {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// Unknown function.
-    #[error("unknown function '{0}' (see `snapbpf functions`)")]
-    UnknownFunction(String),
+    #[error("cannot run function '{text}'")]
+    UnknownFunction {
+        /// The function as written.
+        text: String,
+        /// What is wrong with it.
+        #[source]
+        source: snapbpf_functions::CallError,
+    },
     /// Bad option.
     #[error("{0}")]
     Config(String),
@@ -319,8 +325,11 @@ impl BenchConfig {
     /// anything is measured or written.
     pub fn validate(&self) -> Result<(), BenchError> {
         for f in &self.functions {
-            if snapbpf_functions::Call::parse(f).is_err() {
-                return Err(BenchError::UnknownFunction(f.clone()));
+            if let Err(source) = snapbpf_functions::Call::parse(f) {
+                return Err(BenchError::UnknownFunction {
+                    text: f.clone(),
+                    source,
+                });
             }
         }
         if self.repeat == 0 {

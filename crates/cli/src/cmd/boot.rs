@@ -5,7 +5,7 @@ use anyhow::Result;
 /// Boot FUNCTION in a fresh VM, run init and one invocation, print the checksum.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Function to run.
+    /// Function to run, `name` or `name:argument` (see `snapbpf functions`).
     function: String,
     /// Input number.
     #[arg(long, default_value_t = 0)]

@@ -19,6 +19,8 @@ pub fn run(args: Args) -> Result<()> {
                 "description": f.description,
                 "mem_mib": f.mem_mib,
                 "inputs": f.inputs,
+                // How the function's argument is written after `name:`, if it takes one.
+                "argument": f.arg.map(|a| a.syntax),
             })
         })
         .collect();

@@ -8,7 +8,8 @@ use snapbpf::snapshot::{self, CreateOptions};
 /// Boot FUNCTION in a fresh VM, run its init phase and snapshot it into --out.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Function to snapshot (see `snapbpf functions`).
+    /// Function to snapshot, `name` or `name:argument` for one that takes an argument (see
+    /// `snapbpf functions`).
     function: String,
     /// Snapshot directory to create.
     #[arg(long)]
