@@ -367,7 +367,7 @@ pub enum EvictError {
         source: std::io::Error,
     },
     /// Pages stayed resident.
-    #[error("{pages} pages of {path} stay in the page cache after eviction (is another process mapping it?)")]
+    #[error("{pages} pages of {path} stay in the page cache after eviction (is another process mapping it, or writing it?)")]
     StillResident {
         /// The file.
         path: PathBuf,
@@ -385,16 +385,28 @@ pub fn evict(path: &Path) -> Result<(), EvictError> {
         source,
     };
     let file = OpenOptions::new().read(true).open(path).map_err(io)?;
-    drop_cached(&file).map_err(io)?;
-    let pages = resident_pages(&file).map_err(io)?;
-    if pages != 0 {
-        return Err(EvictError::StillResident {
-            path: path.to_path_buf(),
-            pages,
-        });
+    // `DONTNEED` skips pages locked under I/O: a read-ahead still in flight (an earlier
+    // restore's `WILLNEED`, slow on a FUSE mount that fetches from an object store) leaves
+    // its pages behind. Such pages unlock once their read completes; mapped ones never do.
+    let mut pages = 0;
+    for attempt in 0..EVICT_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20 << attempt.min(4)));
+        }
+        drop_cached(&file).map_err(io)?;
+        pages = resident_pages(&file).map_err(io)?;
+        if pages == 0 {
+            return Ok(());
+        }
     }
-    Ok(())
+    Err(EvictError::StillResident {
+        path: path.to_path_buf(),
+        pages,
+    })
 }
+
+/// Tries [`evict`] makes, about 2 s in all, before it says pages stay resident.
+const EVICT_ATTEMPTS: u32 = 10;
 
 /// Drops `file`'s unmapped pages from the page cache: `fdatasync` (dirty pages cannot
 /// be dropped), then `POSIX_FADV_DONTNEED`. Pages some process maps stay resident.

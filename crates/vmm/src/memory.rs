@@ -276,6 +276,18 @@ impl GuestMemory {
         self.advise(0, self.len, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")
     }
 
+    /// Takes these `(offset, len)` runs back from [`GuestMemory::use_huge_pages`]
+    /// (`MADV_NOHUGEPAGE`): faults there map 4 KiB pages.
+    pub fn use_base_pages_in(&self, runs: &[(u64, u64)]) -> Result<(), MemoryError> {
+        for &(offset, len) in runs {
+            let len = len.min(self.len.saturating_sub(offset));
+            if len > 0 {
+                self.advise(offset, len, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies `madvise(advice)` to the guest memory range `[offset, offset + len)`.
     pub fn advise(
         &self,
