@@ -81,7 +81,9 @@ def measure_size(function, vmm, mem_mib, reps, rng, want, layouts=LAYOUTS):
         snapshot_ms = timed(*args)
         memory = os.path.join(snap, "memory")
         started = time.monotonic()
-        recorded = json.loads(snapbpf("record", snap, "--strategy", "snapbpf", "--json"))
+        # Record the input the restores invoke: footprint's inputs read disjoint pages, so a
+        # working set recorded on another input predicts none of them.
+        recorded = json.loads(snapbpf("record", snap, "--strategy", "snapbpf", "--input", "1", "--json"))
         record_ms = (time.monotonic() - started) * 1e3
         row["layouts"][layout] = {
             "snapshot_ms": snapshot_ms,
