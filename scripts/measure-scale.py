@@ -5,6 +5,7 @@ grows while the working set stays the same.
 usage: scripts/measure-scale.py REPS FUNCTION MEM_MIB[,MEM_MIB...] OUT.json [--vmm builtin,firecracker]
        scripts/measure-scale.py --working-sets REPS MEM_MIB INIT_MIB WS_MIB[,WS_MIB...] OUT.json [--vmm ...]
        scripts/measure-scale.py --summarize OUT.json
+       scripts/measure-scale.py --charts OUT.json DIR
   e.g. scripts/measure-scale.py 5 pyaes 256,1024,4096,8192,16384 docs/results/scale/run2.json
        scripts/measure-scale.py --working-sets 5 8192 4096 16,64,256,1024,4096 docs/results/scale/ws1.json
 
@@ -21,7 +22,9 @@ set's size and its artifact's; then REPS rounds of cold single-VM restores, each
 output), so the device's drift spreads over all cells; then, once per strategy, ten
 concurrent cold VMs of the sparse snapshot, for the run's memory. Every run's checksum is
 compared with a fresh boot's. `--summarize` renders the tables (medians, min-max) and the slope per
-GiB of guest memory (least squares over the medians) from the raw samples.
+GiB of guest memory (least squares over the medians) from the raw samples; `--charts`
+draws each curve (medians against memory or working set) as SVG files in DIR, named after
+OUT.json.
 
 Needs root and the release binary (cargo build --release -p snapbpf-cli); Firecracker rows
 need $FIRECRACKER. Snapshots live in WORK/scale-* (WORK: measurelib.work_dir) and are
@@ -38,6 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from measurelib import snapbpf, stamp, work_dir, write_json  # noqa: E402
+from svgchart import line_chart  # noqa: E402
 
 STRATEGIES = {"builtin": ["linux-ra", "snapbpf"], "firecracker": ["linux-ra", "snapbpf"]}
 LAYOUTS = ["sparse", "dense"]
@@ -232,6 +236,55 @@ def summarize(out):
     return "\n".join(lines)
 
 
+def charts(out, out_path, directory):
+    """Writes one SVG per curve of `out` into `directory`; returns their paths."""
+    by_ws = out.get("sweep") == "working set"
+
+    def x(row):
+        if by_ws:
+            return int(row["function"].rsplit(":", 1)[1]) / 1024
+        return row["mem_mib"] / 1024
+
+    x_label = (f"working set, GiB (footprint, {out['init_mib']} MiB at init, "
+               f"{out['rows'][0]['mem_mib'] // 1024} GiB guest)" if by_ws else
+               f"guest memory, GiB ({out['function']})")
+    restore, e2e, snap, blocks, record, ten = {}, {}, {}, {}, {}, {}
+    for row in out["rows"]:
+        for layout, l in row["layouts"].items():
+            name = f"{row['vmm']} {layout}"
+            snap.setdefault(name, []).append((x(row), l["snapshot_ms"]))
+            blocks.setdefault(name, []).append((x(row), l["memory_blocks_bytes"] / 2**20))
+            record.setdefault(name, []).append((x(row), l["record_ms"]))
+        for layout, strategy in sorted({(s["layout"], s["strategy"]) for s in row["samples"]}):
+            got = [s for s in row["samples"] if s["layout"] == layout and s["strategy"] == strategy]
+            name = f"{row['vmm']} {layout} {strategy}"
+            restore.setdefault(name, []).append((x(row), statistics.median(s["restore_ms"] for s in got)))
+            e2e.setdefault(name, []).append((x(row), statistics.median(s["e2e_ms"] for s in got)))
+        for t in row.get("ten", []):
+            ten.setdefault(f"{row['vmm']} {t['strategy']}", []).append((x(row), t["memory"]["total_kib"] / 1024))
+    stem = os.path.splitext(os.path.basename(out_path))[0]
+    curves = [("restore", "Cold restore, median", "restore_ms", restore),
+              ("e2e", "Cold restore and invocation, median", "E2E ms", e2e),
+              ("snapshot", "Snapshot time", "ms", snap),
+              ("blocks", "Memory file blocks on disk", "MiB", blocks),
+              ("record", "SnapBPF record time", "ms", record),
+              ("ten-vm-memory", "Ten concurrent cold VMs: memory", "MiB", ten)]
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    for name, title, y_label, series in curves:
+        if not series:
+            continue
+        path = os.path.join(directory, f"{stem}-{name}.svg")
+        with open(path + ".tmp", "w") as fh:
+            fh.write(line_chart(f"{title} ({stem}, commit {out['git'][:7]})", x_label, y_label,
+                                sorted(series.items())))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(path + ".tmp", path)
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     vmms = ["builtin"]
@@ -240,6 +293,9 @@ if __name__ == "__main__":
         args = args[:-2]
     if len(args) == 2 and args[0] == "--summarize":
         print(summarize(json.load(open(args[1]))))
+    elif len(args) == 3 and args[0] == "--charts":
+        for path in charts(json.load(open(args[1])), args[1], args[2]):
+            print(path)
     elif len(args) == 6 and args[0] == "--working-sets":
         main(int(args[1]), "footprint", [int(args[2])], args[5], vmms,
              working_sets=(int(args[3]), [int(w) for w in args[4].split(",")]))
