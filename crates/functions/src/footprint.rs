@@ -13,7 +13,6 @@
 //! The checksum folds the sum of every page read, so a page served wrong (zero, stale or
 //! another page's contents) changes it.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::{ArgSpec, Checksum, Function, FunctionInfo};
@@ -74,10 +73,12 @@ fn mem_mib(arg: u64) -> u32 {
 }
 
 pub(crate) struct Footprint {
-    blocks: Vec<Box<[u64]>>,
+    /// The state, with room for one page more in each block: see `skips`.
+    blocks: Vec<Vec<u64>>,
     /// Words before the first page boundary of each block: the allocator aligns a block
     /// to 8 bytes only, and a "page" read across a boundary would touch two guest pages,
-    /// doubling the working set the function declares.
+    /// doubling the working set the function declares. The state starts after them, so
+    /// its values (and the checksum) do not depend on where the heap put a block.
     skips: Vec<usize>,
     /// Pages in the state.
     pages: usize,
@@ -105,10 +106,15 @@ impl Footprint {
             if block.try_reserve_exact(room).is_err() {
                 panic!("footprint: no memory for {init_mib} MiB of state; give the VM more (--mem-mib)");
             }
-            block.extend((0..room).map(|i| word(done / 8 + i)));
+            // The reserved buffer stays where it is: the block never grows past `room`.
             let misalign = block.as_ptr() as usize % PAGE_BYTES;
-            skips.push((PAGE_BYTES - misalign) % PAGE_BYTES / 8);
-            blocks.push(block.into_boxed_slice());
+            let skip = (PAGE_BYTES - misalign) % PAGE_BYTES / 8;
+            // Padding, nonzero like the state so every page of the block is data.
+            block.extend((0..skip).map(|_| 1));
+            block.extend((0..len).map(|i| word(done / 8 + i)));
+            block.extend((0..WORDS_PER_PAGE - skip).map(|_| 1));
+            skips.push(skip);
+            blocks.push(block);
             done += len * 8;
         }
         Self {
@@ -158,6 +164,30 @@ mod tests {
             let words = footprint.page(page);
             assert_eq!(words.as_ptr() as usize % PAGE_BYTES, 0, "page {page}");
             assert_eq!(words.len(), WORDS_PER_PAGE);
+            assert_eq!(words[0], word(page * WORDS_PER_PAGE), "page {page}");
+        }
+    }
+
+    /// The checksum is a function of the argument and the input only (a reference boot
+    /// may place the heap elsewhere than the snapshotted VM did): recomputed here from
+    /// the definition, with no addresses.
+    #[test]
+    fn checksum_follows_from_the_definition() {
+        let arg = pack(130, 2);
+        let mut footprint = Footprint::init(arg);
+        for input in 0..3u32 {
+            let pages = footprint.pages;
+            let ws_pages = footprint.ws_pages;
+            let stride = pages / ws_pages;
+            let mut want = Checksum::new();
+            for run in 0..ws_pages {
+                let page = run * stride + input as usize % stride;
+                let total = (0..WORDS_PER_PAGE)
+                    .map(|j| word(page * WORDS_PER_PAGE + j))
+                    .fold(0u64, |a, w| a.rotate_left(1) ^ w);
+                want.update_u64(total);
+            }
+            assert_eq!(footprint.invoke(input), want.value(), "input {input}");
         }
     }
 }
