@@ -1,5 +1,5 @@
 """Claims of docs/results/scale/README.md (issue 27)."""
-from claimlib import claim, load, median, slope  # noqa: F401
+from claimlib import claim, compare, load, median, slope  # noqa: F401
 
 # ---- docs/results/scale/README.md --------------------------------------------------------
 
@@ -53,3 +53,152 @@ def scale_restore_goal():
                    f"{median(small['e2e']):.1f} and {median(big['e2e']):.1f} ms, {e:.2f}x "
                    f"({'met' if e <= 1.1 else 'missed'}: goal 1.1x)")
     return out
+
+
+def signed(value, digits):
+    """`value` with its sign and `digits` decimals, never "-0.0"."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
+def medians_by(run, x_of):
+    """{(vmm, layout, strategy): [(x, median restore, median E2E), ...]}"""
+    out = {}
+    for (vmm, x, layout, strategy), cell in sorted(scale_cells(run).items()):
+        out.setdefault((vmm, layout, strategy), []).append(
+            (x_of(x), median(cell["restore"]), median(cell["e2e"])))
+    return out
+
+
+@claim(SCALE)
+def scale_memory_slopes():
+    """Goal 4, guest memory: every cost's slope per GiB of guest memory (run2)."""
+    run = load("scale", "run2.json")
+    lines = medians_by(run, lambda mib: mib / 1024)
+    out = []
+    for vmm, name in (("builtin", "our VMM"), ("firecracker", "Firecracker")):
+        pts = lines[(vmm, "sparse", "snapbpf")]
+        snaps = [(r["mem_mib"] / 1024, r["layouts"]["sparse"]) for r in run["rows"] if r["vmm"] == vmm]
+        ten = [(r["mem_mib"] / 1024, t["memory"]["total_kib"] / 1024)
+               for r in run["rows"] if r["vmm"] == vmm for t in r["ten"] if t["strategy"] == "snapbpf"]
+        out.append(f"{name}, per GiB of guest memory: sparse snapshot "
+                   f"{signed(slope([(x, l['snapshot_ms']) for x, l in snaps]), 1)} ms and "
+                   f"{signed(slope([(x, l['memory_blocks_bytes'] / 2**20) for x, l in snaps]), 1)} MiB of blocks, "
+                   f"record {signed(slope([(x, l['record_ms']) for x, l in snaps]), 1)} ms, "
+                   f"`snapbpf` restore {signed(slope([(x, r) for x, r, _ in pts]), 2)} ms and E2E "
+                   f"{signed(slope([(x, e) for x, _, e in pts]), 2)} ms, ten-VM memory "
+                   f"{signed(slope(ten), 1)} MiB")
+    return out
+
+
+WS_RUN = "ws3.json"
+
+
+@claim(SCALE)
+def scale_working_set_slopes():
+    """Goal 4, working set: the slopes per GiB of working set at fixed guest memory."""
+    run = load("scale", WS_RUN)
+    lines = medians_by(run, lambda ws_mib: ws_mib / 1024)
+    out = []
+    for vmm, name in (("builtin", "our VMM"), ("firecracker", "Firecracker")):
+        rows = [r for r in run["rows"] if r["vmm"] == vmm]
+
+        def ws(r):
+            return int(r["function"].rsplit(":", 1)[1]) / 1024
+        ten = {s: [(ws(r), t["memory"]["total_kib"] / 1024) for r in rows for t in r["ten"] if t["strategy"] == s]
+               for s in ("snapbpf", "linux-ra")}
+        recorded = [(ws(r), r["layouts"]["sparse"]["working_set_bytes"] / 2**20) for r in rows]
+        out.append(f"{name}, per GiB of working set: record "
+                   f"{signed(slope([(ws(r), r['layouts']['sparse']['record_ms']) for r in rows]) / 1e3, 1)} s, "
+                   f"recorded working set {signed(slope(recorded) / 1024, 2)} GiB, "
+                   f"`snapbpf` E2E {signed(slope([(x, e) for x, _, e in lines[(vmm, 'sparse', 'snapbpf')]]) / 1e3, 2)} s "
+                   f"against `linux-ra` {signed(slope([(x, e) for x, _, e in lines[(vmm, 'sparse', 'linux-ra')]]) / 1e3, 2)} s, "
+                   f"ten-VM memory {signed(slope(ten['snapbpf']) / 1024, 2)} GiB against "
+                   f"{signed(slope(ten['linux-ra']) / 1024, 2)} GiB")
+    return out
+
+
+@claim(SCALE)
+def scale_push_goal():
+    """Goal 3: a 16 GiB snapshot with several GiB of data pushed twice and restored on a
+    fresh host (measure-fleet --large; its restores fail unless the checksum is the
+    reference's)."""
+    run = load("scale", "fleet-16g.json")
+    push, again = run["steps"]["push"], run["steps"]["second_push"]
+    one = next(r for r in run["restores"] if r["vms"] == 1)
+    ten = next(r for r in run["restores"] if r["vms"] == 10)
+    ok = (run["memory_blocks_bytes"] >= 6 << 30 and push["report"]["uploaded"] == push["report"]["unique_chunks"]
+          and again["report"]["uploaded_bytes"] == 0)
+    return [f"a push of the {run['mem_mib'] // 1024} GiB snapshot with "
+            f"{run['memory_blocks_bytes'] / 2**30:.2f} GiB of data uploads "
+            f"{push['report']['uploaded_bytes'] / 2**30:.2f} GiB in {push['report']['uploaded']} chunks in "
+            f"{push['ms'] / 1e3:.1f} s; the second push uploads {again['report']['uploaded_bytes']} bytes in "
+            f"{again['ms'] / 1e3:.1f} s ({'met' if ok else 'missed'})",
+            f"a fresh host restores it to the reference checksum `{run['reference']}`, fetching "
+            f"{one['fetch']['bytes'] / 2**20:.0f} MiB in {one['fetch']['requests']} GETs for a "
+            f"{run['ws_bytes'] / 2**20:.1f} MiB working set (E2E {median(one['e2e_ms']) / 1e3:.2f} s); "
+            f"ten VMs on a fresh host fetch {ten['fetch']['bytes'] / 2**20:.0f} MiB in "
+            f"{ten['fetch']['requests']} GETs (E2E median {median(ten['e2e_ms']) / 1e3:.2f} s)"]
+
+
+@claim(SCALE)
+def scale_memslot_cost():
+    """The restore's growth with guest memory is KVM_SET_USER_MEMORY_REGION (strace)."""
+    run = load("scale", "syscalls.json")
+    rows = {r["mem_mib"]: r for r in run["rows"]}
+    call = "ioctl KVM_SET_USER_MEMORY_REGION"
+
+    def total(row):
+        return median([i["calls"].get(call, {"total_ms": 0.0})["total_ms"] for i in row["invocations"]])
+    small, big = rows[256], rows[16384]
+    return [f"Under strace, registering the memory slots (`KVM_SET_USER_MEMORY_REGION`) takes "
+            f"{total(small):.2f} ms at 256 MiB and {total(big):.2f} ms at 16 GiB (median of "
+            f"{len(big['invocations'])} restores each, `syscalls.json`)",
+            others_within(small, big, call)]
+
+
+def others_within(small, big, grown):
+    """How much the other calls grow: `madvise` (the prefetch threads', the largest
+    besides KVM_RUN, and noisy) by its ranges, the rest by their largest median change."""
+    def totals(row, name):
+        return [i["calls"].get(name, {"total_ms": 0.0})["total_ms"] for i in row["invocations"]]
+    names = {n for r in (small, big) for i in r["invocations"] for n in i["calls"]} - {grown, "madvise"}
+    change, name = max((median(totals(big, n)) - median(totals(small, n)), n) for n in names)
+    m_small, m_big = totals(small, "madvise"), totals(big, "madvise")
+    return (f"`madvise`, summed over the prefetch threads, takes {min(m_small):.0f}–{max(m_small):.0f} ms "
+            f"at 256 MiB and {min(m_big):.0f}–{max(m_big):.0f} ms at 16 GiB; no other call's median "
+            f"total grows by more than {change:.2f} ms (`{name}`)")
+
+
+@claim(SCALE)
+def scale_working_set_points():
+    """Per working set: one VM's E2E against linux-ra (the comparison rule) and the ten
+    VMs' page cache."""
+    run = load("scale", WS_RUN)
+    cells = scale_cells(run)
+    out = []
+    for vmm, name in (("builtin", "our VMM"), ("firecracker", "Firecracker")):
+        points, cache = [], []
+        for r in run["rows"]:
+            if r["vmm"] != vmm:
+                continue
+            ws = int(r["function"].rsplit(":", 1)[1])
+            s, l = cells[(vmm, ws, "sparse", "snapbpf")]["e2e"], cells[(vmm, ws, "sparse", "linux-ra")]["e2e"]
+            points.append(f"{ws} MiB: {median(s):.0f} against {median(l):.0f} ms ({compare(s, l)})")
+            ten = {t["strategy"]: t["memory"]["page_cache_kib"] / 1024 for t in r["ten"]}
+            cache.append(f"{ten['snapbpf']:.0f} against {ten['linux-ra']:.0f} MiB")
+        out.append(f"{name}, one VM, `snapbpf` E2E against `linux-ra`: " + "; ".join(points))
+        out.append(f"{name}, ten VMs, page cache of `snapbpf` against `linux-ra`: " + ", ".join(cache))
+    return out
+
+
+@claim(SCALE)
+def scale_snapshot_ranges():
+    """Dense snapshots' cost per GiB of memory (run2), and the snapshot time at every
+    working set (ws3: it is the init footprint's)."""
+    run = load("scale", "run2.json")
+    dense = [slope([(r["mem_mib"] / 1024, r["layouts"]["dense"]["snapshot_ms"] / 1e3)
+                    for r in run["rows"] if r["vmm"] == vmm]) for vmm in ("builtin", "firecracker")]
+    ws = [r["layouts"]["sparse"]["snapshot_ms"] / 1e3 for r in load("scale", WS_RUN)["rows"]]
+    return [f"`--dense` writes every page, as a Firecracker full snapshot does, and costs "
+            f"{min(dense):.1f}–{max(dense):.1f} s per GiB",
+            f"The snapshot does not ({min(ws):.0f}–{max(ws):.0f} s at every working set"]

@@ -4,7 +4,7 @@ grows while the working set stays the same.
 
 usage: scripts/measure-scale.py REPS FUNCTION MEM_MIB[,MEM_MIB...] OUT.json [--vmm builtin,firecracker]
        scripts/measure-scale.py --working-sets REPS MEM_MIB INIT_MIB WS_MIB[,WS_MIB...] OUT.json [--vmm ...]
-       scripts/measure-scale.py --summarize OUT.json
+       scripts/measure-scale.py --summarize OUT.json [OUT.json...]
        scripts/measure-scale.py --charts OUT.json DIR
   e.g. scripts/measure-scale.py 5 pyaes 256,1024,4096,8192,16384 docs/results/scale/run2.json
        scripts/measure-scale.py --working-sets 5 8192 4096 16,64,256,1024,4096 docs/results/scale/ws1.json
@@ -291,8 +291,12 @@ if __name__ == "__main__":
     if len(args) >= 2 and args[-2] == "--vmm":
         vmms = args[-1].split(",")
         args = args[:-2]
-    if len(args) == 2 and args[0] == "--summarize":
-        print(summarize(json.load(open(args[1]))))
+    if len(args) >= 2 and args[0] == "--summarize":
+        # Several files: each under a heading naming it.
+        for i, path in enumerate(args[1:]):
+            if len(args) > 2:
+                print(("\n" if i else "") + f"## {os.path.basename(path)}\n")
+            print(summarize(json.load(open(path))))
     elif len(args) == 3 and args[0] == "--charts":
         for path in charts(json.load(open(args[1])), args[1], args[2]):
             print(path)

@@ -51,11 +51,20 @@ def inputs_of(function):
 
 
 def stamp():
-    """Git revision, kernel, CPU and date, for every results file."""
+    """Git revision (and whether the tree had uncommitted changes), kernel, CPU, date, the
+    load average when the run started and the Firecracker binary's version when
+    $FIRECRACKER names one, for every results file."""
     git = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "HEAD"], text=True).strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "crates", "scripts"]).returncode != 0
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"git": git, "kernel": os.uname().release, "cpu": cpu,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = {"git": git, "git_dirty": dirty, "kernel": os.uname().release, "cpu": cpu,
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    fc = os.environ.get("FIRECRACKER")
+    if fc and os.access(fc, os.X_OK):
+        version = subprocess.run([fc, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out["firecracker"] = (version.stdout.splitlines() or ["?"])[0]
+    return out
 
 
 def write_json(out, out_path):
