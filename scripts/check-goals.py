@@ -16,8 +16,12 @@ Prints a markdown table, each goal met or not with the measured figure:
 """
 import json
 import math
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from claimlib import bench_cells as cells  # noqa: E402
 
 SUBJECT = "snapbpf"
 
@@ -26,13 +30,6 @@ def load(path):
     return json.load(open(path))
 
 
-def cells(results, concurrency, cold=True):
-    """{(function, strategy): [samples]}"""
-    out = {}
-    for s in results["samples"]:
-        if s["concurrency"] == concurrency and s["cold"] == cold:
-            out.setdefault((s["function"], s["strategy"]), []).append(s)
-    return out
 
 
 def e2e(samples):

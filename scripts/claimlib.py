@@ -22,6 +22,16 @@ def load(*path):
         return json.load(fh)
 
 
+def bench_cells(run, concurrency, cold=True):
+    """{(function, strategy label): [sample]}: a `snapbpf bench` results.json's samples
+    grouped into cells (scripts/check-goals.py and firecracker-results.py group the same)."""
+    out = {}
+    for s in run["samples"]:
+        if s["concurrency"] == concurrency and s["cold"] == cold:
+            out.setdefault((s["function"], s["strategy"]), []).append(s)
+    return out
+
+
 def median(values):
     return statistics.median(values)
 

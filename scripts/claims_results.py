@@ -6,7 +6,7 @@ and snapfaas/run1.json. Comparison words come from claimlib.compare (docs/bench.
 "Comparisons")."""
 import math
 
-from claimlib import claim, compare, load, median
+from claimlib import bench_cells, claim, compare, load, median
 
 README = "docs/results/README.md"
 SABRE = "docs/sabre.md"
@@ -18,15 +18,6 @@ MIB = 2 ** 20
 
 def full(profile):
     return load("full", profile, "results.json")
-
-
-def bench_cells(run, concurrency, cold=True):
-    """{(function, strategy label): [sample]} as scripts/check-goals.py groups them."""
-    out = {}
-    for s in run["samples"]:
-        if s["concurrency"] == concurrency and s["cold"] == cold:
-            out.setdefault((s["function"], s["strategy"]), []).append(s)
-    return out
 
 
 def vm_e2e(samples):

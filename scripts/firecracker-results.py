@@ -18,19 +18,16 @@ with the measured figure:
 """
 import json
 import math
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from claimlib import bench_cells as cells  # noqa: E402
 
 SUBJECT = "snapbpf"
 
 
-def cells(results, concurrency, cold=True):
-    """{(function, strategy): [samples]}"""
-    out = {}
-    for s in results["samples"]:
-        if s["concurrency"] == concurrency and s["cold"] == cold:
-            out.setdefault((s["function"], s["strategy"]), []).append(s)
-    return out
 
 
 def runs(samples, field="e2e_ms"):
