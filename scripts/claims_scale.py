@@ -202,3 +202,18 @@ def scale_snapshot_ranges():
     return [f"`--dense` writes every page, as a Firecracker full snapshot does, and costs "
             f"{min(dense):.1f}–{max(dense):.1f} s per GiB",
             f"The snapshot does not ({min(ws):.0f}–{max(ws):.0f} s at every working set"]
+
+
+@claim(SCALE)
+def scale_push_chunk_size():
+    """The same 16 GiB push with 64 KiB chunks: what a smaller chunk saves on the wire and
+    costs at push."""
+    big, small = load("scale", "fleet-16g.json"), load("scale", "fleet-16g-64k.json")
+
+    def one(run):
+        return next(r for r in run["restores"] if r["vms"] == 1)
+    return [f"With 64 KiB chunks (`fleet-16g-64k.json`) the push takes "
+            f"{small['steps']['push']['ms'] / 1e3:.1f} s for {small['steps']['push']['report']['uploaded']} chunks "
+            f"and a fresh host fetches {one(small)['fetch']['bytes'] / 2**20:.0f} MiB in "
+            f"{one(small)['fetch']['requests']} GETs (E2E {median(one(small)['e2e_ms']) / 1e3:.2f} s), against "
+            f"{one(big)['fetch']['bytes'] / 2**20:.0f} MiB and {median(one(big)['e2e_ms']) / 1e3:.2f} s at 512 KiB"]
