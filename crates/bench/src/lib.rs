@@ -251,6 +251,12 @@ pub struct BenchConfig {
     /// Firecracker was measured), and its version where it has one.
     #[serde(default)]
     pub vmm: VmmStamp,
+    /// Seed of the order cold samples run in: each round runs every cell of a function
+    /// once, in an order shuffled from this seed, so the device's drift spreads over all
+    /// strategies. `None` in results written before rounds were interleaved (strategy
+    /// after strategy).
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// The VMM of a run.
@@ -299,6 +305,14 @@ pub struct Sample {
     pub concurrency: u32,
     /// Cold or warm.
     pub cold: bool,
+    /// The round of an interleaved run this cold sample belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// The cell measured just before this cold sample (`label x<concurrency>`), for the
+    /// cost of a cold restore right after another strategy's run; `None` for a function's
+    /// first sample and in results written before interleaving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// The full invoke report.
     pub report: InvokeReport,
 }

@@ -56,15 +56,28 @@ pub fn run(
     for function in &config.functions {
         let device_before = runner.device_speed(function)?;
         let prepared = runner.prepare(function)?;
-        for (entry, levels) in runner.plan.clone() {
-            runner.measure_strategy(&prepared, &entry, &levels)?;
-        }
+        runner.measure_function(&prepared)?;
         runner.check_device(function, device_before)?;
         // A long run that is interrupted keeps what it measured so far.
         runner.results.stamp = stamp::stamp(git_rev, &runner.snap_dir);
         write_json(&runner.results, &config.out.join(PARTIAL_RESULTS))?;
     }
     runner.finish()
+}
+
+/// Where a kept sample ran in its function's sequence.
+#[derive(Debug, Clone)]
+struct Placement {
+    round: Option<u32>,
+    after: Option<String>,
+}
+
+/// The shuffling seed of one function's rounds: the run's seed mixed with the function's
+/// name, so each function gets its own orders and a run can be repeated exactly.
+fn round_seed(seed: u64, function: &str) -> u64 {
+    function.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A function ready to measure: its snapshot and the checksum every sample must return.
@@ -202,35 +215,64 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// One strategy's cells: warm-ups and cold samples at every level, then warm samples.
-    fn measure_strategy(
-        &mut self,
-        at: &Prepared,
-        entry: &StrategyEntry,
-        levels: &[u32],
-    ) -> Result<(), BenchError> {
-        let (function, label) = (&at.function, &entry.label);
+    /// Every cell of a function: each cell's warm-ups, then `repeat` rounds that run
+    /// every (strategy, concurrency) cell once each in an order shuffled per round from
+    /// the run's seed, then each strategy's warm samples. Measuring strategy after
+    /// strategy instead would put the device's drift on some strategies and not others.
+    fn measure_function(&mut self, at: &Prepared) -> Result<(), BenchError> {
         let config = self.config;
-        for &concurrency in levels {
-            if config.warmup > 0 {
-                self.progress
-                    .stage(&format!("{function} · {label} · warm-up · x{concurrency}"));
-                self.measure(at, entry, concurrency, true, config.warmup, false)?;
+        let function = &at.function;
+        let cells: Vec<(StrategyEntry, u32)> = self
+            .plan
+            .iter()
+            .flat_map(|(entry, levels)| levels.iter().map(move |&c| (entry.clone(), c)))
+            .collect();
+        if config.warmup > 0 {
+            for (entry, concurrency) in &cells {
+                self.progress.stage(&format!(
+                    "{function} · {} · warm-up · x{concurrency}",
+                    entry.label
+                ));
+                self.measure(at, entry, *concurrency, true, config.warmup, None)?;
             }
-            self.progress
-                .stage(&format!("{function} · {label} · cold · x{concurrency}"));
-            self.measure(at, entry, concurrency, true, config.repeat, true)?;
+        }
+        let mut rng = fastrand::Rng::with_seed(round_seed(config.seed.unwrap_or(0), function));
+        let mut previous: Option<String> = None;
+        for round in 0..config.repeat {
+            let mut order = cells.clone();
+            rng.shuffle(&mut order);
+            for (entry, concurrency) in &order {
+                self.progress.stage(&format!(
+                    "{function} · round {} of {} · {} · cold · x{concurrency}",
+                    round + 1,
+                    config.repeat,
+                    entry.label
+                ));
+                let place = Placement {
+                    round: Some(round),
+                    after: previous.clone(),
+                };
+                self.measure(at, entry, *concurrency, true, 1, Some(place))?;
+                previous = Some(format!("{} x{concurrency}", entry.label));
+            }
         }
         if config.warm_repeat > 0 {
-            self.progress
-                .stage(&format!("{function} · {label} · warm · x1"));
-            self.measure(at, entry, 1, false, config.warm_repeat, true)?;
+            for (entry, _) in self.plan.clone() {
+                self.progress
+                    .stage(&format!("{function} · {} · warm · x1", entry.label));
+                let place = Placement {
+                    round: None,
+                    after: None,
+                };
+                self.measure(at, &entry, 1, false, config.warm_repeat, Some(place))?;
+            }
         }
         Ok(())
     }
 
     /// `runs` invocations of one cell; samples whose every VM returned the reference
-    /// checksum are kept (when `keep`), any other is a wrong answer and never a sample.
+    /// checksum are kept (when `keep` says where they ran: warm-ups have none), any
+    /// other is a wrong answer and never a sample.
     fn measure(
         &mut self,
         at: &Prepared,
@@ -238,7 +280,7 @@ impl Runner<'_> {
         concurrency: u32,
         cold: bool,
         runs: u32,
-        keep: bool,
+        keep: Option<Placement>,
     ) -> Result<(), BenchError> {
         let cell = Cell {
             strategy: entry.clone(),
@@ -281,12 +323,14 @@ impl Runner<'_> {
                 self.results.wrong.extend(bad);
                 continue;
             }
-            if keep {
+            if let Some(place) = &keep {
                 self.results.samples.push(Sample {
                     function: at.function.clone(),
                     strategy: entry.label.clone(),
                     concurrency,
                     cold,
+                    round: place.round,
+                    after: place.after.clone(),
                     report,
                 });
             }

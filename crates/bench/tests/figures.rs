@@ -45,6 +45,7 @@ fn config(concurrency: Vec<u32>) -> BenchConfig {
         device: Default::default(),
         probes: Default::default(),
         vmm: Default::default(),
+        seed: Some(27),
     }
 }
 
@@ -74,6 +75,8 @@ fn sample(function: &str, strategy: &str, vms: &[f64], cold: bool, mem_mib: u64)
         strategy: strategy.into(),
         concurrency: vms.len() as u32,
         cold,
+        round: None,
+        after: None,
         report: InvokeReport {
             function: function.into(),
             strategy: strategy.into(),
@@ -402,6 +405,63 @@ fn a_run_records_each_strategy_once_and_measures_every_cell() {
     assert_eq!(kept, 4, "warm-ups are not kept");
     assert!(out.path().join("results.json").is_file());
     assert!(!out.path().join(snapbpf_bench::PARTIAL_RESULTS).exists());
+}
+
+/// Cold samples run in rounds: each round runs every cell once, in an order shuffled
+/// per round from the seed (the same seed gives the same order), after every cell's
+/// warm-ups; each sample says its round and the cell before it.
+#[test]
+fn rounds_interleave_every_cell_in_a_seeded_order() {
+    let run = |seed: u64| {
+        let out = tempfile::tempdir().expect("tempdir");
+        let mut c = config(vec![1, 10]);
+        c.functions = vec!["pyaes".into()];
+        c.repeat = 4;
+        c.warmup = 1;
+        c.seed = Some(seed);
+        c.out = out.path().to_path_buf();
+        let engine = Scripted::default();
+        let results = snapbpf_bench::run(&c, &engine, "test").expect("run");
+        let calls = engine.calls.lock().unwrap().clone();
+        (results, calls)
+    };
+    let (results, calls) = run(27);
+    let cold: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("invoke") && c.ends_with("cold"))
+        .collect();
+    // 3 strategies at x1 and x10, and the breakdown-only variant at x1: 7 cells.
+    let cells = 7;
+    assert_eq!(cold.len(), cells * (1 + 4), "{calls:?}");
+    let (warmups, rounds) = cold.split_at(cells);
+    let mut first: Vec<&String> = warmups.to_vec();
+    first.sort();
+    first.dedup();
+    assert_eq!(
+        first.len(),
+        cells,
+        "every cell warms up once, first: {warmups:?}"
+    );
+    let orders: Vec<Vec<&String>> = rounds.chunks(cells).map(<[_]>::to_vec).collect();
+    for order in &orders {
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, first, "a round runs every cell once");
+    }
+    assert!(
+        orders.windows(2).any(|w| w[0] != w[1]),
+        "the order changes between rounds: {orders:?}"
+    );
+    let kept: Vec<_> = results.samples.iter().filter(|s| s.cold).collect();
+    assert_eq!(kept.len(), cells * 4);
+    assert!(kept.iter().all(|s| s.round.is_some()));
+    assert_eq!(kept.iter().filter(|s| s.after.is_none()).count(), 1);
+    assert_eq!(
+        kept[1].after.as_deref(),
+        Some(format!("{} x{}", kept[0].strategy, kept[0].concurrency).as_str())
+    );
+    assert_eq!(run(27).1, calls, "the same seed, the same order");
+    assert_ne!(run(28).1, calls, "another seed, another order");
 }
 
 /// A VM that returns another checksum than the fresh boot voids its sample: the run

@@ -90,7 +90,8 @@ file_backend_tests!(
     graph_bfs,
     html_serving,
     heapcheck,
-    faultprobe
+    faultprobe,
+    footprint
 );
 
 #[test]
@@ -106,6 +107,7 @@ fn the_suite_is_covered() {
         "html_serving",
         "heapcheck",
         "faultprobe",
+        "footprint",
     ];
     for f in snapbpf_functions::FUNCTIONS {
         assert!(

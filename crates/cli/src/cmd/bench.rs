@@ -37,9 +37,13 @@ pub struct Args {
     /// Measured cold samples per cell.
     #[arg(long, default_value_t = 5)]
     repeat: u32,
-    /// Unmeasured cold runs before each cell's samples.
+    /// Unmeasured cold runs of each cell before a function's rounds of samples.
     #[arg(long, default_value_t = 1)]
     warmup: u32,
+    /// Seed of the order each round runs a function's cells in (shuffled per round, so
+    /// drift spreads over every strategy) [default: from the clock; the results record it].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Input number of every invocation.
     #[arg(long, default_value_t = 0)]
     input: u32,
@@ -281,9 +285,17 @@ fn plan(args: &Args) -> Result<(BenchConfig, bool)> {
             fault_2m,
         },
         vmm: snapbpf_bench::VmmStamp::default(),
+        seed: Some(args.seed.unwrap_or_else(clock_seed)),
     };
     config.validate()?;
     Ok((config, uses_store))
+}
+
+/// A seed for a run that was given none: the clock's nanoseconds.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// One full run under one device profile: the device measured, the plan run, the
@@ -299,13 +311,14 @@ fn run_profile(
     config.device = stamp;
     eprintln!(
         "bench: {} function(s); {} strategies at concurrency {:?}, {} more for the breakdown; \
-         {} warm-up(s) and {} sample(s) per cell; VMM {}; device {}; into {}",
+         {} warm-up(s) and {} interleaved round(s) per function (seed {}); VMM {}; device {}; into {}",
         config.functions.len(),
         config.strategies.len(),
         config.concurrency,
         config.plan().len() - config.strategies.len(),
         config.warmup,
         config.repeat,
+        config.seed.unwrap_or(0),
         config
             .vmm
             .version

@@ -58,9 +58,17 @@ pub fn guest_elf(dir: &Path) -> PathBuf {
     path
 }
 
+/// The argument the tests give `function`: its default where it takes one (`footprint`),
+/// so its init and invocations do real work.
+pub fn default_arg(function: u32) -> u64 {
+    snapbpf_functions::FUNCTIONS[function as usize]
+        .arg
+        .map_or(0, |spec| spec.default)
+}
+
 /// The host reference: the function run on the host, inputs in order on one instance.
 pub fn reference(function: u32, inputs: &[u32]) -> Vec<u64> {
-    let mut f = snapbpf_functions::init(function, 0).expect("function exists");
+    let mut f = snapbpf_functions::init(function, default_arg(function)).expect("function exists");
     inputs.iter().map(|&i| f.invoke(i)).collect()
 }
 
@@ -90,7 +98,11 @@ pub fn snapshot(bin: &Binary, dir: &Path, function: u32) -> Snapshot {
         vcpus: 1,
         track_dirty_pages: false,
     };
-    vm.boot(&elf, &format!("snapbpf.function={function}"), machine)
+    let args = match default_arg(function) {
+        0 => format!("snapbpf.function={function}"),
+        arg => format!("snapbpf.function={function} snapbpf.arg={arg}"),
+    };
+    vm.boot(&elf, &args, machine)
         .unwrap_or_else(|e| panic!("boot {}: {e}", info.name));
     let ready = guest::wait_ready(vm.serial(), Instant::now() + GUEST_TIMEOUT)
         .unwrap_or_else(|e| panic!("{} never got ready: {e}", info.name));
