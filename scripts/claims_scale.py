@@ -6,11 +6,24 @@ from claimlib import claim, compare, load, median, slope  # noqa: F401
 SCALE = "docs/results/scale/README.md"
 
 
+def ws_mib(row):
+    """The working set a working-set sweep's row invokes (`footprint:INIT:WS`), MiB."""
+    return int(row["function"].rsplit(":", 1)[1])
+
+
+MEMSLOT_CALL = "ioctl KVM_SET_USER_MEMORY_REGION"
+
+
+def call_totals(row, name):
+    """Each traced restore's summed time in call `name` (syscalls.json), ms."""
+    return [i["calls"].get(name, {"total_ms": 0.0})["total_ms"] for i in row["invocations"]]
+
+
 def scale_cells(run):
     """{(vmm, mem_mib or ws_mib, layout, strategy): {"restore": [...], "e2e": [...]}}"""
     cells = {}
     for row in run["rows"]:
-        x = row["mem_mib"] if run.get("sweep") != "working set" else int(row["function"].rsplit(":", 1)[1])
+        x = row["mem_mib"] if run.get("sweep") != "working set" else ws_mib(row)
         for s in row["samples"]:
             cell = cells.setdefault((row["vmm"], x, s["layout"], s["strategy"]), {"restore": [], "e2e": []})
             cell["restore"].append(s["restore_ms"])
@@ -103,7 +116,7 @@ def scale_working_set_slopes():
         rows = [r for r in run["rows"] if r["vmm"] == vmm]
 
         def ws(r):
-            return int(r["function"].rsplit(":", 1)[1]) / 1024
+            return ws_mib(r) / 1024
         ten = {s: [(ws(r), t["memory"]["total_kib"] / 1024) for r in rows for t in r["ten"] if t["strategy"] == s]
                for s in ("snapbpf", "linux-ra")}
         recorded = [(ws(r), r["layouts"]["sparse"]["working_set_bytes"] / 2**20) for r in rows]
@@ -145,25 +158,22 @@ def scale_memslot_cost():
     """The restore's growth with guest memory is KVM_SET_USER_MEMORY_REGION (strace)."""
     run = load("scale", "syscalls.json")
     rows = {r["mem_mib"]: r for r in run["rows"]}
-    call = "ioctl KVM_SET_USER_MEMORY_REGION"
 
     def total(row):
-        return median([i["calls"].get(call, {"total_ms": 0.0})["total_ms"] for i in row["invocations"]])
+        return median(call_totals(row, MEMSLOT_CALL))
     small, big = rows[256], rows[16384]
     return [f"Under strace, registering the memory slots (`KVM_SET_USER_MEMORY_REGION`) takes "
             f"{total(small):.2f} ms at 256 MiB and {total(big):.2f} ms at 16 GiB (median of "
             f"{len(big['invocations'])} restores each, `syscalls.json`)",
-            others_within(small, big, call)]
+            others_within(small, big, MEMSLOT_CALL)]
 
 
 def others_within(small, big, grown):
     """How much the other calls grow: `madvise` (the prefetch threads', the largest
     besides KVM_RUN, and noisy) by its ranges, the rest by their largest median change."""
-    def totals(row, name):
-        return [i["calls"].get(name, {"total_ms": 0.0})["total_ms"] for i in row["invocations"]]
     names = {n for r in (small, big) for i in r["invocations"] for n in i["calls"]} - {grown, "madvise"}
-    change, name = max((median(totals(big, n)) - median(totals(small, n)), n) for n in names)
-    m_small, m_big = totals(small, "madvise"), totals(big, "madvise")
+    change, name = max((median(call_totals(big, n)) - median(call_totals(small, n)), n) for n in names)
+    m_small, m_big = call_totals(small, "madvise"), call_totals(big, "madvise")
     return (f"`madvise`, summed over the prefetch threads, takes {min(m_small):.0f}–{max(m_small):.0f} ms "
             f"at 256 MiB and {min(m_big):.0f}–{max(m_big):.0f} ms at 16 GiB; no other call's median "
             f"total grows by more than {change:.2f} ms (`{name}`)")
@@ -181,7 +191,7 @@ def scale_working_set_points():
         for r in run["rows"]:
             if r["vmm"] != vmm:
                 continue
-            ws = int(r["function"].rsplit(":", 1)[1])
+            ws = ws_mib(r)
             s, l = cells[(vmm, ws, "sparse", "snapbpf")]["e2e"], cells[(vmm, ws, "sparse", "linux-ra")]["e2e"]
             points.append(f"{ws} MiB: {median(s):.0f} against {median(l):.0f} ms ({compare(s, l)})")
             ten = {t["strategy"]: t["memory"]["page_cache_kib"] / 1024 for t in r["ten"]}
@@ -224,7 +234,6 @@ def microvm_memslot_cost():
     rows = {r["mem_mib"]: r for r in load("scale", "syscalls.json")["rows"]}
 
     def total(row):
-        return median([i["calls"].get("ioctl KVM_SET_USER_MEMORY_REGION", {"total_ms": 0.0})["total_ms"]
-                       for i in row["invocations"]])
+        return median(call_totals(row, MEMSLOT_CALL))
     return [f"registering the slots takes {total(rows[256]):.2f} ms at 256 MiB and "
             f"{total(rows[16384]):.2f} ms at 16 GiB under `strace -T`"]

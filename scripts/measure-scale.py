@@ -164,15 +164,23 @@ def spread(values):
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def summarize(out):
+def sweep_axis(out):
+    """Whether `out` sweeps the working set, and each row's x: the working set (the
+    `footprint:INIT:WS` argument) or guest memory, in GiB."""
     by_ws = out.get("sweep") == "working set"
-    if by_ws:
-        def x(row):
+
+    def x(row):
+        if by_ws:
             return int(row["function"].rsplit(":", 1)[1]) / 1024
+        return row["mem_mib"] / 1024
+    return by_ws, x
+
+
+def summarize(out):
+    by_ws, x = sweep_axis(out)
+    if by_ws:
         per, what = "GiB of working set", f"`footprint` ({out['init_mib']} MiB of data at init)"
     else:
-        def x(row):
-            return row["mem_mib"] / 1024
         per, what = "GiB of guest memory", f"`{out['function']}`"
     lines = [f"Scale of {what}, {out['reps']} rounds per row (seed {out['seed']}), "
              f"commit {out['git'][:7]}, {out['cpu']}, kernel {out['kernel']}"
@@ -238,12 +246,7 @@ def summarize(out):
 
 def charts(out, out_path, directory):
     """Writes one SVG per curve of `out` into `directory`; returns their paths."""
-    by_ws = out.get("sweep") == "working set"
-
-    def x(row):
-        if by_ws:
-            return int(row["function"].rsplit(":", 1)[1]) / 1024
-        return row["mem_mib"] / 1024
+    by_ws, x = sweep_axis(out)
 
     x_label = (f"working set, GiB (footprint, {out['init_mib']} MiB at init, "
                f"{out['rows'][0]['mem_mib'] // 1024} GiB guest)" if by_ws else

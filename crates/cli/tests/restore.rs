@@ -27,45 +27,41 @@ fn restore_matches_fresh_boot(function: &str) {
         return;
     }
     let dir = scratch();
-    let info = snapbpf_functions::FUNCTIONS
-        .iter()
-        .find(|f| f.name == function)
-        .expect("a function of the suite");
-    {
-        let snap = snapshot(dir.path(), info.name);
-        let snap = snap.to_str().expect("UTF-8 path");
-        ok(&["record", snap, "--strategy", "snapbpf", "--input", "0"]);
-        let mut reference = snapbpf_functions::Call::parse(info.name)
-            .expect("a function of the suite")
-            .init();
-        for input in 0..info.inputs {
-            let input_s = input.to_string();
-            let host = format!("{:016x}", reference.invoke(input));
-            let fresh = json(&["boot", info.name, "--input", &input_s]);
-            assert_eq!(
-                fresh["checksum"],
-                host.as_str(),
-                "{} input {input}: fresh boot vs host",
-                info.name
-            );
-            for strategy in STRATEGIES {
-                // Warm, the breakdown variants take the same path as `snapbpf --4k` minus
-                // what they switch off: cold is where they differ (and CI time is bounded).
-                let warm_too = !strategy.contains("--no-");
-                for cold in [true, false].into_iter().filter(|&c| c || warm_too) {
-                    let mut args = vec!["invoke", snap, "--input", &input_s, "--strategy"];
-                    args.extend(strategy.split(' '));
-                    if cold {
-                        args.push("--cold");
-                    }
-                    let report = json(&args);
-                    assert_eq!(
-                        checksums(&report),
-                        vec![host.clone()],
-                        "{} input {input} {strategy} cold={cold}",
-                        info.name
-                    );
+    let index = snapbpf_functions::index_of(function).expect("a function of the suite");
+    let info = &snapbpf_functions::FUNCTIONS[index as usize];
+    let snap = snapshot(dir.path(), info.name);
+    let snap = snap.to_str().expect("UTF-8 path");
+    ok(&["record", snap, "--strategy", "snapbpf", "--input", "0"]);
+    let mut reference = snapbpf_functions::Call::parse(info.name)
+        .expect("a function of the suite")
+        .init();
+    for input in 0..info.inputs {
+        let input_s = input.to_string();
+        let host = format!("{:016x}", reference.invoke(input));
+        let fresh = json(&["boot", info.name, "--input", &input_s]);
+        assert_eq!(
+            fresh["checksum"],
+            host.as_str(),
+            "{} input {input}: fresh boot vs host",
+            info.name
+        );
+        for strategy in STRATEGIES {
+            // Warm, the breakdown variants take the same path as `snapbpf --4k` minus
+            // what they switch off: cold is where they differ (and CI time is bounded).
+            let warm_too = !strategy.contains("--no-");
+            for cold in [true, false].into_iter().filter(|&c| c || warm_too) {
+                let mut args = vec!["invoke", snap, "--input", &input_s, "--strategy"];
+                args.extend(strategy.split(' '));
+                if cold {
+                    args.push("--cold");
                 }
+                let report = json(&args);
+                assert_eq!(
+                    checksums(&report),
+                    vec![host.clone()],
+                    "{} input {input} {strategy} cold={cold}",
+                    info.name
+                );
             }
         }
     }

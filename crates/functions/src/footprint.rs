@@ -73,17 +73,21 @@ fn mem_mib(arg: u64) -> u32 {
 }
 
 pub(crate) struct Footprint {
-    /// The state, with room for one page more in each block: see `skips`.
+    /// The state, with room for one page more in each block: it starts at the block's
+    /// first page boundary ([`skip_of`]).
     blocks: Vec<Vec<u64>>,
-    /// Words before the first page boundary of each block: the allocator aligns a block
-    /// to 8 bytes only, and a "page" read across a boundary would touch two guest pages,
-    /// doubling the working set the function declares. The state starts after them, so
-    /// its values (and the checksum) do not depend on where the heap put a block.
-    skips: Vec<usize>,
     /// Pages in the state.
     pages: usize,
     /// Pages read per invocation.
     ws_pages: usize,
+}
+
+/// Words of `block` before its first page boundary. The allocator aligns a block to 8
+/// bytes only, and a "page" read across a boundary would touch two guest pages, doubling
+/// the working set the function declares; the state starts after them, so its values
+/// (and the checksum) do not depend on where the heap put a block.
+fn skip_of(block: &[u64]) -> usize {
+    (PAGE_BYTES - block.as_ptr() as usize % PAGE_BYTES) % PAGE_BYTES / 8
 }
 
 /// The value of word `i` of the state: never zero.
@@ -96,7 +100,6 @@ impl Footprint {
         let (init_mib, ws_mib) = unpack(arg);
         let total = (init_mib as usize) << 20;
         let mut blocks = Vec::new();
-        let mut skips = Vec::new();
         let mut done = 0usize;
         while done < total {
             let len = (total - done).min(BLOCK_BYTES) / 8;
@@ -107,19 +110,16 @@ impl Footprint {
                 panic!("footprint: no memory for {init_mib} MiB of state; give the VM more (--mem-mib)");
             }
             // The reserved buffer stays where it is: the block never grows past `room`.
-            let misalign = block.as_ptr() as usize % PAGE_BYTES;
-            let skip = (PAGE_BYTES - misalign) % PAGE_BYTES / 8;
+            let skip = skip_of(&block);
             // Padding, nonzero like the state so every page of the block is data.
             block.extend((0..skip).map(|_| 1));
             block.extend((0..len).map(|i| word(done / 8 + i)));
             block.extend((0..WORDS_PER_PAGE - skip).map(|_| 1));
-            skips.push(skip);
             blocks.push(block);
             done += len * 8;
         }
         Self {
             blocks,
-            skips,
             pages: total / PAGE_BYTES,
             ws_pages: ((ws_mib as usize) << 20) / PAGE_BYTES,
         }
@@ -128,7 +128,7 @@ impl Footprint {
     fn page(&self, page: usize) -> &[u64] {
         let per_block = BLOCK_BYTES / PAGE_BYTES;
         let block = &self.blocks[page / per_block];
-        let at = self.skips[page / per_block] + (page % per_block) * WORDS_PER_PAGE;
+        let at = skip_of(block) + (page % per_block) * WORDS_PER_PAGE;
         &block[at..at + WORDS_PER_PAGE]
     }
 }
